@@ -1,0 +1,48 @@
+# apigee-timescale: the commands a user runs. `make help` lists them.
+SHELL := /bin/bash
+GO    ?= go
+
+# Database tests use these superuser URLs; when unset, `make test` starts the
+# local servers (deploy/local/*.sh, as root) and points them there.
+TEST_TIMESCALEDB_URL ?=
+TEST_POSTGRES_URL    ?=
+
+.PHONY: help test db-up db-down vet unit fuzz bench bench-ingest bench-rollup
+
+help:
+	@echo "make test          start local TimescaleDB + PostgreSQL if needed, vet, run every test (the CI command)"
+	@echo "make db-up         start the local databases (idempotent)"
+	@echo "make db-down       stop them"
+	@echo "make bench         run the benchmarks and print ratios"
+
+db-up:
+	@deploy/local/timescaledb.sh up >/dev/null
+	@deploy/local/postgres.sh up >/dev/null
+
+db-down:
+	-deploy/local/timescaledb.sh down
+	-deploy/local/postgres.sh down
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+# test is the command README.md and .ci/run use.
+test:
+	@set -euo pipefail; \
+	ts="$(TEST_TIMESCALEDB_URL)"; pg="$(TEST_POSTGRES_URL)"; \
+	if [ -z "$$ts" ]; then ts=$$(deploy/local/timescaledb.sh up | tail -n1); fi; \
+	if [ -z "$$pg" ]; then pg=$$(deploy/local/postgres.sh up | tail -n1); fi; \
+	$(MAKE) --no-print-directory vet; \
+	TEST_TIMESCALEDB_URL="$$ts" TEST_POSTGRES_URL="$$pg" $(GO) test -count=1 -timeout 20m ./...; \
+	$(MAKE) --no-print-directory fuzz
+
+# A short fuzzing run of every fuzz target; longer runs: FUZZTIME=10m.
+FUZZTIME ?= 10s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done

@@ -1,0 +1,381 @@
+// Package batcher is ingest's group commit: concurrent deliveries join one
+// batch, which is written in one transaction when it reaches a row, byte or
+// time limit, and each delivery is answered only after its batch commits.
+//
+// It separates batching from writing the way promscale's ingestor does: one
+// collector goroutine forms batches and keeps growing the next one while
+// the flushers (a few goroutines, each one transaction at a time) are busy,
+// so a slow database produces bigger batches rather than a longer queue of
+// small ones.
+package batcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"apigee-timescale/shared/store"
+)
+
+// Writer writes one batch in one transaction; *store.Writer is one.
+type Writer interface {
+	Write(ctx context.Context, b *store.Batch) (store.Result, error)
+}
+
+// Config bounds batches and the queue. Zero fields take the defaults.
+type Config struct {
+	// MaxRows flushes a batch once it holds this many rows (calls + rejects).
+	// Default 1000.
+	MaxRows int
+	// MaxBytes flushes a batch once its deliveries hold this many bytes of
+	// input. Default 4 MiB.
+	MaxBytes int
+	// MaxWait flushes a batch this long after its first delivery arrived,
+	// however small it is. Default 20 ms.
+	MaxWait time.Duration
+	// QueueRows and QueueBytes bound what is accepted but not yet committed;
+	// past them Submit fails at once with ErrQueueFull, so memory stays
+	// bounded and Pub/Sub slows down. Defaults 20,000 rows and 64 MiB.
+	QueueRows  int
+	QueueBytes int
+	// Flushers is how many batches may be written at once. Default 2.
+	Flushers int
+	// WriteTimeout bounds one batch's transaction. Default 20 s.
+	WriteTimeout time.Duration
+	// OnBatch, when set, is called after every batch attempt (for logging
+	// at the edge).
+	OnBatch func(Stats)
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.MaxRows, 1000)
+	def(&c.MaxBytes, 4<<20)
+	def(&c.QueueRows, 20000)
+	def(&c.QueueBytes, 64<<20)
+	def(&c.Flushers, 2)
+	if c.MaxWait <= 0 {
+		c.MaxWait = 20 * time.Millisecond
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 20 * time.Second
+	}
+	return c
+}
+
+// Stats describes one written (or failed) batch.
+type Stats struct {
+	store.Result
+	Deliveries int
+	Rows       int
+	Bytes      int
+	// Wait is how long the oldest delivery waited before the write began.
+	Wait time.Duration
+	// Write is how long the transaction took.
+	Write time.Duration
+	// Split is true when the batch failed on its content and its deliveries
+	// were written one by one.
+	Split bool
+	Err   error
+}
+
+// Item is one delivery's share of a batch.
+type Item struct {
+	Calls   []store.Call
+	Rejects []store.Reject
+	// Bytes is the delivery's input size, counted against MaxBytes and
+	// QueueBytes.
+	Bytes int
+}
+
+func (it *Item) rows() int { return len(it.Calls) + len(it.Rejects) }
+
+var (
+	// ErrQueueFull: too much is accepted but not committed; answer 429.
+	ErrQueueFull = errors.New("batcher: queue full")
+	// ErrClosed: the batcher is shutting down; answer 503.
+	ErrClosed = errors.New("batcher: closed")
+)
+
+type pending struct {
+	item    *Item
+	arrived time.Time
+	done    chan error
+}
+
+// Batcher is safe for concurrent use.
+type Batcher struct {
+	cfg Config
+	w   Writer
+	in  chan *pending
+	out chan []*pending
+
+	mu         sync.Mutex
+	closed     bool
+	queueRows  int
+	queueBytes int
+	submits    sync.WaitGroup
+
+	collector sync.WaitGroup
+	flushers  sync.WaitGroup
+}
+
+// New starts a batcher writing through w.
+func New(w Writer, cfg Config) *Batcher {
+	cfg = cfg.withDefaults()
+	b := &Batcher{
+		cfg: cfg,
+		w:   w,
+		in:  make(chan *pending, 1024),
+		out: make(chan []*pending),
+	}
+	b.collector.Add(1)
+	go b.collect()
+	for range cfg.Flushers {
+		b.flushers.Add(1)
+		go b.flush()
+	}
+	return b
+}
+
+// Submit adds item to a batch and waits until that batch has committed. An
+// error means the item may or may not be stored (a timeout can race the
+// commit): the caller must not acknowledge, and redelivery is safe because
+// writes are idempotent.
+func (b *Batcher) Submit(ctx context.Context, item *Item) error {
+	if err := b.reserve(item); err != nil {
+		return err
+	}
+	p := &pending{item: item, arrived: time.Now(), done: make(chan error, 1)}
+	select {
+	case b.in <- p:
+		b.submits.Done()
+	case <-ctx.Done():
+		b.submits.Done()
+		b.release(item)
+		return fmt.Errorf("batcher: enqueue: %w", ctx.Err())
+	}
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("batcher: waiting for commit: %w", ctx.Err())
+	}
+}
+
+func (b *Batcher) reserve(item *Item) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	// An item larger than the whole queue is still admitted into an empty
+	// queue, or it could never be written.
+	empty := b.queueRows == 0 && b.queueBytes == 0
+	if !empty && (b.queueRows+item.rows() > b.cfg.QueueRows || b.queueBytes+item.Bytes > b.cfg.QueueBytes) {
+		return ErrQueueFull
+	}
+	b.queueRows += item.rows()
+	b.queueBytes += item.Bytes
+	b.submits.Add(1)
+	return nil
+}
+
+func (b *Batcher) release(item *Item) {
+	b.mu.Lock()
+	b.queueRows -= item.rows()
+	b.queueBytes -= item.Bytes
+	b.mu.Unlock()
+}
+
+// Queued reports the rows and bytes accepted but not yet committed.
+func (b *Batcher) Queued() (rows, bytes int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.queueRows, b.queueBytes
+}
+
+// Close stops accepting deliveries, writes what is queued and waits for the
+// flushers, or until ctx ends.
+func (b *Batcher) Close(ctx context.Context) error {
+	b.mu.Lock()
+	already := b.closed
+	b.closed = true
+	b.mu.Unlock()
+	if !already {
+		go func() {
+			b.submits.Wait() // no Submit is between reserve and send
+			close(b.in)
+		}()
+	}
+	done := make(chan struct{})
+	go func() {
+		b.collector.Wait()
+		b.flushers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("batcher: close: %w", ctx.Err())
+	}
+}
+
+// collect forms batches. While every flusher is busy it keeps adding to the
+// current batch up to the size limits, which is what makes group commit
+// adapt to the database's speed.
+func (b *Batcher) collect() {
+	defer b.collector.Done()
+	defer close(b.out)
+	var (
+		batch []*pending
+		rows  int
+		bytes int
+		timer = time.NewTimer(time.Hour)
+		due   bool
+	)
+	timer.Stop()
+	full := func() bool { return rows >= b.cfg.MaxRows || bytes >= b.cfg.MaxBytes }
+	add := func(p *pending) {
+		if len(batch) == 0 {
+			timer.Reset(b.cfg.MaxWait)
+			due = false
+		}
+		batch = append(batch, p)
+		rows += p.item.rows()
+		bytes += p.item.Bytes
+	}
+	in := b.in
+	for {
+		var out chan []*pending
+		if len(batch) > 0 && (due || full() || in == nil) {
+			out = b.out
+		}
+		var recv chan *pending
+		if !full() {
+			recv = in
+		}
+		if in == nil && len(batch) == 0 {
+			return
+		}
+		select {
+		case p, ok := <-recv:
+			if !ok {
+				in = nil
+				continue
+			}
+			add(p)
+		case <-timer.C:
+			due = true
+		case out <- batch:
+			timer.Stop()
+			batch, rows, bytes, due = nil, 0, 0, false
+		}
+	}
+}
+
+func (b *Batcher) flush() {
+	defer b.flushers.Done()
+	for batch := range b.out {
+		b.write(batch)
+	}
+}
+
+func (b *Batcher) write(batch []*pending) {
+	start := time.Now()
+	st := Stats{Deliveries: len(batch), Wait: start.Sub(batch[0].arrived)}
+	sb := &store.Batch{Messages: len(batch)}
+	for _, p := range batch {
+		sb.Calls = append(sb.Calls, p.item.Calls...)
+		sb.Rejects = append(sb.Rejects, p.item.Rejects...)
+		st.Bytes += p.item.Bytes
+	}
+	st.Rows = len(sb.Calls) + len(sb.Rejects)
+
+	res, err := b.writeOnce(sb)
+	if err != nil && store.IsDataError(err) {
+		// One delivery's content broke the batch: write each delivery on its
+		// own so the others are not held hostage, and quarantine the rows the
+		// database refuses.
+		st.Split = true
+		for _, p := range batch {
+			_, perr := b.writeAlone(p.item)
+			b.finish(p, perr)
+		}
+		st.Write, st.Err = time.Since(start), err
+		b.report(st)
+		return
+	}
+	st.Result, st.Write, st.Err = res, time.Since(start), err
+	for _, p := range batch {
+		b.finish(p, err)
+	}
+	b.report(st)
+}
+
+func (b *Batcher) writeOnce(sb *store.Batch) (store.Result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.WriteTimeout)
+	defer cancel()
+	return b.w.Write(ctx, sb)
+}
+
+// writeAlone writes one delivery; if the database refuses its rows, they are
+// quarantined with the database's reason instead, so the delivery can still
+// be acknowledged without losing anything.
+func (b *Batcher) writeAlone(it *Item) (store.Result, error) {
+	res, err := b.writeOnce(&store.Batch{Calls: it.Calls, Rejects: it.Rejects, Messages: 1})
+	if err == nil || !store.IsDataError(err) {
+		return res, err
+	}
+	rejects := append([]store.Reject(nil), it.Rejects...)
+	for i := range it.Calls {
+		rejects = append(rejects, dbRejected(&it.Calls[i], err))
+	}
+	return b.writeOnce(&store.Batch{Rejects: rejects, Messages: 1})
+}
+
+// ReasonDBRejected marks rows that passed validation but that the database
+// refused (a constraint the validator does not know about).
+const ReasonDBRejected = "db_rejected"
+
+func dbRejected(c *store.Call, cause error) store.Reject {
+	payload, _ := json.Marshal(c.Record) // the normalised record: the raw bytes are not kept per row
+	at := c.PublishTime
+	if at.IsZero() {
+		at = c.ReceivedAt
+	}
+	detail := cause.Error()
+	if len(detail) > 300 {
+		detail = detail[:300]
+	}
+	return store.Reject{
+		ReceivedAt:      at,
+		DedupeKey:       "db:" + c.MessageID + ":" + c.ReceivedAt.UTC().Format(time.RFC3339Nano),
+		Tenant:          c.Tenant,
+		Reason:          ReasonDBRejected,
+		Detail:          detail,
+		RecordIndex:     -1,
+		Payload:         payload,
+		PubSubMessageID: c.PubSubMessageID,
+		PublishTime:     c.PublishTime,
+	}
+}
+
+func (b *Batcher) finish(p *pending, err error) {
+	b.release(p.item)
+	p.done <- err
+}
+
+func (b *Batcher) report(st Stats) {
+	if b.cfg.OnBatch != nil {
+		b.cfg.OnBatch(st)
+	}
+}

@@ -1,0 +1,36 @@
+package logging
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"testing"
+)
+
+func TestCloudLoggingShape(t *testing.T) {
+	tests := []struct {
+		level slog.Level
+		want  string
+	}{
+		{slog.LevelDebug, "DEBUG"},
+		{slog.LevelInfo, "INFO"},
+		{slog.LevelWarn, "WARNING"},
+		{slog.LevelError, "ERROR"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			var buf bytes.Buffer
+			New(&buf, slog.LevelDebug).Log(nil, tt.level, "batch written", "rows", 3)
+			var got map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+				t.Fatalf("not JSON: %q", buf.String())
+			}
+			if got["severity"] != tt.want || got["message"] != "batch written" || got["rows"] != 3.0 {
+				t.Fatalf("entry %v: want severity %s, message and rows", got, tt.want)
+			}
+			if _, ok := got["level"]; ok {
+				t.Fatalf("entry still has slog's level key: %v", got)
+			}
+		})
+	}
+}

@@ -1,0 +1,331 @@
+// Package store writes ingest batches into the raw tables, exactly once per
+// API call: rows are copied into a per-connection temporary staging table
+// and moved into apigee.api_calls with INSERT … ON CONFLICT DO NOTHING, so a
+// redelivered message never makes a second row. In the same transaction it
+// quarantines rejects, records the minutes the batch touched (for
+// functions/rollup) and one apigee.ingest_batches row with counts and a
+// SHA-256 of the inserted rows.
+//
+// COPY goes into the staging table rather than the hypertable because COPY
+// cannot skip conflicts, and because PostgreSQL refuses COPY FROM for roles
+// that row-level security applies to (the ingest role is one).
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"apigee-timescale/shared/record"
+)
+
+// Conns hands out pooled connections. *pgxpool.Pool satisfies it, and so
+// does the credential-refreshing pool of shared/dbconn.
+type Conns interface {
+	Acquire(ctx context.Context) (*pgxpool.Conn, error)
+}
+
+// Call is one validated API call record with the Pub/Sub metadata of the
+// message that carried it.
+type Call struct {
+	record.Record
+	PubSubMessageID string
+	PublishTime     time.Time // zero when unknown
+}
+
+// Reject is one piece of input that failed validation, kept with its reason.
+type Reject struct {
+	// ReceivedAt is the message's publish time when known (stable across
+	// redeliveries), else when ingest saw it.
+	ReceivedAt time.Time
+	// DedupeKey identifies the input across redeliveries: the Pub/Sub message
+	// id and record index, or a hash of the payload when there is no id.
+	DedupeKey       string
+	Tenant          string
+	Reason          string
+	Field           string
+	Detail          string
+	RecordIndex     int
+	Payload         []byte
+	PubSubMessageID string
+	Subscription    string
+	PublishTime     time.Time
+	Attributes      map[string]string
+}
+
+// Batch is what one transaction writes.
+type Batch struct {
+	Calls    []Call
+	Rejects  []Reject
+	Messages int
+}
+
+// Result reports what a committed batch did.
+type Result struct {
+	BatchID    int64
+	Inserted   int
+	Duplicates int
+	// Rejected counts rejects newly quarantined (a redelivered reject is not
+	// counted twice).
+	Rejected int
+	SHA256   [32]byte
+	// MinReceived and MaxReceived bound the inserted rows' received_at (zero
+	// when nothing was inserted).
+	MinReceived, MaxReceived time.Time
+	// NewDay is true when the batch wrote into a day this Writer had not seen.
+	NewDay bool
+}
+
+// Writer writes batches. It is safe for concurrent use.
+type Writer struct {
+	db   Conns
+	mu   sync.Mutex
+	days map[string]bool // UTC days whose partition/chunk is known to exist
+}
+
+// NewWriter returns a Writer over db.
+func NewWriter(db Conns) *Writer {
+	return &Writer{db: db, days: map[string]bool{}}
+}
+
+// Write stores b in one transaction. On error nothing of b is stored; see
+// IsDataError for errors caused by the batch's content rather than the
+// database's state.
+func (w *Writer) Write(ctx context.Context, b *Batch) (Result, error) {
+	newDays, err := w.ensureDays(ctx, b)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := w.write(ctx, b)
+	if err != nil && isNoPartition(err) {
+		// A partition dropped by retention since it was cached: forget every
+		// day and try once more.
+		w.mu.Lock()
+		w.days = map[string]bool{}
+		w.mu.Unlock()
+		if newDays, err = w.ensureDays(ctx, b); err != nil {
+			return Result{}, err
+		}
+		res, err = w.write(ctx, b)
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	res.NewDay = len(newDays) > 0
+	if res.NewDay {
+		// A new day may mean a new TimescaleDB chunk, which carries copies of
+		// the readers' grants until they are revoked.
+		if err := w.harden(ctx); err != nil {
+			return res, nil //nolint:nilerr // the batch is committed; rollup hardens again within a minute
+		}
+	}
+	return res, nil
+}
+
+func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
+	conn, err := w.db.Acquire(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("store: acquire: %w", err)
+	}
+	defer conn.Release()
+
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("store: begin: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // after Commit this is a no-op
+
+	var res Result
+	// One round trip: the staging table exists once per connection, the
+	// batch id comes from the sequence.
+	start := &pgx.Batch{}
+	start.Queue(createStageSQL)
+	start.Queue("SELECT nextval('apigee.ingest_batch_id_seq')").QueryRow(func(r pgx.Row) error { return r.Scan(&res.BatchID) })
+	if err := tx.SendBatch(ctx, start).Close(); err != nil {
+		return Result{}, fmt.Errorf("store: start batch: %w", err)
+	}
+
+	inserted, err := copyCalls(ctx, tx, res.BatchID, b.Calls)
+	if err != nil {
+		return Result{}, err
+	}
+	res.Inserted = len(inserted)
+	res.Duplicates = len(b.Calls) - len(inserted)
+	if len(inserted) > 0 {
+		res.MinReceived, res.MaxReceived = inserted[0].ReceivedAt, inserted[0].ReceivedAt
+		for _, c := range inserted[1:] {
+			if c.ReceivedAt.Before(res.MinReceived) {
+				res.MinReceived = c.ReceivedAt
+			}
+			if c.ReceivedAt.After(res.MaxReceived) {
+				res.MaxReceived = c.ReceivedAt
+			}
+		}
+	}
+	res.SHA256 = HashCalls(res.BatchID, inserted)
+
+	if res.Rejected, err = insertRejects(ctx, tx, res.BatchID, b.Rejects); err != nil {
+		return Result{}, err
+	}
+
+	var minR, maxR *time.Time
+	if res.Inserted > 0 {
+		minR, maxR = &res.MinReceived, &res.MaxReceived
+	}
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages,
+			min_received_at, max_received_at, rows_sha256)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		res.BatchID, res.Inserted, res.Duplicates, res.Rejected, b.Messages, minR, maxR, res.SHA256[:]); err != nil {
+		return Result{}, fmt.Errorf("store: batch row: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Result{}, fmt.Errorf("store: commit: %w", err)
+	}
+	return res, nil
+}
+
+// copyCalls stages calls and moves the new ones into apigee.api_calls,
+// recording the minutes they touched. It returns the calls inserted, in
+// (message_id, received_at) order.
+func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]Call, error) {
+	if len(calls) == 0 {
+		return nil, nil
+	}
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, &callRows{calls: calls, batchID: batchID})
+	if err != nil {
+		return nil, fmt.Errorf("store: copy: %w", err)
+	}
+	if int(n) != len(calls) {
+		return nil, fmt.Errorf("store: copy: staged %d of %d rows", n, len(calls))
+	}
+	rows, err := tx.Query(ctx, moveSQL, batchID)
+	if err != nil {
+		return nil, fmt.Errorf("store: insert: %w", err)
+	}
+	type key struct {
+		id string
+		at int64
+	}
+	index := make(map[key]int, len(calls))
+	for i := range calls {
+		index[key{calls[i].MessageID, calls[i].ReceivedAt.UnixMicro()}] = i
+	}
+	inserted := make([]Call, 0, len(calls))
+	for rows.Next() {
+		var id string
+		var at time.Time
+		if err := rows.Scan(&id, &at); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("store: insert: %w", err)
+		}
+		i, ok := index[key{id, at.UnixMicro()}]
+		if !ok {
+			rows.Close()
+			return nil, fmt.Errorf("store: insert returned unknown key %q", id)
+		}
+		inserted = append(inserted, calls[i])
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: insert: %w", err)
+	}
+	sort.Slice(inserted, func(a, b int) bool {
+		if inserted[a].MessageID != inserted[b].MessageID {
+			return inserted[a].MessageID < inserted[b].MessageID
+		}
+		return inserted[a].ReceivedAt.Before(inserted[b].ReceivedAt)
+	})
+	return inserted, nil
+}
+
+func insertRejects(ctx context.Context, tx pgx.Tx, batchID int64, rejects []Reject) (int, error) {
+	if len(rejects) == 0 {
+		return 0, nil
+	}
+	cols := rejectColumns(rejects)
+	tag, err := tx.Exec(ctx, insertRejectsSQL, append(cols, batchID)...)
+	if err != nil {
+		return 0, fmt.Errorf("store: quarantine: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// ensureDays makes sure every UTC day the batch writes into has its
+// partition (plain PostgreSQL; a no-op on TimescaleDB), in its own short
+// transaction so the batch never holds the partition-creation lock.
+func (w *Writer) ensureDays(ctx context.Context, b *Batch) ([]string, error) {
+	var missing []string
+	seen := map[string]bool{}
+	w.mu.Lock()
+	add := func(t time.Time) {
+		d := t.UTC().Format(time.DateOnly)
+		if !w.days[d] && !seen[d] {
+			seen[d] = true
+			missing = append(missing, d)
+		}
+	}
+	for i := range b.Calls {
+		add(b.Calls[i].ReceivedAt)
+	}
+	for i := range b.Rejects {
+		add(b.Rejects[i].ReceivedAt)
+	}
+	w.mu.Unlock()
+	if len(missing) == 0 {
+		return nil, nil
+	}
+	conn, err := w.db.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: acquire: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT apigee.ensure_partitions(d, d) FROM unnest($1::date[]) AS d", missing); err != nil {
+		return nil, fmt.Errorf("store: ensure partitions: %w", err)
+	}
+	w.mu.Lock()
+	for _, d := range missing {
+		w.days[d] = true
+	}
+	w.mu.Unlock()
+	return missing, nil
+}
+
+func (w *Writer) harden(ctx context.Context) error {
+	conn, err := w.db.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("store: acquire: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT apigee.harden_chunks()"); err != nil {
+		return fmt.Errorf("store: harden chunks: %w", err)
+	}
+	return nil
+}
+
+// IsDataError reports whether err was caused by the batch's content (a
+// PostgreSQL data exception or integrity violation) rather than by the
+// database being unavailable: retrying the same batch cannot succeed, but
+// writing its messages one by one isolates the culprit.
+func IsDataError(err error) bool {
+	var pg *pgconn.PgError
+	if !errors.As(err, &pg) {
+		return false
+	}
+	if isNoPartition(err) {
+		return false
+	}
+	return strings.HasPrefix(pg.Code, "22") || strings.HasPrefix(pg.Code, "23")
+}
+
+func isNoPartition(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == "23514" && strings.Contains(pg.Message, "no partition")
+}

@@ -1,0 +1,178 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/shared/record"
+	"apigee-timescale/shared/store"
+)
+
+// ingestPool connects as a login in apigee_ingest, as the function does.
+func ingestPool(t *testing.T, db *dbtest.DB) *pgxpool.Pool {
+	t.Helper()
+	_, dsn := db.Login(t, "apigee_ingest")
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+func call(id, tenant string, at time.Time) store.Call {
+	ms := int32(42)
+	return store.Call{
+		Record: record.Record{
+			MessageID: id, ReceivedAt: at.UTC().Truncate(time.Millisecond),
+			Organization: "org", Environment: "prod", APIProxy: "orders-v1", Tenant: tenant,
+			RequestVerb: "GET", RequestPath: "/orders", ResponseStatusCode: 200, TotalResponseTime: &ms,
+			Attributes: map[string]string{"k": "v"},
+		},
+		PubSubMessageID: "ps-" + id,
+	}
+}
+
+func count(t *testing.T, db *dbtest.DB, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.Admin.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+func TestWriteExactlyOnce(t *testing.T) {
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		ctx := context.Background()
+		w := store.NewWriter(ingestPool(t, db))
+		now := time.Now().UTC()
+		b := &store.Batch{Messages: 3, Calls: []store.Call{
+			call("m1", "tenant-a", now),
+			call("m2", "tenant-a", now.Add(-time.Minute)),
+			call("m2", "tenant-a", now.Add(-time.Minute)), // the same call twice in one batch
+			call("m3", "tenant-b", now.Add(-40*24*time.Hour)), // late data: a day with no partition yet
+		}, Rejects: []store.Reject{{
+			ReceivedAt: now, DedupeKey: "msg:x:0", Tenant: "tenant-a", Reason: "not_json",
+			Detail: "not JSON", Payload: []byte("{oops"), PubSubMessageID: "x",
+		}}}
+		res, err := w.Write(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Inserted != 3 || res.Duplicates != 1 || res.Rejected != 1 {
+			t.Fatalf("first write: %+v, want 3 inserted, 1 duplicate, 1 rejected", res)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.api_calls"); n != 3 {
+			t.Fatalf("%d rows, want 3", n)
+		}
+		// Minutes touched, for the rollup: one per distinct minute inserted.
+		if n := count(t, db, "SELECT count(DISTINCT bucket_start) FROM apigee.rollup_invalidations WHERE batch_id = $1", res.BatchID); n != 3 {
+			t.Fatalf("%d invalidated minutes, want 3", n)
+		}
+		var sum []byte
+		var inserted, dups int
+		if err := db.Admin.QueryRow(ctx, "SELECT rows_sha256, rows_inserted, rows_duplicate FROM apigee.ingest_batches WHERE batch_id = $1", res.BatchID).Scan(&sum, &inserted, &dups); err != nil {
+			t.Fatal(err)
+		}
+		if string(sum) != string(res.SHA256[:]) || inserted != 3 || dups != 1 {
+			t.Fatalf("batch row: %x %d %d, want %x 3 1", sum, inserted, dups, res.SHA256)
+		}
+
+		// Redelivery of everything: nothing new.
+		again, err := w.Write(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again.Inserted != 0 || again.Duplicates != 4 || again.Rejected != 0 {
+			t.Fatalf("redelivery: %+v, want 0 inserted, 4 duplicates, 0 rejected", again)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.api_calls"); n != 3 {
+			t.Fatalf("%d rows after redelivery, want 3", n)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.ingest_rejects"); n != 1 {
+			t.Fatalf("%d rejects after redelivery, want 1", n)
+		}
+		var attrs string
+		if err := db.Admin.QueryRow(ctx, "SELECT attributes::text FROM apigee.api_calls WHERE message_id = 'm1'").Scan(&attrs); err != nil || attrs != `{"k": "v"}` {
+			t.Fatalf("attributes %q (err %v)", attrs, err)
+		}
+	})
+}
+
+func TestHashIsRecomputable(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)
+	a := []store.Call{call("a", "t", now), call("b", "t", now)}
+	h1 := store.HashCalls(7, a)
+	if h1 != store.HashCalls(7, a) {
+		t.Fatal("hash is not deterministic")
+	}
+	if h1 == store.HashCalls(8, a) {
+		t.Fatal("hash ignores the batch id")
+	}
+	b := []store.Call{call("a", "t", now), call("b", "u", now)}
+	if h1 == store.HashCalls(7, b) {
+		t.Fatal("hash ignores a changed tenant")
+	}
+}
+
+func TestConcurrentWritersSameMessages(t *testing.T) {
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		w := store.NewWriter(ingestPool(t, db))
+		now := time.Now().UTC()
+		var calls []store.Call
+		for i := range 500 {
+			calls = append(calls, call(fmt.Sprintf("c%d", i), "tenant-a", now.Add(-time.Duration(i)*time.Second)))
+		}
+		var wg sync.WaitGroup
+		results := make([]store.Result, 4)
+		errs := make([]error, 4)
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[g], errs[g] = w.Write(context.Background(), &store.Batch{Calls: calls, Messages: len(calls)})
+			}()
+		}
+		wg.Wait()
+		total := 0
+		for g := range 4 {
+			if errs[g] != nil {
+				t.Fatal(errs[g])
+			}
+			total += results[g].Inserted
+		}
+		if total != 500 {
+			t.Fatalf("writers inserted %d rows in all, want 500", total)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.api_calls"); n != 500 {
+			t.Fatalf("%d rows, want 500", n)
+		}
+	})
+}
+
+func TestDataErrorIsClassified(t *testing.T) {
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		w := store.NewWriter(ingestPool(t, db))
+		bad := call(strings.Repeat("x", 200), "tenant-a", time.Now()) // over the 128-byte CHECK
+		_, err := w.Write(context.Background(), &store.Batch{Calls: []store.Call{bad}})
+		if err == nil || !store.IsDataError(err) {
+			t.Fatalf("got %v, want a data error", err)
+		}
+		if store.IsDataError(errors.New("connection refused")) || store.IsDataError(pgx.ErrNoRows) {
+			t.Fatal("non-database errors classified as data errors")
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.ingest_batches"); n != 0 {
+			t.Fatalf("failed batch left %d batch rows", n)
+		}
+	})
+}
