@@ -1,0 +1,39 @@
+package ingest
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"apigee-timescale/shared/record"
+)
+
+// FuzzDecodePush: any body, with or without Pub/Sub's headers, decodes
+// without panicking into either data or a quarantinable bad delivery, and
+// what it decodes into is ingestible (every record stored or rejected).
+func FuzzDecodePush(f *testing.F) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f.Add([]byte(wrapped("m", rec("r", now), map[string]string{"tenant": "t"})), false)
+	f.Add([]byte(rec("r", now)), true)
+	f.Add([]byte(`{"message":{"data":"e30=","messageId":"1"}}`), false)
+	f.Add([]byte(`{"message":{"data":"!!"}}`), false)
+	f.Add([]byte(`{"message":null}`), false)
+	f.Add([]byte(`[1,2,3]`), false)
+	f.Fuzz(func(t *testing.T, body []byte, unwrapped bool) {
+		h := http.Header{}
+		if unwrapped {
+			h.Set(hdrMessageID, "1")
+		}
+		m := decodePush(h, body)
+		if m.bad != nil {
+			if m.bad.Reason == "" || m.bad.Detail == "" {
+				t.Fatalf("bad delivery without reason/detail: %+v", m.bad)
+			}
+			return
+		}
+		p := record.Parse(m.Data, record.DefaultLimits())
+		if len(m.Data) > 0 && len(p.Records)+len(p.Rejects) == 0 {
+			t.Fatalf("data %q produced neither records nor rejects", m.Data)
+		}
+	})
+}

@@ -1,0 +1,390 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+
+	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/shared/pushauth"
+	"apigee-timescale/shared/pushauth/pushauthtest"
+	"apigee-timescale/shared/record"
+)
+
+func TestEnvelopeForms(t *testing.T) {
+	now := time.Now().UTC()
+	logEntry := func(id string) string {
+		return `{"insertId":"x","logName":"projects/p/logs/apigee","jsonPayload":` + rec(id, now) + `}`
+	}
+	tests := []struct {
+		name string
+		body string
+		hdr  map[string]string
+		ids  []string // message_ids stored
+		psID string   // pubsub_message_id stored with them
+	}{
+		{"wrapped, one record", wrapped("ps-1", rec("w1", now), nil), nil, []string{"w1"}, "ps-1"},
+		{"wrapped with legacy spelling only", `{"message":{"data":"` + b64(rec("w2", now)) + `","message_id":"ps-2","publish_time":"2026-01-01T00:00:00Z"},"subscription":"s"}`, nil, []string{"w2"}, "ps-2"},
+		{"unwrapped with metadata headers", rec("u1", now), map[string]string{hdrMessageID: "ps-3", hdrSubscription: "projects/p/subscriptions/s", hdrPublishTime: now.Format(time.RFC3339Nano)}, []string{"u1"}, "ps-3"},
+		{"direct JSON record", rec("d1", now), nil, []string{"d1"}, ""},
+		{"cloud logging LogEntry", wrapped("ps-4", logEntry("l1"), nil), nil, []string{"l1"}, "ps-4"},
+		{"JSON array", wrapped("ps-5", "["+rec("a1", now)+","+rec("a2", now)+","+rec("a3", now)+"]", nil), nil, []string{"a1", "a2", "a3"}, "ps-5"},
+		{"newline-delimited", wrapped("ps-6", rec("n1", now)+"\n"+rec("n2", now)+"\r\n\n"+rec("n3", now)+"\n", nil), nil, []string{"n1", "n2", "n3"}, "ps-6"},
+	}
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		s := newService(t, db, nil)
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if code := post(t, s, tt.body, tt.hdr); code != http.StatusNoContent {
+					t.Fatalf("status %d, want 204", code)
+				}
+				for _, id := range tt.ids {
+					var ps *string
+					var verb string
+					if err := db.Admin.QueryRow(context.Background(), "SELECT pubsub_message_id, request_verb FROM apigee.api_calls WHERE message_id = $1", id).Scan(&ps, &verb); err != nil {
+						t.Fatalf("record %s not stored: %v", id, err)
+					}
+					got := ""
+					if ps != nil {
+						got = *ps
+					}
+					if got != tt.psID || verb != "GET" {
+						t.Fatalf("record %s: pubsub id %q verb %q, want %q GET", id, got, verb, tt.psID)
+					}
+				}
+			})
+		}
+		t.Run("cloudevent", func(t *testing.T) {
+			e := event.New()
+			e.SetID("ce-1")
+			e.SetType("google.cloud.pubsub.topic.v1.messagePublished")
+			e.SetSource("//pubsub.googleapis.com/projects/p/topics/t")
+			if err := e.SetData("application/json", json.RawMessage(wrapped("ps-ce", rec("ce1", now), nil))); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.HandleEvent(context.Background(), e); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(t, db, "SELECT count(*) FROM apigee.api_calls WHERE message_id = 'ce1' AND pubsub_message_id = 'ps-ce'"); n != 1 {
+				t.Fatalf("cloudevent record stored %d times", n)
+			}
+		})
+		if n := count(t, db, "SELECT count(*) FROM apigee.ingest_rejects"); n != 0 {
+			t.Fatalf("%d rejects for good input", n)
+		}
+	})
+}
+
+func b64(s string) string {
+	return strings.TrimSuffix(strings.TrimSuffix(wrappedData(s), "\""), "\"")
+}
+
+func wrappedData(s string) string {
+	var env struct {
+		Message struct {
+			Data string `json:"data"`
+		} `json:"message"`
+	}
+	json.Unmarshal([]byte(wrapped("x", s, nil)), &env)
+	return env.Message.Data
+}
+
+func TestBadInputIsQuarantined(t *testing.T) {
+	now := time.Now().UTC()
+	many := make([]string, 10001)
+	for i := range many {
+		many[i] = `{"schema":"apigee.call.v1"}`
+	}
+	tests := []struct {
+		name, body  string
+		reason      string
+		field       string
+		wantRejects int
+	}{
+		{"bad base64", `{"message":{"data":"!!!not base64!!!","messageId":"b1"}}`, ReasonBadBase64, "", 1},
+		{"envelope not JSON", `{"message":`, ReasonBadEnvelope, "", 1},
+		{"envelope without data", `{"message":{"messageId":"b2"}}`, ReasonBadEnvelope, "", 1},
+		{"data not JSON", wrapped("b3", "hello, world", nil), record.ReasonNotJSON, "", 1},
+		{"wrong schema version", wrapped("b4", strings.Replace(rec("r4", now), "apigee.call.v1", "apigee.call.v9", 1), nil), record.ReasonUnknownSchema, "schema", 1},
+		{"missing required field", wrapped("b5", strings.Replace(rec("r5", now), `"apiproxy":"orders-v1",`, "", 1), nil), record.ReasonMissingField, "apiproxy", 1},
+		{"bad timestamp", wrapped("b6", strings.Replace(rec("r6", now), now.Format(time.RFC3339Nano), "yesterday", 1), nil), record.ReasonInvalidField, "received_at", 1},
+		{"status out of range", wrapped("b7", strings.Replace(rec("r7", now), `"200"`, `"999"`, 1), nil), record.ReasonInvalidField, "response_status_code", 1},
+		{"oversized record", wrapped("b8", rec("r8", now, `"request_path":"/`+strings.Repeat("a", 1<<20)+`"`), nil), record.ReasonRecordTooLarge, "", 1},
+		{"10,001 records", wrapped("b9", "["+strings.Join(many, ",")+"]", nil), record.ReasonTooManyRecords, "", 1},
+		{"one bad record among good ones", wrapped("b10", rec("g1", now)+"\n{\"schema\":\n"+rec("g2", now), nil), record.ReasonNotJSON, "", 1},
+	}
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		s := newService(t, db, nil)
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				before := count(t, db, "SELECT count(*) FROM apigee.ingest_rejects")
+				if code := post(t, s, tt.body, nil); code != http.StatusNoContent {
+					t.Fatalf("status %d, want 204 (poison input is acknowledged)", code)
+				}
+				rows, err := db.Admin.Query(context.Background(),
+					"SELECT reason, coalesce(field, ''), detail, octet_length(payload) FROM apigee.ingest_rejects ORDER BY ingested_at DESC, record_index LIMIT $1", tt.wantRejects)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rows.Close()
+				n := 0
+				for rows.Next() {
+					var reason, field, detail string
+					var size int
+					if err := rows.Scan(&reason, &field, &detail, &size); err != nil {
+						t.Fatal(err)
+					}
+					if reason != tt.reason || field != tt.field || detail == "" || size == 0 {
+						t.Fatalf("quarantined as %s/%q (%q, %d bytes), want %s/%q with detail and payload", reason, field, detail, size, tt.reason, tt.field)
+					}
+					n++
+				}
+				if after := count(t, db, "SELECT count(*) FROM apigee.ingest_rejects"); after-before != tt.wantRejects || n != tt.wantRejects {
+					t.Fatalf("%d new rejects, want %d", after-before, tt.wantRejects)
+				}
+			})
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.api_calls WHERE message_id IN ('g1', 'g2')"); n != 2 {
+			t.Fatalf("good records beside a bad one: %d stored, want 2", n)
+		}
+		t.Run("redelivered poison is quarantined once", func(t *testing.T) {
+			body := wrapped("b-again", "not json", nil)
+			for range 3 {
+				if code := post(t, s, body, nil); code != http.StatusNoContent {
+					t.Fatalf("status %d", code)
+				}
+			}
+			if n := count(t, db, "SELECT count(*) FROM apigee.ingest_rejects WHERE pubsub_message_id = 'b-again'"); n != 1 {
+				t.Fatalf("%d rejects for one redelivered message, want 1", n)
+			}
+		})
+		t.Run("SQL-looking strings are stored verbatim", func(t *testing.T) {
+			evil := `'); DROP TABLE apigee.api_calls; -- \" \\ ☃`
+			body := wrapped("sql", rec("sql-1", now, fmt.Sprintf(`"useragent":%q`, evil)), nil)
+			if code := post(t, s, body, nil); code != http.StatusNoContent {
+				t.Fatalf("status %d", code)
+			}
+			var ua string
+			if err := db.Admin.QueryRow(context.Background(), "SELECT useragent FROM apigee.api_calls WHERE message_id = 'sql-1'").Scan(&ua); err != nil || ua != evil {
+				t.Fatalf("useragent %q (err %v), want %q", ua, err, evil)
+			}
+		})
+	})
+}
+
+// deliverConcurrently posts every body with at most workers in flight and
+// returns the status codes seen.
+func deliverConcurrently(t testing.TB, h http.Handler, bodies []string, workers int) map[int]int {
+	t.Helper()
+	var mu sync.Mutex
+	codes := map[int]int{}
+	ch := make(chan string)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range ch {
+				c := post(t, h, b, nil)
+				mu.Lock()
+				codes[c]++
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, b := range bodies {
+		ch <- b
+	}
+	close(ch)
+	wg.Wait()
+	return codes
+}
+
+func TestDuplicateDeliveriesMakeOneRow(t *testing.T) {
+	const n = 10000
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		s := newService(t, db, nil)
+		now := time.Now().UTC()
+		bodies := make([]string, 0, 2*n)
+		for i := range n {
+			b := wrapped(fmt.Sprintf("ps-%d", i), rec(fmt.Sprintf("dup-%d", i), now.Add(-time.Duration(i)*time.Millisecond*37)), nil)
+			bodies = append(bodies, b, b) // each delivered twice, side by side
+		}
+		codes := deliverConcurrently(t, s, bodies, 200)
+		if codes[http.StatusNoContent] != 2*n {
+			t.Fatalf("answers %v, want %d × 204", codes, 2*n)
+		}
+		if got := count(t, db, "SELECT count(*) FROM apigee.api_calls"); got != n {
+			t.Fatalf("%d rows, want %d", got, n)
+		}
+		var inserted, dups int
+		if err := db.Admin.QueryRow(context.Background(), "SELECT sum(rows_inserted), sum(rows_duplicate) FROM apigee.ingest_batches").Scan(&inserted, &dups); err != nil {
+			t.Fatal(err)
+		}
+		if inserted != n || dups != n {
+			t.Fatalf("batches account %d inserted and %d duplicates, want %d and %d", inserted, dups, n, n)
+		}
+	})
+}
+
+func TestThousandConcurrentRequestsShareBatches(t *testing.T) {
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		s := newService(t, db, nil)
+		now := time.Now().UTC()
+		bodies := make([]string, 1000)
+		for i := range bodies {
+			bodies[i] = wrapped(fmt.Sprintf("c-%d", i), rec(fmt.Sprintf("conc-%d", i), now), nil)
+		}
+		codes := deliverConcurrently(t, s, bodies, 1000)
+		if codes[http.StatusNoContent] != 1000 {
+			t.Fatalf("answers %v", codes)
+		}
+		if got := count(t, db, "SELECT count(*) FROM apigee.api_calls"); got != 1000 {
+			t.Fatalf("%d rows, want 1000", got)
+		}
+		batches := count(t, db, "SELECT count(*) FROM apigee.ingest_batches")
+		if batches > 200 {
+			t.Fatalf("1000 concurrent deliveries took %d batches: group commit is not grouping", batches)
+		}
+		t.Logf("1000 concurrent deliveries → %d batches", batches)
+	})
+}
+
+func TestDatabaseOutage(t *testing.T) {
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		_, dsn := db.Login(t, "apigee_ingest")
+		proxy, viaProxy := newCutProxy(t, dsn)
+		s := newServiceDSN(t, viaProxy, func(c *Config, _ *Deps) {
+			c.RequestTimeout = 2 * time.Second
+			c.Batch.WriteTimeout = time.Second
+		})
+		now := time.Now().UTC()
+		bodies := make([]string, 200)
+		for i := range bodies {
+			bodies[i] = wrapped(fmt.Sprintf("o-%d", i), rec(fmt.Sprintf("out-%d", i), now), nil)
+		}
+		// Warm the pool, then cut the database off.
+		if code := post(t, s, bodies[0], nil); code != http.StatusNoContent {
+			t.Fatalf("warm-up: %d", code)
+		}
+		proxy.cut()
+		start := time.Now()
+		codes := deliverConcurrently(t, s, bodies, 50)
+		if codes[http.StatusNoContent] != 0 || codes[http.StatusServiceUnavailable]+codes[http.StatusTooManyRequests] != len(bodies) {
+			t.Fatalf("during the outage: %v, want only 503/429", codes)
+		}
+		if el := time.Since(start); el > 30*time.Second {
+			t.Fatalf("answers took %v during the outage", el)
+		}
+		// Pub/Sub redelivers everything unacknowledged once the database is back.
+		proxy.restore()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			codes = deliverConcurrently(t, s, bodies, 50)
+			if codes[http.StatusNoContent] == len(bodies) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after restore: %v", codes)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if got := count(t, db, "SELECT count(*) FROM apigee.api_calls"); got != len(bodies) {
+			t.Fatalf("%d rows after the outage, want %d exactly once each", got, len(bodies))
+		}
+	})
+}
+
+func TestPushAuthentication(t *testing.T) {
+	const aud = "https://ingest.example.run.app/"
+	const sa = "pubsub-push@proj.iam.gserviceaccount.com"
+	signer := pushauthtest.NewSigner(t)
+	v, err := pushauth.NewVerifier(context.Background(), pushauth.Config{Audience: aud, ServiceAccount: sa, HTTPClient: signer.HTTPClient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := dbtest.New(t, dbtest.TimescaleDB)
+	s := newService(t, db, func(_ *Config, d *Deps) { d.Verifier = v })
+	other := pushauthtest.NewSigner(t)
+	expired := pushauthtest.IDTokenClaims(aud, sa, time.Hour)
+	expired["exp"] = time.Now().Add(-time.Hour).Unix()
+	expired["iat"] = time.Now().Add(-2 * time.Hour).Unix()
+	unverified := pushauthtest.IDTokenClaims(aud, sa, time.Hour)
+	unverified["email_verified"] = false
+	var seq atomic.Int32
+	tests := []struct {
+		name  string
+		token string
+		want  int
+	}{
+		{"valid", signer.IDToken(t, aud, sa, time.Hour), http.StatusNoContent},
+		{"missing", "", http.StatusUnauthorized},
+		{"garbage", "not.a.jwt", http.StatusUnauthorized},
+		{"other key", other.IDToken(t, aud, sa, time.Hour), http.StatusUnauthorized},
+		{"expired", signer.Token(t, expired), http.StatusUnauthorized},
+		{"wrong audience", signer.IDToken(t, "https://elsewhere/", sa, time.Hour), http.StatusUnauthorized},
+		{"wrong email", signer.IDToken(t, aud, "attacker@evil.iam.gserviceaccount.com", time.Hour), http.StatusUnauthorized},
+		{"email not verified", signer.Token(t, unverified), http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := count(t, db, "SELECT count(*) FROM apigee.api_calls") + count(t, db, "SELECT count(*) FROM apigee.ingest_rejects")
+			id := fmt.Sprintf("auth-%d", seq.Add(1))
+			hdr := map[string]string{}
+			if tt.token != "" {
+				hdr["Authorization"] = "Bearer " + tt.token
+			}
+			if code := post(t, s, wrapped(id, rec(id, time.Now()), nil), hdr); code != tt.want {
+				t.Fatalf("status %d, want %d", code, tt.want)
+			}
+			after := count(t, db, "SELECT count(*) FROM apigee.api_calls") + count(t, db, "SELECT count(*) FROM apigee.ingest_rejects")
+			wantNew := 0
+			if tt.want == http.StatusNoContent {
+				wantNew = 1
+			}
+			if after-before != wantNew {
+				t.Fatalf("%d rows written, want %d", after-before, wantNew)
+			}
+		})
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr string
+	}{
+		{"defaults", nil, ""},
+		{"tuned", map[string]string{"INGEST_BATCH_MAX_ROWS": "500", "INGEST_BATCH_MAX_WAIT": "5ms"}, ""},
+		{"bad number", map[string]string{"INGEST_BATCH_MAX_ROWS": "lots"}, "INGEST_BATCH_MAX_ROWS"},
+		{"bad duration", map[string]string{"INGEST_REQUEST_TIMEOUT": "10"}, "INGEST_REQUEST_TIMEOUT"},
+		{"service account without audience", map[string]string{"PUSH_SERVICE_ACCOUNT": "a@b"}, "PUSH_AUDIENCE"},
+		{"queue smaller than a batch", map[string]string{"INGEST_QUEUE_MAX_ROWS": "10"}, "INGEST_QUEUE_MAX_ROWS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := configFrom(func(k string) string { return tt.env[k] })
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.Batch.MaxRows <= 0 || c.RequestTimeout <= 0 {
+					t.Fatalf("defaults not applied: %+v", c)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("got %v, want an error naming %s", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -1,0 +1,234 @@
+package batcher
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"apigee-timescale/shared/record"
+	"apigee-timescale/shared/store"
+)
+
+// fakeWriter records batches; fail decides per batch whether to fail.
+type fakeWriter struct {
+	mu      sync.Mutex
+	batches []*store.Batch
+	delay   time.Duration
+	fail    func(*store.Batch) error
+}
+
+func (f *fakeWriter) Write(ctx context.Context, b *store.Batch) (store.Result, error) {
+	if f.delay > 0 {
+		time.Sleep(f.delay)
+	}
+	if f.fail != nil {
+		if err := f.fail(b); err != nil {
+			return store.Result{}, err
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.batches = append(f.batches, b)
+	return store.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
+}
+
+func (f *fakeWriter) stored() (batches, calls, rejects int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range f.batches {
+		calls += len(b.Calls)
+		rejects += len(b.Rejects)
+	}
+	return len(f.batches), calls, rejects
+}
+
+func item(id string) *Item {
+	return &Item{Calls: []store.Call{{Record: record.Record{MessageID: id}}}, Bytes: 100}
+}
+
+func submitAll(t *testing.T, b *Batcher, n int) []error {
+	t.Helper()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = b.Submit(context.Background(), item("m"))
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func TestGroupCommit(t *testing.T) {
+	tests := []struct {
+		name        string
+		cfg         Config
+		n           int
+		maxBatches  int
+		wantBatches int // exact when > 0
+	}{
+		{"concurrent deliveries share batches", Config{MaxWait: 50 * time.Millisecond, Flushers: 1}, 200, 10, 0},
+		{"row limit splits batches", Config{MaxRows: 10, MaxWait: time.Second, Flushers: 1}, 100, 0, 10},
+		{"byte limit splits batches", Config{MaxBytes: 1000, MaxWait: time.Second, Flushers: 1}, 100, 0, 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := &fakeWriter{delay: 5 * time.Millisecond}
+			b := New(w, tt.cfg)
+			defer b.Close(context.Background())
+			for _, err := range submitAll(t, b, tt.n) {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			batches, calls, _ := w.stored()
+			if calls != tt.n {
+				t.Fatalf("stored %d calls, want %d", calls, tt.n)
+			}
+			if tt.maxBatches > 0 && batches > tt.maxBatches {
+				t.Fatalf("%d batches for %d concurrent deliveries, want at most %d", batches, tt.n, tt.maxBatches)
+			}
+			if tt.wantBatches > 0 && batches != tt.wantBatches {
+				t.Fatalf("%d batches, want %d", batches, tt.wantBatches)
+			}
+			if rows, bytes := b.Queued(); rows != 0 || bytes != 0 {
+				t.Fatalf("queue not released: %d rows, %d bytes", rows, bytes)
+			}
+		})
+	}
+}
+
+func TestSubmitAnswersOnlyAfterCommit(t *testing.T) {
+	w := &fakeWriter{delay: 100 * time.Millisecond}
+	b := New(w, Config{MaxWait: time.Millisecond})
+	defer b.Close(context.Background())
+	start := time.Now()
+	if err := b.Submit(context.Background(), item("a")); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) < 100*time.Millisecond {
+		t.Fatal("Submit returned before the write finished")
+	}
+	if _, calls, _ := w.stored(); calls != 1 {
+		t.Fatalf("%d calls stored", calls)
+	}
+}
+
+func TestQueueFull(t *testing.T) {
+	w := &fakeWriter{delay: 300 * time.Millisecond}
+	b := New(w, Config{MaxRows: 1, QueueRows: 5, MaxWait: time.Millisecond, Flushers: 1})
+	defer b.Close(context.Background())
+	errs := submitAll(t, b, 20)
+	full := 0
+	for _, err := range errs {
+		if errors.Is(err, ErrQueueFull) {
+			full++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if full == 0 || full == 20 {
+		t.Fatalf("%d of 20 refused as queue full, want some but not all", full)
+	}
+	if _, calls, _ := w.stored(); calls != 20-full {
+		t.Fatalf("stored %d calls, want %d", calls, 20-full)
+	}
+}
+
+func TestWriteErrorFailsEveryDelivery(t *testing.T) {
+	down := errors.New("connection refused")
+	w := &fakeWriter{fail: func(*store.Batch) error { return down }}
+	b := New(w, Config{MaxWait: 20 * time.Millisecond})
+	defer b.Close(context.Background())
+	for _, err := range submitAll(t, b, 10) {
+		if !errors.Is(err, down) {
+			t.Fatalf("got %v, want the write error", err)
+		}
+	}
+}
+
+func TestDataErrorIsolatesTheCulprit(t *testing.T) {
+	dataErr := &pgconn.PgError{Code: "23514", Message: "violates check constraint"}
+	w := &fakeWriter{fail: func(b *store.Batch) error {
+		for _, c := range b.Calls {
+			if c.MessageID == "poison" {
+				return dataErr
+			}
+		}
+		return nil
+	}}
+	b := New(w, Config{MaxWait: 50 * time.Millisecond})
+	defer b.Close(context.Background())
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := "good"
+			if i == 0 {
+				id = "poison"
+			}
+			errs[i] = b.Submit(context.Background(), item(id))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("delivery %d: %v (every delivery must be stored or quarantined)", i, err)
+		}
+	}
+	_, calls, rejects := w.stored()
+	if calls != 5 || rejects != 1 {
+		t.Fatalf("stored %d calls and %d rejects, want 5 and 1", calls, rejects)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, sb := range w.batches {
+		for _, r := range sb.Rejects {
+			if r.Reason != ReasonDBRejected || len(r.Payload) == 0 {
+				t.Fatalf("quarantined %+v, want reason %s with the record", r, ReasonDBRejected)
+			}
+		}
+	}
+}
+
+func TestCloseDrainsThenRefuses(t *testing.T) {
+	w := &fakeWriter{delay: 50 * time.Millisecond}
+	b := New(w, Config{MaxWait: 200 * time.Millisecond})
+	var wg sync.WaitGroup
+	errs := make([]error, 50)
+	for i := range 50 {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = b.Submit(context.Background(), item("x")) }()
+	}
+	time.Sleep(20 * time.Millisecond) // let them queue
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, ErrClosed):
+			t.Fatalf("unexpected %v", err)
+		}
+	}
+	if _, calls, _ := w.stored(); calls != ok {
+		t.Fatalf("%d acknowledged but %d stored", ok, calls)
+	}
+	if ok == 0 {
+		t.Fatal("nothing queued before Close was written")
+	}
+	if err := b.Submit(context.Background(), item("late")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v, want ErrClosed", err)
+	}
+}
