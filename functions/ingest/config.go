@@ -26,7 +26,7 @@ type Config struct {
 	// Batch (INGEST_BATCH_MAX_ROWS, INGEST_BATCH_MAX_BYTES,
 	// INGEST_BATCH_MAX_WAIT, INGEST_QUEUE_MAX_ROWS, INGEST_QUEUE_MAX_BYTES,
 	// INGEST_FLUSHERS, INGEST_WRITE_TIMEOUT): group commit limits; defaults
-	// 1000 rows, 4 MiB, 20ms, 20000 rows, 64 MiB, 2 flushers, 20s.
+	// 1000 rows, 4 MiB, 5ms, 20000 rows, 64 MiB, 2 flushers, 20s.
 	Batch batcher.Config
 
 	// RequestTimeout (INGEST_REQUEST_TIMEOUT, default 9s): a delivery not
@@ -89,7 +89,7 @@ func configFrom(getenv func(string) string) (Config, error) {
 	}
 	intVar("INGEST_BATCH_MAX_ROWS", &c.Batch.MaxRows, 1000)
 	intVar("INGEST_BATCH_MAX_BYTES", &c.Batch.MaxBytes, 4<<20)
-	durVar("INGEST_BATCH_MAX_WAIT", &c.Batch.MaxWait, 20*time.Millisecond)
+	durVar("INGEST_BATCH_MAX_WAIT", &c.Batch.MaxWait, 5*time.Millisecond)
 	intVar("INGEST_QUEUE_MAX_ROWS", &c.Batch.QueueRows, 20000)
 	intVar("INGEST_QUEUE_MAX_BYTES", &c.Batch.QueueBytes, 64<<20)
 	intVar("INGEST_FLUSHERS", &c.Batch.Flushers, 2)

@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -55,8 +54,7 @@ type pushEnvelope struct {
 // CloudEvent). isEnvelope is false when body is JSON but not an envelope.
 func decodeWrapped(body []byte) (m message, isEnvelope bool) {
 	var env pushEnvelope
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&env); err != nil {
+	if err := json.Unmarshal(body, &env); err != nil {
 		return message{bad: &badDelivery{ReasonBadEnvelope, "push envelope is not valid JSON: " + shorten(err.Error()), body}}, true
 	}
 	if env.Message == nil {

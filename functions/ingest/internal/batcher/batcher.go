@@ -33,8 +33,12 @@ type Config struct {
 	// MaxBytes flushes a batch once its deliveries hold this many bytes of
 	// input. Default 4 MiB.
 	MaxBytes int
-	// MaxWait flushes a batch this long after its first delivery arrived,
-	// however small it is. Default 20 ms.
+	// MaxWait is how long a batch waits for more deliveries after its first
+	// one before it is handed to a free flusher, however small it is.
+	// Default 5 ms. While every flusher is busy the batch keeps growing (up
+	// to MaxRows/MaxBytes) whatever its age, so under load batch size
+	// follows the database's speed and MaxWait only sets the latency floor
+	// when the database keeps up.
 	MaxWait time.Duration
 	// QueueRows and QueueBytes bound what is accepted but not yet committed;
 	// past them Submit fails at once with ErrQueueFull, so memory stays
@@ -62,7 +66,7 @@ func (c Config) withDefaults() Config {
 	def(&c.QueueBytes, 64<<20)
 	def(&c.Flushers, 2)
 	if c.MaxWait <= 0 {
-		c.MaxWait = 20 * time.Millisecond
+		c.MaxWait = 5 * time.Millisecond
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 20 * time.Second

@@ -1,0 +1,482 @@
+// Command bench measures ingest side by side in one run, against a fresh
+// database with the real schema and roles, and prints one table whose
+// ratios are what to compare (absolute numbers drift on a shared machine):
+//
+//	(1a) pgx CopyFrom of the rows straight into apigee.api_calls (as owner)
+//	(1b) COPY into a staging table + INSERT … ON CONFLICT DO NOTHING, as the
+//	     ingest role: the ceiling for exactly-once rows under RLS
+//	(2)  the ingest core (decode, validate, group commit, write) fed
+//	     100-record messages, in process
+//	(3)  the HTTP push path: many concurrent single-record deliveries over
+//	     loopback HTTP, msgs/s and time to answer
+//	(4a) a naive function, one autocommitted INSERT per message, one
+//	     request at a time (Cloud Run functions' default concurrency of 1)
+//	(4b) the same naive function with 8 requests at a time
+//
+// Usage: BENCH_DATABASE_URL=postgres://superuser@host/db go run ./functions/ingest/cmd/bench
+// (make bench-ingest starts the local TimescaleDB and sets it).
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"apigee-timescale/functions/ingest"
+	"apigee-timescale/migrations"
+	"apigee-timescale/shared/record"
+)
+
+var (
+	rows    = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
+	msgs    = flag.Int("msgs", 20000, "single-record deliveries for the HTTP modes (3, 4)")
+	clients = flag.Int("clients", 256, "concurrent HTTP clients for (3)")
+)
+
+func main() {
+	flag.Parse()
+	if err := run(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	name     string
+	n        int
+	elapsed  time.Duration
+	p50, p99 time.Duration
+}
+
+func (r result) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+func run(ctx context.Context) error {
+	server := os.Getenv("BENCH_DATABASE_URL")
+	if server == "" {
+		return fmt.Errorf("BENCH_DATABASE_URL is not set (a superuser URL of a TimescaleDB server)")
+	}
+	dbURL, ingestURL, cleanup, err := setup(ctx, server)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+
+	data := makeRecords(*rows)
+	var res []result
+	step := func(r result, err error) error {
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.name, err)
+		}
+		fmt.Fprintf(os.Stderr, "  %-62s %9.0f rows/s\n", r.name, r.rate())
+		res = append(res, r)
+		return reset(ctx, dbURL)
+	}
+	owner, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer owner.Close()
+	ing, err := pgxpool.New(ctx, ingestURL)
+	if err != nil {
+		return err
+	}
+	defer ing.Close()
+
+	if err := step(benchCopy(ctx, owner, data)); err != nil {
+		return err
+	}
+	if err := step(benchStaging(ctx, ing, data)); err != nil {
+		return err
+	}
+	if err := step(benchCore(ctx, ingestURL, data)); err != nil {
+		return err
+	}
+	single := makeRecords(*msgs)
+	if err := step(benchHTTP(ctx, ingestURL, single)); err != nil {
+		return err
+	}
+	naive := single[:min(len(single), 5000)]
+	if err := step(benchNaive(ctx, ingestURL, naive, 1)); err != nil {
+		return err
+	}
+	if err := step(benchNaive(ctx, ingestURL, naive, 8)); err != nil {
+		return err
+	}
+	report(res)
+	return nil
+}
+
+func report(res []result) {
+	fmt.Printf("\ningest benchmark — %d cores, %s, %s\n\n", runtime.NumCPU(), runtime.GOOS+"/"+runtime.GOARCH, time.Now().UTC().Format(time.DateOnly))
+	fmt.Printf("| mode | rows | rows/s | p50 | p99 | ratio |\n|---|---:|---:|---:|---:|---:|\n")
+	base := map[string]float64{}
+	for _, r := range res {
+		base[r.name[:4]] = r.rate()
+	}
+	for _, r := range res {
+		ratio := ""
+		switch r.name[:4] {
+		case "(1b)":
+			ratio = fmt.Sprintf("%.2f × (1a)", r.rate()/base["(1a)"])
+		case "(2) ":
+			ratio = fmt.Sprintf("%.2f × (1b)", r.rate()/base["(1b)"])
+		case "(3) ":
+			ratio = fmt.Sprintf("%.1f × (4a), %.1f × (4b)", r.rate()/base["(4a)"], r.rate()/base["(4b)"])
+		}
+		lat := func(d time.Duration) string {
+			if d == 0 {
+				return "–"
+			}
+			return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
+		}
+		fmt.Printf("| %s | %d | %.0f | %s | %s | %s |\n", r.name, r.n, r.rate(), lat(r.p50), lat(r.p99), ratio)
+	}
+	fmt.Println("\ntargets: (2) ≥ 0.9 × (1b); (3) ≥ 10 × (4a) with p99 ≤ 100 ms")
+}
+
+// setup creates a throwaway database with the schema and an ingest login.
+func setup(ctx context.Context, server string) (dbURL, ingestURL string, cleanup func(), err error) {
+	suffix := randHex(6)
+	name := "apigee_bench_" + suffix
+	conn, err := pgx.Connect(ctx, server)
+	if err != nil {
+		return "", "", nil, err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", "", nil, err
+	}
+	role, pw := "bench_ingest_"+suffix, randHex(16)
+	if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s' IN ROLE apigee_ingest", role, pw)); err != nil {
+		// apigee_ingest exists only after a first migration on this server.
+		if _, err := migrations.Up(ctx, withDB(server, name, ""), migrations.Options{}); err != nil {
+			return "", "", nil, err
+		}
+		if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s' IN ROLE apigee_ingest", role, pw)); err != nil {
+			return "", "", nil, err
+		}
+	}
+	dbURL = withDB(server, name, "")
+	if _, err := migrations.Up(ctx, dbURL, migrations.Options{}); err != nil {
+		return "", "", nil, err
+	}
+	u, _ := url.Parse(dbURL)
+	u.User = url.UserPassword(role, pw)
+	cleanup = func() {
+		c, err := pgx.Connect(context.Background(), server)
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		c.Exec(context.Background(), "DROP ROLE IF EXISTS "+role)
+	}
+	return dbURL, u.String(), cleanup, nil
+}
+
+func withDB(server, name, _ string) string {
+	u, _ := url.Parse(server)
+	u.Path = "/" + name
+	return u.String()
+}
+
+// reset empties the raw tables between modes so each starts alike.
+func reset(ctx context.Context, dbURL string) error {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, `SET ROLE apigee_owner;
+		TRUNCATE apigee.api_calls, apigee.ingest_rejects, apigee.ingest_batches, apigee.rollup_invalidations;
+		RESET ROLE; CHECKPOINT`)
+	return err
+}
+
+// makeRecords renders n distinct, realistic apigee.call.v1 records over the
+// last few hours.
+func makeRecords(n int) [][]byte {
+	proxies := []string{"orders-v1", "payments-v2", "catalog-v1", "users-v1", "search-v3"}
+	now := time.Now().UTC()
+	out := make([][]byte, n)
+	run := randHex(4)
+	for i := range n {
+		r := map[string]any{
+			"schema": record.SchemaV1, "message_id": fmt.Sprintf("%s-%d", run, i),
+			"received_at":  now.Add(-time.Duration(i%(4*3600)) * time.Second).Format(time.RFC3339Nano),
+			"organization": "acme", "environment": "prod", "apiproxy": proxies[i%len(proxies)],
+			"request_verb": "GET", "request_path": fmt.Sprintf("/v1/items/%d", i%997),
+			"response_status_code": "200", "total_response_time": fmt.Sprint(20 + i%180),
+			"target_response_time": fmt.Sprint(10 + i%150), "request_size": "0", "response_size": "1834",
+			"client_ip": fmt.Sprintf("203.0.113.%d", i%250), "useragent": "okhttp/4.12.0",
+			"developer_app": fmt.Sprintf("app-%d", i%40), "api_product": "gold", "tenant": fmt.Sprintf("tenant-%d", i%7),
+			"identity": map[string]any{"subject": fmt.Sprintf("user-%d", i%1000), "auth": "oauth2"},
+		}
+		out[i], _ = json.Marshal(r)
+	}
+	return out
+}
+
+func parsed(data [][]byte) []record.Record {
+	recs := make([]record.Record, 0, len(data))
+	for _, d := range data {
+		r, rej := record.ParseRecord(d, record.DefaultLimits())
+		if rej == nil {
+			recs = append(recs, r)
+		}
+	}
+	return recs
+}
+
+var copyCols = []string{"received_at", "message_id", "tenant", "organization", "environment", "apiproxy",
+	"request_verb", "request_path", "response_status_code", "total_response_time", "target_response_time",
+	"request_size", "response_size", "client_ip", "useragent", "developer_app", "api_product",
+	"identity_subject", "identity_auth", "batch_id"}
+
+func values(r *record.Record) []any {
+	return []any{r.ReceivedAt, r.MessageID, r.Tenant, r.Organization, r.Environment, r.APIProxy,
+		r.RequestVerb, r.RequestPath, r.ResponseStatusCode, r.TotalResponseTime, r.TargetResponseTime,
+		r.RequestSize, r.ResponseSize, r.ClientIP, r.UserAgent, r.DeveloperApp, r.APIProduct,
+		r.Identity.Subject, r.Identity.Auth, int64(1)}
+}
+
+func benchCopy(ctx context.Context, pool *pgxpool.Pool, data [][]byte) (result, error) {
+	recs := parsed(data)
+	r := result{name: "(1a) CopyFrom into the hypertable, 5,000-row batches", n: len(recs)}
+	start := time.Now()
+	for lo := 0; lo < len(recs); lo += 5000 {
+		chunk := recs[lo:min(lo+5000, len(recs))]
+		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"apigee", "api_calls"}, copyCols, pgx.CopyFromSlice(len(chunk), func(i int) ([]any, error) {
+			return values(&chunk[i]), nil
+		})); err != nil {
+			return r, err
+		}
+	}
+	r.elapsed = time.Since(start)
+	return r, nil
+}
+
+func benchStaging(ctx context.Context, pool *pgxpool.Pool, data [][]byte) (result, error) {
+	recs := parsed(data)
+	r := result{name: "(1b) COPY to staging + INSERT ON CONFLICT, ingest role", n: len(recs)}
+	cols := strings.Join(copyCols, ", ")
+	start := time.Now()
+	for lo := 0; lo < len(recs); lo += 1000 {
+		chunk := recs[lo:min(lo+1000, len(recs))]
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS bench_stage (
+				received_at timestamptz, message_id text, tenant text, organization text, environment text, apiproxy text,
+				request_verb text, request_path text, response_status_code smallint, total_response_time integer,
+				target_response_time integer, request_size bigint, response_size bigint, client_ip inet, useragent text,
+				developer_app text, api_product text, identity_subject text, identity_auth text, batch_id bigint) ON COMMIT DELETE ROWS`); err != nil {
+				return err
+			}
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"bench_stage"}, copyCols, pgx.CopyFromSlice(len(chunk), func(i int) ([]any, error) {
+				return values(&chunk[i]), nil
+			})); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO apigee.api_calls ("+cols+") SELECT "+cols+" FROM bench_stage ON CONFLICT DO NOTHING")
+			return err
+		})
+		if err != nil {
+			return r, err
+		}
+	}
+	r.elapsed = time.Since(start)
+	return r, nil
+}
+
+func service(ctx context.Context, dsn string) (*ingest.Service, *pgxpool.Pool, error) {
+	cfg, err := ingest.ConfigFromEnv()
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := ingest.NewService(cfg, ingest.Deps{DB: pool})
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return s, pool, nil
+}
+
+// benchCore feeds 100-record NDJSON messages to the ingest core in process,
+// 8 at a time.
+func benchCore(ctx context.Context, dsn string, data [][]byte) (result, error) {
+	r := result{name: "(2) ingest core, 100-record messages", n: len(data)}
+	s, pool, err := service(ctx, dsn)
+	if err != nil {
+		return r, err
+	}
+	defer pool.Close()
+	defer s.Close(ctx)
+	var bodies []string
+	for lo := 0; lo < len(data); lo += 100 {
+		var b strings.Builder
+		for _, d := range data[lo:min(lo+100, len(data))] {
+			b.Write(d)
+			b.WriteByte('\n')
+		}
+		bodies = append(bodies, envelope(fmt.Sprint(lo), []byte(b.String())))
+	}
+	start := time.Now()
+	_, err = drive(len(bodies), 8, func(i int) (int, error) {
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(bodies[i])))
+		return w.Code, nil
+	})
+	r.elapsed = time.Since(start)
+	return r, err
+}
+
+func benchHTTP(ctx context.Context, dsn string, data [][]byte) (result, error) {
+	r := result{name: fmt.Sprintf("(3) HTTP push, %d concurrent single-record deliveries", *clients), n: len(data)}
+	s, pool, err := service(ctx, dsn)
+	if err != nil {
+		return r, err
+	}
+	defer pool.Close()
+	defer s.Close(ctx)
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	return httpRun(r, srv.URL, data, *clients)
+}
+
+// benchNaive is the function people write first: one INSERT per message,
+// autocommitted, handling `concurrency` requests at a time.
+func benchNaive(ctx context.Context, dsn string, data [][]byte, concurrency int) (result, error) {
+	r := result{name: fmt.Sprintf("(4%c) naive INSERT per message, concurrency %d", "ab"[min(concurrency-1, 1)], concurrency), n: len(data)}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return r, err
+	}
+	defer pool.Close()
+	sem := make(chan struct{}, concurrency)
+	cols := strings.Join(copyCols, ", ")
+	ph := make([]string, len(copyCols))
+	for i := range ph {
+		ph[i] = fmt.Sprintf("$%d", i+1)
+	}
+	insert := "INSERT INTO apigee.api_calls (" + cols + ") VALUES (" + strings.Join(ph, ", ") + ") ON CONFLICT DO NOTHING"
+	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		sem <- struct{}{}
+		defer func() { <-sem }()
+		var env struct {
+			Message struct{ Data string } `json:"message"`
+		}
+		body, _ := io.ReadAll(req.Body)
+		if json.Unmarshal(body, &env) != nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		raw, _ := base64.StdEncoding.DecodeString(env.Message.Data)
+		rec, rej := record.ParseRecord(raw, record.DefaultLimits())
+		if rej != nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if _, err := pool.Exec(req.Context(), insert, values(&rec)...); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	return httpRun(r, srv.URL, data, *clients)
+}
+
+func httpRun(r result, endpoint string, data [][]byte, clients int) (result, error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients}
+	client := &http.Client{Transport: tr, Timeout: time.Minute}
+	defer tr.CloseIdleConnections()
+	bodies := make([]string, len(data))
+	for i, d := range data {
+		bodies[i] = envelope(fmt.Sprint(i), d)
+	}
+	start := time.Now()
+	lat, err := drive(len(bodies), clients, func(i int) (int, error) {
+		resp, err := client.Post(endpoint, "application/json", strings.NewReader(bodies[i]))
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	})
+	r.elapsed = time.Since(start)
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+	}
+	return r, err
+}
+
+// drive runs fn for 0..n-1 with `workers` in flight; every answer must be 204.
+func drive(n, workers int, fn func(i int) (int, error)) ([]time.Duration, error) {
+	var mu sync.Mutex
+	var firstErr error
+	lat := make([]time.Duration, 0, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				t0 := time.Now()
+				code, err := fn(i)
+				d := time.Since(t0)
+				mu.Lock()
+				if err == nil && code != http.StatusNoContent {
+					err = fmt.Errorf("delivery %d answered %d", i, code)
+				}
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return lat, firstErr
+}
+
+func envelope(id string, data []byte) string {
+	b, _ := json.Marshal(map[string]any{"message": map[string]any{
+		"data": base64.StdEncoding.EncodeToString(data), "messageId": id,
+		"publishTime": time.Now().UTC().Format(time.RFC3339Nano)}, "subscription": "projects/bench/subscriptions/s"})
+	return string(b)
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

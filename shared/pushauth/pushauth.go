@@ -1,0 +1,219 @@
+// Package pushauth verifies the Google-signed OIDC ID tokens that Pub/Sub push
+// subscriptions and Cloud Scheduler HTTP jobs attach as
+// "Authorization: Bearer <token>".
+//
+// Signature, audience and expiry are checked by google.golang.org/api/idtoken,
+// which fetches Google's RS256 keys from https://www.googleapis.com/oauth2/v3/certs
+// and caches them for the max-age of that response. idtoken checks neither the
+// issuer nor the email claims, so this package does.
+package pushauth
+
+import (
+	"context"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/api/idtoken"
+)
+
+// ErrUnauthenticated is wrapped by every error Verify returns; the rest of
+// the error text says why. Handlers answer 401 for it.
+var ErrUnauthenticated = errors.New("pushauth: unauthenticated")
+
+// ErrKeysUnavailable is wrapped, together with ErrUnauthenticated, when
+// Google's signing keys could not be fetched: the token may be fine, so a
+// handler may prefer 503 to 401 (both make Pub/Sub retry).
+var ErrKeysUnavailable = errors.New("pushauth: signing keys unavailable")
+
+// Google signs ID tokens with either spelling of the issuer.
+var googleIssuers = map[string]bool{
+	"https://accounts.google.com": true,
+	"accounts.google.com":         true,
+}
+
+// Config configures a Verifier.
+type Config struct {
+	// Audience is the expected "aud" claim. Required: an empty audience would
+	// make idtoken skip the check. Pub/Sub defaults it to the push endpoint
+	// URL, Cloud Scheduler to the target URI, unless one is configured.
+	Audience string
+
+	// ServiceAccount, when set, is the only accepted "email" claim, and that
+	// email must be verified. Empty accepts any Google-signed token for
+	// Audience: set it in production.
+	ServiceAccount string
+
+	// HTTPClient fetches Google's signing keys. Default: a plain client made
+	// by idtoken. Tests inject pushauthtest.Signer.HTTPClient.
+	HTTPClient *http.Client
+}
+
+// Claims are the verified claims of a token.
+type Claims struct {
+	Email    string
+	Subject  string
+	Issuer   string
+	Audience string
+	Expires  time.Time
+}
+
+// Verifier checks push tokens. It is safe for concurrent use and caches
+// signing keys, so create one per process, not per request.
+type Verifier struct {
+	cfg       Config
+	validator *idtoken.Validator
+}
+
+// NewVerifier returns a Verifier for cfg.
+func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
+	if cfg.Audience == "" {
+		return nil, errors.New("pushauth: audience is required")
+	}
+	var opts []idtoken.ClientOption
+	if cfg.HTTPClient != nil {
+		opts = append(opts, idtoken.WithHTTPClient(cfg.HTTPClient))
+	}
+	v, err := idtoken.NewValidator(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("pushauth: new validator: %w", err)
+	}
+	return &Verifier{cfg: cfg, validator: v}, nil
+}
+
+// Verify checks the bearer token of r and returns its claims. Every error
+// wraps ErrUnauthenticated and never contains the token.
+func (v *Verifier) Verify(ctx context.Context, r *http.Request) (Claims, error) {
+	token, err := bearerToken(r)
+	if err != nil {
+		return Claims{}, err
+	}
+	unverified, err := parseUnverified(token)
+	if err != nil {
+		return Claims{}, err
+	}
+	// Google ID tokens are RS256; refusing anything else up front keeps
+	// idtoken from fetching the IAP (ES256) key set for nothing.
+	if unverified.alg != "RS256" {
+		return Claims{}, fmt.Errorf("%w: unsupported signing algorithm %.20q", ErrUnauthenticated, unverified.alg)
+	}
+
+	payload, err := v.validator.Validate(ctx, token, v.cfg.Audience)
+	if err != nil {
+		return Claims{}, v.explain(err, token, unverified.payload)
+	}
+
+	if !googleIssuers[payload.Issuer] {
+		return Claims{}, fmt.Errorf("%w: wrong issuer %.100q", ErrUnauthenticated, payload.Issuer)
+	}
+	email, _ := payload.Claims["email"].(string)
+	if v.cfg.ServiceAccount != "" {
+		if email != v.cfg.ServiceAccount {
+			return Claims{}, fmt.Errorf("%w: wrong email %.100q, want %q", ErrUnauthenticated, email, v.cfg.ServiceAccount)
+		}
+		if !emailVerified(payload.Claims["email_verified"]) {
+			return Claims{}, fmt.Errorf("%w: email not verified", ErrUnauthenticated)
+		}
+	}
+	return Claims{
+		Email:    email,
+		Subject:  payload.Subject,
+		Issuer:   payload.Issuer,
+		Audience: payload.Audience,
+		Expires:  time.Unix(payload.Expires, 0),
+	}, nil
+}
+
+// explain turns an idtoken error into a reason. idtoken has no sentinel
+// errors; it checks audience, then expiry, then the signature, so the same
+// checks on the unverified payload tell which one failed.
+func (v *Verifier) explain(err error, token string, p *idtoken.Payload) error {
+	switch {
+	case p.Audience != v.cfg.Audience:
+		return fmt.Errorf("%w: wrong audience %.200q, want %q", ErrUnauthenticated, p.Audience, v.cfg.Audience)
+	case time.Now().Unix() > p.Expires:
+		return fmt.Errorf("%w: token expired at %s", ErrUnauthenticated, time.Unix(p.Expires, 0).UTC().Format(time.RFC3339))
+	case errors.Is(err, rsa.ErrVerification):
+		return fmt.Errorf("%w: bad signature", ErrUnauthenticated)
+	case strings.Contains(err.Error(), "could not find matching cert"):
+		return fmt.Errorf("%w: bad signature: unknown signing key", ErrUnauthenticated)
+	}
+	// What is left is fetching or decoding Google's key set. Those errors
+	// are about the key endpoint, but make sure before quoting one.
+	if leaks(err.Error(), token) {
+		return fmt.Errorf("%w: %w: cannot verify signature", ErrUnauthenticated, ErrKeysUnavailable)
+	}
+	return fmt.Errorf("%w: %w: cannot verify signature: %w", ErrUnauthenticated, ErrKeysUnavailable, err)
+}
+
+func bearerToken(r *http.Request) (string, error) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return "", fmt.Errorf("%w: missing Authorization header", ErrUnauthenticated)
+	}
+	scheme, token, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", fmt.Errorf("%w: Authorization header is not a bearer token", ErrUnauthenticated)
+	}
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return "", fmt.Errorf("%w: empty bearer token", ErrUnauthenticated)
+	}
+	return token, nil
+}
+
+type unverifiedToken struct {
+	alg     string
+	payload *idtoken.Payload
+}
+
+// parseUnverified decodes the token without trusting it, so that a malformed
+// token gets a clear reason and idtoken's error can be explained. Decoding
+// errors are not quoted: they can echo bytes of the token.
+func parseUnverified(token string) (unverifiedToken, error) {
+	malformed := fmt.Errorf("%w: malformed token", ErrUnauthenticated)
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return unverifiedToken{}, malformed
+	}
+	for _, p := range parts {
+		if _, err := base64.RawURLEncoding.DecodeString(p); err != nil {
+			return unverifiedToken{}, malformed
+		}
+	}
+	hb, _ := base64.RawURLEncoding.DecodeString(parts[0])
+	var header struct {
+		Alg string `json:"alg"`
+	}
+	if err := json.Unmarshal(hb, &header); err != nil {
+		return unverifiedToken{}, malformed
+	}
+	payload, err := idtoken.ParsePayload(token)
+	if err != nil {
+		return unverifiedToken{}, malformed
+	}
+	return unverifiedToken{alg: header.Alg, payload: payload}, nil
+}
+
+// leaks reports whether text quotes the token or its signature.
+func leaks(text, token string) bool {
+	sig := token[strings.LastIndexByte(token, '.')+1:]
+	return strings.Contains(text, token) || (len(sig) > 16 && strings.Contains(text, sig))
+}
+
+// Google emits email_verified as a JSON boolean; some older tokens used the
+// string "true".
+func emailVerified(v any) bool {
+	switch b := v.(type) {
+	case bool:
+		return b
+	case string:
+		return b == "true"
+	}
+	return false
+}
