@@ -46,3 +46,6 @@ fuzz:
 			$(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
 		done; \
 	done
+
+# Targets owned by parts of the project (demo, deploy, benchmarks) live in mk/.
+-include mk/*.mk
