@@ -118,9 +118,10 @@ cl_status() {
 cl_main() {
 	case "${1:-}" in
 	down) cl_require_root; cl_stop ;;
+	restart) cl_require_root; cl_stop; cl_start; cl_url ;;
 	status) cl_require_root; cl_status ;;
 	url) cl_url ;;
 	psql) cl_require_root; shift; exec psql "$(cl_url)" "$@" ;;
-	*) echo "usage: $0 up|down|status|url|psql [psql args]" >&2; exit 2 ;;
+	*) echo "usage: $0 up|down|restart|status|url|psql [psql args]" >&2; exit 2 ;;
 	esac
 }

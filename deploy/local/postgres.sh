@@ -3,7 +3,7 @@
 # runs: the host's own PostgreSQL packages, a cluster outside the repo, a
 # loopback port. The last line of `up` is the connection URL.
 #
-#   deploy/local/postgres.sh up|down|status|url|psql
+#   deploy/local/postgres.sh up|down|restart|status|url|psql
 #
 # Environment (defaults):
 #   PG_DATA_DIR /var/lib/apigee-timescale/postgres   data directory

@@ -3,11 +3,13 @@
 # postgresql-17 + postgresql-17-timescaledb in a debootstrap root, started with
 # chroot on a loopback port. The last line of `up` is the connection URL.
 #
-#   deploy/local/timescaledb.sh up|down|status|url|psql
+#   deploy/local/timescaledb.sh up|down|restart|status|url|psql
 #
 # Environment (defaults):
 #   TSDB_ROOT   /var/lib/apigee-timescale/trixie   debootstrap root, outside the repo
 #   TSDB_PORT   55432
+#   TSDB_DATA   /var/lib/apigee/data                 data directory inside the root
+#               (a second cluster needs its own TSDB_DATA and TSDB_PORT)
 #   TSDB_DB     apigee
 #   TSDB_PASSWORD apigee-local                     superuser password, local only
 #   TSDB_MIRROR the Debian mirror of this machine's own apt sources
@@ -16,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 CL_NAME=timescaledb
 CL_ROOT=${TSDB_ROOT:-/var/lib/apigee-timescale/trixie}
 CL_BIN=/usr/lib/postgresql/17/bin
-CL_DATA=/var/lib/apigee/data
+CL_DATA=${TSDB_DATA:-/var/lib/apigee/data}
 CL_PORT=${TSDB_PORT:-55432}
 CL_DB=${TSDB_DB:-apigee}
 CL_PASS=${TSDB_PASSWORD:-apigee-local}
