@@ -59,7 +59,7 @@ func TestWriteExactlyOnce(t *testing.T) {
 		b := &store.Batch{Messages: 3, Calls: []store.Call{
 			call("m1", "tenant-a", now),
 			call("m2", "tenant-a", now.Add(-time.Minute)),
-			call("m2", "tenant-a", now.Add(-time.Minute)), // the same call twice in one batch
+			call("m2", "tenant-a", now.Add(-time.Minute)),     // the same call twice in one batch
 			call("m3", "tenant-b", now.Add(-40*24*time.Hour)), // late data: a day with no partition yet
 		}, Rejects: []store.Reject{{
 			ReceivedAt: now, DedupeKey: "msg:x:0", Tenant: "tenant-a", Reason: "not_json",
