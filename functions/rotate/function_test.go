@@ -1,0 +1,55 @@
+package rotate_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"apigee-timescale/functions/rotate"
+	"apigee-timescale/shared/dbconn"
+	"apigee-timescale/shared/dbtest"
+)
+
+// TestDeployedFunction drives the registered Rotate function, configured
+// from the environment only. Broken configuration is answered as a JSON
+// failure at "init" and retried on the next request. Once configured, the
+// run goes through NewFromEnv's pool, Secret Manager client and the
+// production logins, which this test database's set_login_password
+// refuses (it only accepts the fixture's pair, so that no test touches the
+// cluster-wide apigee_ingest_a/_b): the run must fail at "set", naming
+// apigee_ingest_a, and leave the secret alone.
+func TestDeployedFunction(t *testing.T) {
+	f := newFixture(t, dbtest.TimescaleDB)
+	call := func() (int, rotate.Summary) {
+		w := httptest.NewRecorder()
+		rotate.Rotate(w, httptest.NewRequest(http.MethodPost, "/", strings.NewReader("")))
+		var sum rotate.Summary
+		if err := json.Unmarshal(w.Body.Bytes(), &sum); err != nil {
+			t.Fatalf("answer %d is not JSON: %q", w.Code, w.Body.String())
+		}
+		return w.Code, sum
+	}
+
+	clearEnv(t)
+	if code, sum := call(); code != http.StatusInternalServerError || sum.FailedStep != "init" {
+		t.Fatalf("unconfigured: %d %+v, want 500 at init", code, sum)
+	}
+
+	_, rotDSN := f.db.Login(t, "apigee_rotate")
+	for k, v := range map[string]string{
+		rotate.EnvSecret: f.secret, rotate.EnvMinInterval: "0s",
+		rotate.EnvDBHost: f.host, rotate.EnvDBPort: f.port, rotate.EnvDBName: f.db.Name, rotate.EnvDBSSLMode: "disable",
+		dbconn.EnvDatabaseURL: rotDSN, dbconn.EnvSecretManagerEndpoint: f.smAddr,
+	} {
+		t.Setenv(k, v)
+	}
+	code, sum := call()
+	if code != http.StatusInternalServerError || sum.FailedStep != rotate.StepSet || !strings.Contains(sum.Error, rotate.LoginA+" is not a rotatable login") {
+		t.Fatalf("configured: %d %+v, want 500 at set refusing %s", code, sum, rotate.LoginA)
+	}
+	if n := len(f.versions(t)); n != 0 {
+		t.Fatalf("a failed run added %d versions", n)
+	}
+}
