@@ -73,8 +73,11 @@ fi
 : "${APIGEE_ENV:?set APIGEE_ENV}"
 : "${APIGEE_SA:?set APIGEE_SA to the service account the shared flow publishes as}"
 api=${APIGEE_API:-https://apigee.googleapis.com/v1}
-token=${APIGEE_TOKEN:-$(gcloud auth print-access-token)}
 command -v curl >/dev/null || die "curl is required"
+# The token goes to curl through a 0600 header file, never on a command line
+# where the process list would show it.
+hdr="$work/auth-header"
+(umask 077 && printf 'Authorization: Bearer %s\n' "${APIGEE_TOKEN:-$(gcloud auth print-access-token)}" >"$hdr")
 
 zipfile="$work/$name.zip"
 build_bundle "$zipfile"
@@ -82,7 +85,7 @@ build_bundle "$zipfile"
 call() { # call METHOD URL [curl args...]: prints the response body, fails on HTTP errors
 	local method=$1 url=$2
 	shift 2
-	curl -sS --fail-with-body -X "$method" -H "Authorization: Bearer $token" "$@" "$url"
+	curl -sS --fail-with-body -X "$method" -H "@$hdr" "$@" "$url"
 }
 
 # 1. Import: organizations.sharedflows.create (action=import) takes the zip as

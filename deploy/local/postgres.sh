@@ -15,7 +15,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CL_NAME=postgres
 CL_ROOT=
-CL_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}
+newest_bin() { printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n1; }
+CL_BIN=${PG_BIN:-$(newest_bin)}
 CL_DATA=${PG_DATA_DIR:-/var/lib/apigee-timescale/postgres}
 CL_PORT=${PG_PORT:-55433}
 CL_DB=${PG_DB:-apigee}
@@ -27,8 +28,9 @@ CL_OPTS=""
 case "${1:-}" in
 up)
 	cl_require_root
-	[ -x "$CL_BIN/pg_ctl" ] && id postgres >/dev/null 2>&1 ||
+	if [ ! -x "$CL_BIN/pg_ctl" ] || ! id postgres >/dev/null 2>&1; then
 		cl_die "PostgreSQL server packages are not installed (apt-get install postgresql); or set DATABASE_URL to any PostgreSQL >= 14 instead"
+	fi
 	cl_initdb
 	cl_start
 	cl_url

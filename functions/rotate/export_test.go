@@ -1,5 +1,7 @@
 package rotate
 
+import "apigee-timescale/shared/scram"
+
 // Test seams. Login roles are cluster-wide and shared by every test database
 // on a server, so tests rotate a pair of their own instead of
 // apigee_ingest_a/_b; the production code has no knob for it.
@@ -17,4 +19,4 @@ func SetAfterStep(s *Service, fn func(point string) error) { s.afterStep = fn }
 func SetPasswordSource(s *Service, fn func() (string, error)) { s.genPassword = fn }
 
 // NewPassword is the production generator.
-var NewPassword = newPassword
+var NewPassword = scram.NewPassword

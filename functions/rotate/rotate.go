@@ -58,6 +58,7 @@ import (
 
 	"apigee-timescale/shared/dbconn"
 	"apigee-timescale/shared/pushauth"
+	"apigee-timescale/shared/scram"
 	"apigee-timescale/shared/secrets"
 )
 
@@ -200,7 +201,7 @@ func NewService(cfg Config, d Deps) (*Service, error) {
 	return &Service{
 		cfg: cfg, db: d.DB, sm: d.Secrets, dialer: d.Dialer, verifier: d.Verifier, log: d.Logger, now: d.Now,
 		logins:      [2]string{LoginA, LoginB},
-		genPassword: newPassword,
+		genPassword: scram.NewPassword,
 	}, nil
 }
 
@@ -315,7 +316,7 @@ func (r *run) do(ctx context.Context) error {
 	if r.password, err = r.genPassword(); err != nil {
 		return &StepError{StepCreate, err}
 	}
-	if r.verifier, err = scramVerifier(r.password); err != nil {
+	if r.verifier, err = scram.Verifier(r.password); err != nil {
 		return &StepError{StepCreate, err}
 	}
 	creds, err := r.newCredentials(st.creds, target)

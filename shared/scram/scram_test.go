@@ -1,4 +1,4 @@
-package rotate
+package scram
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 // ClientKey and so StoredKey.
 func TestSCRAMKeysRFC7677(t *testing.T) {
 	salt, _ := base64.StdEncoding.DecodeString("W22ZaJ0SNY7soEsUEjb6gQ==")
-	k, err := scramKeysFor("pencil", salt, 4096)
+	k, err := keysFor("pencil", salt, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ var verifierRe = regexp.MustCompile(`^SCRAM-SHA-256\$4096:[A-Za-z0-9+/]{22}==\$[
 func TestVerifierFormat(t *testing.T) {
 	seen := map[string]bool{}
 	for range 3 {
-		pw, err := newPassword()
+		pw, err := NewPassword()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,14 +65,14 @@ func TestVerifierFormat(t *testing.T) {
 			t.Fatalf("password of length %d (or repeated)", len(pw))
 		}
 		seen[pw] = true
-		v, err := scramVerifier(pw)
+		v, err := Verifier(pw)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !verifierRe.MatchString(v) {
 			t.Fatalf("verifier %q does not have PostgreSQL's shape", v)
 		}
-		v2, _ := scramVerifier(pw)
+		v2, _ := Verifier(pw)
 		if v2 == v {
 			t.Fatal("two verifiers of one password share a salt")
 		}
@@ -87,11 +87,11 @@ func TestVerifierLogsIn(t *testing.T) {
 	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
 		ctx := context.Background()
 		role := "t_scram_" + randHex(t)
-		pw, err := newPassword()
+		pw, err := NewPassword()
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := scramVerifier(pw)
+		v, err := Verifier(pw)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +137,7 @@ func TestVerifierLogsIn(t *testing.T) {
 }
 
 func randHex(t testing.TB) string {
-	pw, err := newPassword()
+	pw, err := NewPassword()
 	if err != nil {
 		t.Fatal(err)
 	}
