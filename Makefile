@@ -13,7 +13,11 @@ help:
 	@echo "make test          start local TimescaleDB + PostgreSQL if needed, vet, run every test (the CI command)"
 	@echo "make db-up         start the local databases (idempotent)"
 	@echo "make db-down       stop them"
-	@echo "make bench         run the benchmarks and print ratios"
+	@echo "make demo          the whole system on this machine in about a minute (demo-report.html)"
+	@echo "make reliability   the reliability suite (private TimescaleDB cluster on :55442)"
+	@echo "make bench         run the benchmarks and print ratios (bench-ingest, bench-rollup)"
+	@echo "make deploy        deploy to Google Cloud (deploy/gcp/README.md); deploy-dry-run prints it"
+	@echo "make shellcheck    lint every shell script"
 
 db-up:
 	@deploy/local/timescaledb.sh up >/dev/null
@@ -35,7 +39,10 @@ test:
 	if [ -z "$$pg" ]; then pg=$$(deploy/local/postgres.sh up | tail -n1); fi; \
 	$(MAKE) --no-print-directory vet; \
 	TEST_TIMESCALEDB_URL="$$ts" TEST_POSTGRES_URL="$$pg" $(GO) test -count=1 -timeout 20m ./...; \
-	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory fuzz; \
+	if [ "$$(id -u)" -eq 0 ]; then $(MAKE) --no-print-directory reliability; \
+	else echo "reliability suite skipped: it needs root to run its private TimescaleDB cluster"; \
+		if [ "$${CI:-}" = true ]; then exit 1; fi; fi
 
 # A short fuzzing run of every fuzz target; longer runs: FUZZTIME=10m.
 FUZZTIME ?= 10s

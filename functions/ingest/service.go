@@ -102,6 +102,10 @@ func (s *Service) Shutdown(ctx context.Context) error {
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.active.Add(1)
 	defer s.active.Done()
+	// Runs before active.Done: the answer must be on the wire before
+	// Shutdown lets the process exit, or a committed delivery would look
+	// unacknowledged to Pub/Sub (harmless, but a needless redelivery).
+	defer http.NewResponseController(w).Flush() //nolint:errcheck // best effort
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "ingest accepts POST from a Pub/Sub push subscription", http.StatusMethodNotAllowed)

@@ -106,6 +106,9 @@ $mig$;
 ALTER TABLE apigee.api_calls OWNER TO apigee_owner;
 ALTER TABLE apigee.ingest_rejects OWNER TO apigee_owner;
 
+-- Time-range reads (rollup refreshes, dashboards). TimescaleDB made this
+-- index with the hypertable; partitioned tables need it explicitly.
+CREATE INDEX IF NOT EXISTS api_calls_received_at_idx ON apigee.api_calls (received_at DESC);
 CREATE INDEX api_calls_apiproxy_idx ON apigee.api_calls (apiproxy, received_at DESC);
 CREATE INDEX api_calls_tenant_idx ON apigee.api_calls (tenant, received_at DESC);
 CREATE INDEX api_calls_batch_idx ON apigee.api_calls (batch_id);

@@ -229,7 +229,11 @@ func New(cfg Config) (*Relay, error) {
 	}
 	if cfg.HTTPClient == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
+		// Keep one idle connection per possible in-flight request: with the
+		// default total of 100, a wider window closes connections it just
+		// used and fails deliveries with "too many idle connections".
 		t.MaxIdleConnsPerHost = cfg.MaxInFlight
+		t.MaxIdleConns = 0
 		cfg.HTTPClient = &http.Client{
 			Transport: t,
 			CheckRedirect: func(*http.Request, []*http.Request) error {

@@ -34,10 +34,13 @@ const createStageSQL = `CREATE TEMP TABLE IF NOT EXISTS apigee_stage_calls (
 // moveSQL inserts the staged rows that are new, records the minutes they
 // touched for functions/rollup, and returns their keys. Duplicates within
 // the batch or already stored are skipped by ON CONFLICT DO NOTHING.
+// Rows go in key order so that two batches holding the same redelivered
+// messages wait on each other in one order and cannot deadlock.
 var moveSQL = `
 WITH ins AS (
 	INSERT INTO apigee.api_calls (` + columnList + `)
 	SELECT ` + columnList + ` FROM apigee_stage_calls
+	ORDER BY message_id, received_at
 	ON CONFLICT DO NOTHING
 	RETURNING message_id, received_at
 ), inv AS (

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -104,7 +105,7 @@ func (w *Writer) Write(ctx context.Context, b *Batch) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	res, err := w.write(ctx, b)
+	res, err := w.writeRetrying(ctx, b)
 	if err != nil && isNoPartition(err) {
 		// A partition dropped by retention since it was cached: forget every
 		// day and try once more.
@@ -114,7 +115,7 @@ func (w *Writer) Write(ctx context.Context, b *Batch) (Result, error) {
 		if newDays, err = w.ensureDays(ctx, b); err != nil {
 			return Result{}, err
 		}
-		res, err = w.write(ctx, b)
+		res, err = w.writeRetrying(ctx, b)
 	}
 	if err != nil {
 		return Result{}, err
@@ -128,6 +129,24 @@ func (w *Writer) Write(ctx context.Context, b *Batch) (Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// writeRetrying retries a batch the database aborted to break a deadlock or
+// a serialization conflict with a concurrent batch: the transaction left no
+// trace, and the conflict is gone once the other one has committed.
+func (w *Writer) writeRetrying(ctx context.Context, b *Batch) (Result, error) {
+	const attempts = 3
+	for i := 1; ; i++ {
+		res, err := w.write(ctx, b)
+		if err == nil || i == attempts || !isTransient(err) {
+			return res, err
+		}
+	}
+}
+
+func isTransient(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
 }
 
 func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
@@ -250,6 +269,14 @@ func insertRejects(ctx context.Context, tx pgx.Tx, batchID int64, rejects []Reje
 	if len(rejects) == 0 {
 		return 0, nil
 	}
+	// Key order, for the same reason as moveSQL's ORDER BY.
+	rejects = slices.Clone(rejects)
+	slices.SortFunc(rejects, func(a, b Reject) int {
+		if c := strings.Compare(a.DedupeKey, b.DedupeKey); c != 0 {
+			return c
+		}
+		return a.ReceivedAt.Compare(b.ReceivedAt)
+	})
 	cols := rejectColumns(rejects)
 	tag, err := tx.Exec(ctx, insertRejectsSQL, append(cols, batchID)...)
 	if err != nil {

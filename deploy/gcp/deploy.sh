@@ -1,0 +1,693 @@
+#!/usr/bin/env bash
+# Deploys apigee-timescale into one Google Cloud project: service accounts
+# with least-privilege IAM, Pub/Sub topic + dead-letter topic + push
+# subscription, credential secrets, schema migrations, the three functions,
+# Cloud Scheduler jobs, log-based metrics and alert policies, and the Apigee
+# shared flow. Idempotent: every resource is described first and created or
+# updated only when it is missing or its spec changed, so a second run
+# changes nothing. See README.md.
+#
+#   deploy.sh [--config FILE] [--dry-run] [--renew-logins] [--skip-apigee]
+#
+#   --config FILE    configuration (default deploy/gcp/config.env; documented
+#                    in deploy/gcp/config.env.example)
+#   --dry-run        change nothing: print every command that would change
+#                    something ("+ ..." on stdout) and every read it makes to
+#                    decide ("? ..." on stderr)
+#   --renew-logins   give the rollup and rotate logins new passwords (new
+#                    secret versions) even when their secrets have one
+#   --skip-apigee    leave Apigee alone
+#
+# Needs gcloud (with the beta component, for alert policies), go, curl, zip,
+# unzip and sha256sum. DB_OWNER_URL, when set in the environment, is the
+# migrating role's URL (else DB_OWNER_URL_SECRET is read). DEPLOY_BIN_DIR, when
+# set, holds prebuilt `migrate` and `dblogin` binaries instead of go build.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+app_label=apigee-timescale
+
+# usage prints the comment block at the top of this file.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
+die() { echo "deploy.sh: $*" >&2; exit 1; }
+note() { echo "== $*"; }
+
+config=$here/config.env
+dry_run=false
+renew_logins=false
+skip_apigee=false
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--config) [ $# -ge 2 ] || die "--config needs a file"; config=$2; shift 2 ;;
+	--config=*) config=${1#--config=}; shift ;;
+	--dry-run) dry_run=true; shift ;;
+	--renew-logins) renew_logins=true; shift ;;
+	--skip-apigee) skip_apigee=true; shift ;;
+	-h | --help) usage; exit 0 ;;
+	*) usage >&2; die "unknown argument: $1" ;;
+	esac
+done
+
+[ -f "$config" ] || die "no configuration at $config: copy deploy/gcp/config.env.example and fill it in"
+# shellcheck source=/dev/null # the operator's file, shaped like config.env.example
+. "$config"
+
+# ---------------------------------------------------------------------------
+# Configuration: defaults and validation (config.env.example documents each).
+
+: "${PROJECT_ID:?set PROJECT_ID in $config}"
+: "${REGION:?set REGION in $config}"
+: "${DB_HOST:=}" "${DB_NAME:?set DB_NAME in $config}"
+: "${DB_OWNER_URL_SECRET:=}" "${DB_PORT:=5432}" "${DB_SSLMODE:=require}"
+: "${CLOUDSQL_INSTANCE:=}" "${CLOUDSQL_PRIVATE_IP:=false}" "${VPC_CONNECTOR:=}"
+: "${DB_STORAGE:=}" "${DB_MAX_CONNS:=8}" "${PREFIX:=apigee}"
+: "${GO_RUNTIME:=go126}" "${BUILD_SERVICE_ACCOUNT:=}" "${INGRESS_SETTINGS:=all}"
+: "${INGEST_MEMORY:=1Gi}" "${INGEST_CPU:=1}" "${INGEST_CONCURRENCY:=80}"
+: "${INGEST_MIN_INSTANCES:=1}" "${INGEST_MAX_INSTANCES:=20}" "${INGEST_TIMEOUT:=60s}"
+: "${INGEST_REQUEST_TIMEOUT:=9s}"
+: "${ROLLUP_MEMORY:=512Mi}" "${ROLLUP_CPU:=1}" "${ROLLUP_CONCURRENCY:=2}"
+: "${ROLLUP_MAX_INSTANCES:=2}" "${ROLLUP_TIMEOUT:=120s}"
+: "${RAW_RETENTION:=30d}" "${REJECTS_RETENTION:=14d}" "${ROLLUP_1M_RETENTION:=90d}" "${ROLLUP_1H_RETENTION:=400d}"
+: "${ANOMALY_TOPIC=${PREFIX}-anomalies}"
+: "${ROTATE_MEMORY:=256Mi}" "${ROTATE_CPU:=}" "${ROTATE_TIMEOUT:=120s}" "${ROTATE_TTL:=72h}"
+: "${ACK_DEADLINE:=30}" "${MAX_DELIVERY_ATTEMPTS:=10}" "${MIN_RETRY_DELAY:=10s}"
+: "${MAX_RETRY_DELAY:=600s}" "${MESSAGE_RETENTION:=7d}"
+: "${SCHEDULER_LOCATION:=}" "${ROLLUP_SCHEDULE:=* * * * *}" "${ROTATE_SCHEDULE:=17 3 * * *}"
+: "${SCHEDULE_TIME_ZONE:=Etc/UTC}"
+: "${APIGEE_ORG:=}" "${APIGEE_ENV:=}" "${APIGEE_API:=https://apigee.googleapis.com/v1}"
+: "${ALERT_CHANNELS:=}" "${ALERT_REJECT_BATCHES:=0}" "${ALERT_NON_ACK:=10}" "${ALERT_JOB_FAILURES:=0}"
+SCHEDULER_LOCATION=${SCHEDULER_LOCATION:-$REGION}
+
+[[ $PROJECT_ID =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "PROJECT_ID '$PROJECT_ID' is not a project id"
+[[ $PREFIX =~ ^[a-z][a-z0-9-]{0,13}[a-z0-9]$ ]] || die "PREFIX '$PREFIX' must be 2-15 lowercase letters, digits or dashes"
+case "$INGRESS_SETTINGS" in all | internal-only | internal-and-gclb) ;; *) die "INGRESS_SETTINGS must be all, internal-only or internal-and-gclb" ;; esac
+[[ $REGION =~ ^[a-z]+-[a-z]+[0-9]+$ ]] || die "REGION '$REGION' is not a region such as europe-west1"
+[[ $INGEST_CONCURRENCY =~ ^[0-9]+$ && $INGEST_CONCURRENCY -gt 1 ]] ||
+	die "INGEST_CONCURRENCY must be > 1: group commit needs concurrent deliveries in one instance"
+case "$INGEST_CPU" in 0* | .*) die "INGEST_CPU must be at least 1: Cloud Run requires 1 vCPU for concurrency > 1" ;; esac
+[[ $ACK_DEADLINE =~ ^[0-9]+$ && $ACK_DEADLINE -ge 10 && $ACK_DEADLINE -le 600 ]] || die "ACK_DEADLINE must be 10-600 seconds"
+[[ $MAX_DELIVERY_ATTEMPTS =~ ^[0-9]+$ && $MAX_DELIVERY_ATTEMPTS -ge 5 && $MAX_DELIVERY_ATTEMPTS -le 100 ]] ||
+	die "MAX_DELIVERY_ATTEMPTS must be 5-100"
+[[ $INGEST_REQUEST_TIMEOUT =~ ^([0-9]+)s$ && ${BASH_REMATCH[1]} -lt $ACK_DEADLINE ]] ||
+	die "INGEST_REQUEST_TIMEOUT must be whole seconds (e.g. 9s) below ACK_DEADLINE ($ACK_DEADLINE s): a late answer counts as a failure"
+[ -n "$DB_HOST" ] || [ -n "$CLOUDSQL_INSTANCE" ] || die "set DB_HOST, or CLOUDSQL_INSTANCE"
+if [ -n "$APIGEE_ORG" ] && [ -z "$APIGEE_ENV" ]; then die "APIGEE_ORG is set: set APIGEE_ENV too"; fi
+for t in ALERT_REJECT_BATCHES ALERT_NON_ACK ALERT_JOB_FAILURES DB_MAX_CONNS DB_PORT; do
+	[[ ${!t} =~ ^[0-9]+$ ]] || die "$t must be a whole number"
+done
+
+sa_email() { echo "$PREFIX-$1@$PROJECT_ID.iam.gserviceaccount.com"; }
+SA_INGEST=$(sa_email ingest)
+SA_ROLLUP=$(sa_email rollup)
+SA_ROTATE=$(sa_email rotate)
+SA_PUSH=$(sa_email push)
+SA_SCHEDULER=$(sa_email scheduler)
+SA_PUBLISHER=$(sa_email publisher)
+SA_BUILD=${BUILD_SERVICE_ACCOUNT:-$(sa_email build)}
+FN_INGEST=$PREFIX-ingest
+FN_ROLLUP=$PREFIX-rollup
+FN_ROTATE=$PREFIX-rotate
+TOPIC=$PREFIX-calls
+DLQ_TOPIC=$PREFIX-calls-dlq
+DLQ_HOLD=$PREFIX-calls-dlq-hold
+SUBSCRIPTION=$PREFIX-calls-ingest
+SECRET_INGEST=$PREFIX-ingest-db
+SECRET_ROLLUP=$PREFIX-rollup-db
+SECRET_ROTATE=$PREFIX-rotate-db
+JOB_ROLLUP=$PREFIX-rollup
+JOB_ROTATE=$PREFIX-rotate
+# Database logins of the rollup and rotate functions; the ingest logins
+# apigee_ingest_a/_b come with the migrations and are rotated by functions/rotate.
+LOGIN_ROLLUP=apigee_rollup_login
+LOGIN_ROTATE=apigee_rotate_login
+SHARED_FLOW=apigee-timescale-publish
+
+for c in gcloud go sha256sum; do command -v "$c" >/dev/null || die "$c is required"; done
+
+work=$(mktemp -d)
+chmod 700 "$work"
+trap 'rm -rf "$work"' EXIT
+
+# ---------------------------------------------------------------------------
+# Running commands. Every command that changes something goes through run:
+# printed, then executed unless --dry-run. Reads go through query and run
+# always (they decide what to change). No secret is ever an argument: secret
+# payloads travel in files under $work (mode 700) or in a child's environment.
+
+changes=0
+show() {
+	local argv=("$@")
+	[ "$1" = gc ] && argv=(gcloud --quiet --project="$PROJECT_ID" "${argv[@]:1}")
+	printf '+'
+	printf ' %q' "${argv[@]}"
+	printf '\n'
+}
+run() {
+	show "$@"
+	changes=$((changes + 1))
+	if ! $dry_run; then "$@"; fi
+}
+# run_retry: IAM bindings on a service account created seconds ago can fail
+# until the account has propagated.
+run_retry() {
+	show "$@"
+	changes=$((changes + 1))
+	$dry_run && return 0
+	local i
+	for i in 1 2 3 4 5; do
+		"$@" && return 0
+		[ "$i" = 5 ] && return 1
+		echo "deploy.sh: retrying in $((i * 5))s" >&2
+		sleep $((i * 5))
+	done
+}
+# Reads are shown on the original stderr (fd 3), which callers silencing a
+# read's errors with 2>/dev/null do not redirect.
+exec 3>&2
+query() {
+	if $dry_run; then show "$@" | sed 's/^+/?/' >&3; fi
+	"$@"
+}
+gc() { gcloud --quiet --project="$PROJECT_ID" "$@"; }
+
+# spec_hash ARGS...: a short digest of a resource's desired configuration,
+# stored on the resource (a label, or its description where there are no
+# labels) and compared on the next run.
+spec_hash() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
+# tree_hash DIR: digest of every file's path and content under DIR.
+tree_hash() {
+	(cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
+}
+# yaml_kv KEY VALUE: one line of a YAML map, the value single-quoted.
+yaml_kv() { local v=${2//\'/\'\'}; printf "%s: '%s'\n" "$1" "$v"; }
+# json_str VALUE: VALUE as a JSON string (config values have no control characters).
+json_str() { local v=${1//\\/\\\\}; v=${v//\"/\\\"}; printf '"%s"' "$v"; }
+
+# ---------------------------------------------------------------------------
+note "project $PROJECT_ID, region $REGION, prefix $PREFIX$($dry_run && echo ' (dry run: nothing is changed)')"
+
+PROJECT_NUMBER=$(query gc projects describe "$PROJECT_ID" --format='value(projectNumber)')
+[[ $PROJECT_NUMBER =~ ^[0-9]+$ ]] || die "could not read the project number of $PROJECT_ID"
+PUBSUB_AGENT=service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com
+# Cloud Run's deterministic URLs (https://SERVICE-PROJECT_NUMBER.REGION.run.app)
+# are known before the first deployment, so ingest's expected OIDC audience
+# and the push endpoint are set in one pass; run.app URLs are always accepted
+# audiences for Cloud Run's own IAM check.
+fn_url() { echo "https://$1-$PROJECT_NUMBER.$REGION.run.app"; }
+URL_INGEST=$(fn_url "$FN_INGEST")
+URL_ROLLUP=$(fn_url "$FN_ROLLUP")
+URL_ROTATE=$(fn_url "$FN_ROTATE")
+
+# ---------------------------------------------------------------------------
+note "APIs"
+apis=(cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com
+	artifactregistry.googleapis.com pubsub.googleapis.com secretmanager.googleapis.com
+	cloudscheduler.googleapis.com logging.googleapis.com monitoring.googleapis.com
+	iam.googleapis.com)
+[ -n "$CLOUDSQL_INSTANCE" ] && apis+=(sqladmin.googleapis.com)
+[ -n "$VPC_CONNECTOR" ] && apis+=(vpcaccess.googleapis.com)
+[ -n "$APIGEE_ORG" ] && ! $skip_apigee && apis+=(apigee.googleapis.com)
+enabled=$(query gc services list --enabled --format='value(config.name)')
+missing=()
+for a in "${apis[@]}"; do grep -qxF "$a" <<<"$enabled" || missing+=("$a"); done
+[ ${#missing[@]} -eq 0 ] || run gc services enable "${missing[@]}"
+
+# ---------------------------------------------------------------------------
+# IAM. ensure_binding TYPE RESOURCE MEMBER ROLE adds the binding only when the
+# resource's policy lacks it (add-iam-policy-binding always writes a policy).
+iam_cmd() { # iam_cmd TYPE RESOURCE: the gcloud words addressing the policy
+	case "$1" in
+	project) echo "projects $2" ;;
+	topic) echo "pubsub topics $2" ;;
+	subscription) echo "pubsub subscriptions $2" ;;
+	secret) echo "secrets $2" ;;
+	sa) echo "iam service-accounts $2" ;;
+	*) die "iam_cmd: unknown type $1" ;;
+	esac
+}
+ensure_binding() {
+	local type=$1 res=$2 member=$3 role=$4 words members
+	read -r -a words <<<"$(iam_cmd "$type" "$res")"
+	# A resource that does not exist yet (dry run) has no bindings.
+	members=$(query gc "${words[@]:0:${#words[@]}-1}" get-iam-policy "${words[@]: -1}" \
+		--flatten='bindings[].members' --filter="bindings.role=$role" \
+		--format='value(bindings.members)' 2>/dev/null) || members=""
+	if ! grep -qxF "$member" <<<"$members"; then
+		local extra=()
+		[ "$type" = project ] && extra=(--condition=None)
+		run_retry gc "${words[@]:0:${#words[@]}-1}" add-iam-policy-binding "${words[@]: -1}" \
+			--member="$member" --role="$role" "${extra[@]}"
+	fi
+}
+# Cloud Run services take --region after the name, hence their own helper.
+ensure_run_invoker() { # ensure_run_invoker SERVICE SA_EMAIL
+	local members
+	members=$(query gc run services get-iam-policy "$1" --region="$REGION" \
+		--flatten='bindings[].members' --filter="bindings.role=roles/run.invoker" \
+		--format='value(bindings.members)' 2>/dev/null) || members=""
+	grep -qxF "serviceAccount:$2" <<<"$members" ||
+		run_retry gc run services add-iam-policy-binding "$1" --region="$REGION" \
+			--member="serviceAccount:$2" --role=roles/run.invoker
+}
+
+note "service accounts"
+ensure_sa() { # ensure_sa ID DESCRIPTION
+	local email
+	email=$(sa_email "$1")
+	if ! query gc iam service-accounts describe "$email" --format='value(email)' >/dev/null 2>&1; then
+		run gc iam service-accounts create "$PREFIX-$1" --display-name="$app_label $1" --description="$2"
+	fi
+}
+ensure_sa ingest "Runs $FN_INGEST: reads $SECRET_INGEST"
+ensure_sa rollup "Runs $FN_ROLLUP: reads $SECRET_ROLLUP"
+ensure_sa rotate "Runs $FN_ROTATE: rotates $SECRET_INGEST"
+ensure_sa push "Identity of the push subscription $SUBSCRIPTION: invokes $FN_INGEST"
+ensure_sa scheduler "Identity of the scheduler jobs: invokes $FN_ROLLUP and $FN_ROTATE"
+[ -n "$APIGEE_ORG" ] && ensure_sa publisher "Identity of the Apigee shared flow: publishes to $TOPIC"
+if [ -z "$BUILD_SERVICE_ACCOUNT" ]; then
+	ensure_sa build "Builds the $app_label functions"
+	# What a Cloud Run functions build writes: logs, the image in Artifact
+	# Registry, and reads the uploaded source from Cloud Storage.
+	for role in roles/logging.logWriter roles/artifactregistry.writer roles/storage.objectViewer; do
+		ensure_binding project "$PROJECT_ID" "serviceAccount:$SA_BUILD" "$role"
+	done
+fi
+if [ -n "$CLOUDSQL_INSTANCE" ]; then
+	# cloudsql.client can only be granted on the project (or with conditions).
+	for sa in "$SA_INGEST" "$SA_ROLLUP" "$SA_ROTATE"; do
+		ensure_binding project "$PROJECT_ID" "serviceAccount:$sa" roles/cloudsql.client
+	done
+fi
+
+# ---------------------------------------------------------------------------
+note "Pub/Sub topics"
+# ensure_pubsub KIND NAME CREATE_ARGS... [-- UPDATE_ARGS...]: KIND is
+# "pubsub topics" or "pubsub subscriptions"; creates the resource with
+# CREATE_ARGS, or updates it with UPDATE_ARGS when its spec label differs.
+ensure_pubsub() {
+	local kind=$1 name=$2 spec create=() update=() current
+	shift 2
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do create+=("$1"); shift; done
+	[ $# -gt 0 ] && shift
+	update=("$@")
+	spec=$(spec_hash "$kind" "$name" "${create[@]}")
+	local -a k
+	read -r -a k <<<"$kind"
+	if current=$(query gc "${k[@]}" describe "$name" --format='value(labels.deploy_spec)' 2>/dev/null); then
+		if [ "$current" != "$spec" ]; then
+			run gc "${k[@]}" update "$name" "${update[@]}" --update-labels="app=$app_label,deploy_spec=$spec"
+		fi
+	else
+		run gc "${k[@]}" create "$name" "${create[@]}" --labels="app=$app_label,deploy_spec=$spec"
+	fi
+}
+ensure_pubsub "pubsub topics" "$TOPIC"
+ensure_pubsub "pubsub topics" "$DLQ_TOPIC"
+# Messages published to a topic without subscriptions are dropped: this
+# subscription keeps dead letters for inspection and replay.
+ensure_pubsub "pubsub subscriptions" "$DLQ_HOLD" --topic="$DLQ_TOPIC" \
+	--message-retention-duration="$MESSAGE_RETENTION" --expiration-period=never --ack-deadline=60 \
+	-- --message-retention-duration="$MESSAGE_RETENTION" --expiration-period=never --ack-deadline=60
+[ -n "$ANOMALY_TOPIC" ] && ensure_pubsub "pubsub topics" "$ANOMALY_TOPIC"
+[ -n "$APIGEE_ORG" ] && ensure_binding topic "$TOPIC" "serviceAccount:$SA_PUBLISHER" roles/pubsub.publisher
+[ -n "$ANOMALY_TOPIC" ] && ensure_binding topic "$ANOMALY_TOPIC" "serviceAccount:$SA_ROLLUP" roles/pubsub.publisher
+
+# ---------------------------------------------------------------------------
+note "secrets"
+ensure_secret() { # ensure_secret NAME
+	if ! query gc secrets describe "$1" --format='value(name)' >/dev/null 2>&1; then
+		run gc secrets create "$1" --replication-policy=automatic --labels="app=$app_label"
+	fi
+}
+for s in "$SECRET_INGEST" "$SECRET_ROLLUP" "$SECRET_ROTATE"; do ensure_secret "$s"; done
+# Each function reads only its own secret; rotate also reads and versions the
+# ingest secret (secretVersionManager: add, and disable old versions; it has
+# no access to payloads, hence secretAccessor too).
+ensure_binding secret "$SECRET_INGEST" "serviceAccount:$SA_INGEST" roles/secretmanager.secretAccessor
+ensure_binding secret "$SECRET_ROLLUP" "serviceAccount:$SA_ROLLUP" roles/secretmanager.secretAccessor
+ensure_binding secret "$SECRET_ROTATE" "serviceAccount:$SA_ROTATE" roles/secretmanager.secretAccessor
+ensure_binding secret "$SECRET_INGEST" "serviceAccount:$SA_ROTATE" roles/secretmanager.secretAccessor
+ensure_binding secret "$SECRET_INGEST" "serviceAccount:$SA_ROTATE" roles/secretmanager.secretVersionManager
+
+# ---------------------------------------------------------------------------
+note "database: migrations and logins"
+tool() { # tool NAME: path of the migrate or dblogin binary
+	if [ -n "${DEPLOY_BIN_DIR:-}" ]; then
+		echo "$DEPLOY_BIN_DIR/$1"
+	else
+		echo "$work/bin/$1"
+	fi
+}
+build_tools() {
+	[ -n "${DEPLOY_BIN_DIR:-}" ] && return 0
+	(cd "$root" && go build -o "$work/bin/migrate" ./migrations/cmd/migrate &&
+		go build -o "$work/bin/dblogin" ./deploy/gcp/cmd/dblogin)
+}
+has_version() { # has_version SECRET: whether the secret has an enabled version
+	[ -n "$(query gc secrets versions list "$1" --filter=state=ENABLED --limit=1 --format='value(name)' 2>/dev/null)" ]
+}
+owner_url=""
+load_owner_url() {
+	[ -n "$owner_url" ] && return 0
+	if [ -n "${DB_OWNER_URL:-}" ]; then
+		owner_url=$DB_OWNER_URL
+	else
+		[ -n "$DB_OWNER_URL_SECRET" ] || die "set DB_OWNER_URL_SECRET in $config, or DB_OWNER_URL in the environment"
+		# Captured, never printed; "latest" is the newest version created.
+		owner_url=$(gc secrets versions access latest --secret="$DB_OWNER_URL_SECRET") ||
+			die "could not read secret $DB_OWNER_URL_SECRET"
+	fi
+	[ -n "$owner_url" ] || die "the owner database URL is empty"
+}
+# with_owner CMD...: runs CMD with DATABASE_URL set to the owner URL in its
+# environment only.
+with_owner() {
+	local from="secret $DB_OWNER_URL_SECRET"
+	[ -n "${DB_OWNER_URL:-}" ] && from="environment variable DB_OWNER_URL"
+	printf '+ DATABASE_URL=<owner url from %s>' "$from"
+	printf ' %q' "$@"
+	printf '\n'
+	if ! $dry_run; then
+		load_owner_url
+		DATABASE_URL=$owner_url APIGEE_STORAGE=$DB_STORAGE "$@"
+	fi
+}
+# bootstrap_login SECRET LOGIN GROUP [VALID_FOR]: gives LOGIN (created if
+# needed, member of GROUP) a fresh password and stores it as the secret's
+# first version, unless the secret has one already (or --renew-logins for
+# the static logins).
+bootstrap_login() {
+	local secret=$1 login=$2 group=$3 valid=${4:-} file
+	if has_version "$secret" && ! { $renew_logins && [ -z "$valid" ]; }; then
+		return 0
+	fi
+	file=$work/$secret.json
+	local args=(-login "$login" -group "$group" -host "$DB_HOST" -port "$DB_PORT"
+		-database "$DB_NAME" -sslmode "$DB_SSLMODE" -out "$file")
+	[ -n "$valid" ] && args+=(-valid-for "$valid")
+	with_owner "$(tool dblogin)" "${args[@]}"
+	run gc secrets versions add "$secret" --data-file="$file"
+	rm -f "$file"
+}
+$dry_run || build_tools
+# The schema first (goose: applies only what is pending), as the owner,
+# never at function start-up.
+with_owner "$(tool migrate)" up
+# The ingest secret is rotated by functions/rotate from then on; its first
+# credential expires like the ones rotate creates.
+bootstrap_login "$SECRET_INGEST" apigee_ingest_a apigee_ingest "$ROTATE_TTL"
+bootstrap_login "$SECRET_ROLLUP" "$LOGIN_ROLLUP" apigee_rollup
+bootstrap_login "$SECRET_ROTATE" "$LOGIN_ROTATE" apigee_rotate
+
+# ---------------------------------------------------------------------------
+note "functions"
+secret_ref() { echo "projects/$PROJECT_ID/secrets/$1"; }
+db_env() { # the shared/dbconn variables of a function reading secret $1
+	yaml_kv DB_SECRET "$(secret_ref "$1")"
+	yaml_kv DB_MAX_CONNS "$DB_MAX_CONNS"
+	if [ -n "$CLOUDSQL_INSTANCE" ]; then
+		yaml_kv CLOUDSQL_INSTANCE "$CLOUDSQL_INSTANCE"
+		yaml_kv CLOUDSQL_PRIVATE_IP "$CLOUDSQL_PRIVATE_IP"
+	fi
+}
+{
+	db_env "$SECRET_INGEST"
+	yaml_kv PUSH_AUDIENCE "$URL_INGEST"
+	yaml_kv PUSH_SERVICE_ACCOUNT "$SA_PUSH"
+	yaml_kv INGEST_REQUEST_TIMEOUT "$INGEST_REQUEST_TIMEOUT"
+} >"$work/env-ingest.yaml"
+{
+	db_env "$SECRET_ROLLUP"
+	yaml_kv RAW_RETENTION "$RAW_RETENTION"
+	yaml_kv REJECTS_RETENTION "$REJECTS_RETENTION"
+	yaml_kv ROLLUP_1M_RETENTION "$ROLLUP_1M_RETENTION"
+	yaml_kv ROLLUP_1H_RETENTION "$ROLLUP_1H_RETENTION"
+	if [ -n "$ANOMALY_TOPIC" ]; then
+		yaml_kv ALERT_TOPIC "projects/$PROJECT_ID/topics/$ANOMALY_TOPIC"
+	fi
+} >"$work/env-rollup.yaml"
+{
+	db_env "$SECRET_ROTATE"
+	yaml_kv ROTATE_SECRET "$(secret_ref "$SECRET_INGEST")"
+	yaml_kv ROTATE_TTL "$ROTATE_TTL"
+	yaml_kv ROTATE_DB_HOST "$DB_HOST"
+	yaml_kv ROTATE_DB_PORT "$DB_PORT"
+	yaml_kv ROTATE_DB_NAME "$DB_NAME"
+	yaml_kv ROTATE_DB_SSLMODE "$DB_SSLMODE"
+	yaml_kv ROTATE_AUDIENCE "$URL_ROTATE"
+	yaml_kv ROTATE_SERVICE_ACCOUNT "$SA_SCHEDULER"
+} >"$work/env-rotate.yaml"
+
+# deploy_function NAME PACKAGE TARGET ENVFILE FLAGS...: stages PACKAGE
+# (stage.sh), and deploys it when the function is missing or its spec label
+# differs from the digest of the flags, the environment and the source.
+deploy_function() {
+	local name=$1 pkg=$2 target=$3 envfile=$4 src=$work/src-$1 current spec
+	shift 4
+	"$here/stage.sh" "$pkg" "$src" >/dev/null
+	local flags=(--gen2 --region="$REGION" --runtime="$GO_RUNTIME" --entry-point="$target"
+		--trigger-http --no-allow-unauthenticated --ingress-settings="$INGRESS_SETTINGS"
+		--build-service-account="projects/$PROJECT_ID/serviceAccounts/$SA_BUILD"
+		--env-vars-file="$envfile" "$@")
+	if [ -n "$VPC_CONNECTOR" ]; then
+		flags+=(--vpc-connector="$VPC_CONNECTOR" --egress-settings=private-ranges-only)
+	fi
+	spec=$(spec_hash "${flags[@]/#--env-vars-file=*/}" "$(cat "$envfile")" "$(tree_hash "$src")")
+	current=$(query gc functions describe "$name" --gen2 --region="$REGION" \
+		--format='value(labels.deploy_spec)' 2>/dev/null) || current=""
+	if [ "$current" != "$spec" ]; then
+		run gc functions deploy "$name" --source="$src" "${flags[@]}" \
+			--update-labels="app=$app_label,deploy_spec=$spec"
+	fi
+}
+cpu_flag() { [ -n "$1" ] && echo "--cpu=$1"; true; }
+# ingest: concurrency > 1 (≥ 1 vCPU) so concurrent deliveries share commits.
+deploy_function "$FN_INGEST" ./functions/ingest Ingest "$work/env-ingest.yaml" \
+	--service-account="$SA_INGEST" --memory="$INGEST_MEMORY" --cpu="$INGEST_CPU" \
+	--concurrency="$INGEST_CONCURRENCY" --min-instances="$INGEST_MIN_INSTANCES" \
+	--max-instances="$INGEST_MAX_INSTANCES" --timeout="$INGEST_TIMEOUT"
+# shellcheck disable=SC2046 # cpu_flag prints one word or nothing
+deploy_function "$FN_ROLLUP" ./functions/rollup Rollup "$work/env-rollup.yaml" \
+	--service-account="$SA_ROLLUP" --memory="$ROLLUP_MEMORY" $(cpu_flag "$ROLLUP_CPU") \
+	--concurrency="$ROLLUP_CONCURRENCY" --min-instances=0 \
+	--max-instances="$ROLLUP_MAX_INSTANCES" --timeout="$ROLLUP_TIMEOUT"
+# shellcheck disable=SC2046
+deploy_function "$FN_ROTATE" ./functions/rotate Rotate "$work/env-rotate.yaml" \
+	--service-account="$SA_ROTATE" --memory="$ROTATE_MEMORY" $(cpu_flag "$ROTATE_CPU") \
+	--concurrency=1 --min-instances=0 --max-instances=1 --timeout="$ROTATE_TIMEOUT"
+
+# Invokers: only the push identity may call ingest, only the scheduler
+# identity rollup and rotate.
+ensure_run_invoker "$FN_INGEST" "$SA_PUSH"
+ensure_run_invoker "$FN_ROLLUP" "$SA_SCHEDULER"
+ensure_run_invoker "$FN_ROTATE" "$SA_SCHEDULER"
+
+# ---------------------------------------------------------------------------
+note "push subscription"
+# The Pub/Sub service agent signs the push OIDC tokens as the push identity,
+# and forwards undeliverable messages: publisher on the dead-letter topic,
+# subscriber on the subscription it takes them from.
+ensure_binding sa "$SA_PUSH" "serviceAccount:$PUBSUB_AGENT" roles/iam.serviceAccountTokenCreator
+ensure_binding topic "$DLQ_TOPIC" "serviceAccount:$PUBSUB_AGENT" roles/pubsub.publisher
+push_flags=(--push-endpoint="$URL_INGEST" --push-auth-service-account="$SA_PUSH"
+	--push-auth-token-audience="$URL_INGEST" --ack-deadline="$ACK_DEADLINE"
+	--dead-letter-topic="projects/$PROJECT_ID/topics/$DLQ_TOPIC"
+	--max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS"
+	--min-retry-delay="$MIN_RETRY_DELAY" --max-retry-delay="$MAX_RETRY_DELAY"
+	--message-retention-duration="$MESSAGE_RETENTION" --expiration-period=never)
+ensure_pubsub "pubsub subscriptions" "$SUBSCRIPTION" --topic="$TOPIC" "${push_flags[@]}" -- "${push_flags[@]}"
+ensure_binding subscription "$SUBSCRIPTION" "serviceAccount:$PUBSUB_AGENT" roles/pubsub.subscriber
+
+# ---------------------------------------------------------------------------
+note "scheduler jobs"
+# ensure_job NAME SCHEDULE URL ATTEMPT_DEADLINE: an HTTP job with an OIDC
+# token for the scheduler identity. Jobs have no labels: the spec digest is
+# kept at the end of the description.
+ensure_job() {
+	local name=$1 flags spec current
+	flags=(--location="$SCHEDULER_LOCATION" --schedule="$2" --time-zone="$SCHEDULE_TIME_ZONE"
+		--uri="$3" --http-method=POST --oidc-service-account-email="$SA_SCHEDULER"
+		--oidc-token-audience="$3" --attempt-deadline="$4" --max-retry-attempts=0)
+	spec=$(spec_hash "${flags[@]}")
+	current=$(query gc scheduler jobs describe "$name" --location="$SCHEDULER_LOCATION" \
+		--format='value(description)' 2>/dev/null) || current=""
+	if [ -z "$current" ]; then
+		run gc scheduler jobs create http "$name" "${flags[@]}" --description="$app_label: calls $3 (spec $spec)"
+	elif [[ $current != *"(spec $spec)" ]]; then
+		run gc scheduler jobs update http "$name" "${flags[@]}" --description="$app_label: calls $3 (spec $spec)"
+	fi
+}
+ensure_job "$JOB_ROLLUP" "$ROLLUP_SCHEDULE" "$URL_ROLLUP" "${ROLLUP_TIMEOUT}"
+ensure_job "$JOB_ROTATE" "$ROTATE_SCHEDULE" "$URL_ROTATE" "${ROTATE_TIMEOUT}"
+
+# ---------------------------------------------------------------------------
+note "log-based metrics and alert policies"
+run_log="logName=\"projects/$PROJECT_ID/logs/run.googleapis.com%2Frequests\""
+svc() { echo "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"$1\""; }
+# ensure_metric NAME DESCRIPTION FILTER [LABEL EXTRACTOR]: a counter of the
+# matching log entries. The spec digest ends the description.
+ensure_metric() {
+	local name=$1 desc=$2 filter=$3 file=$work/metric-$1.json spec current labels=""
+	if [ $# -ge 5 ]; then
+		labels=$(printf ',\n  "labelExtractors": {%s: %s},\n  "metricDescriptor": {"metricKind": "DELTA", "valueType": "INT64", "labels": [{"key": %s, "valueType": "STRING"}]}' \
+			"$(json_str "$4")" "$(json_str "$5")" "$(json_str "$4")")
+	fi
+	spec=$(spec_hash "$desc" "$filter" "$labels")
+	printf '{\n  "description": %s,\n  "filter": %s%s\n}\n' \
+		"$(json_str "$desc (spec $spec)")" "$(json_str "$filter")" "$labels" >"$file"
+	current=$(query gc logging metrics describe "$name" --format='value(description)' 2>/dev/null) || current=""
+	if [ -z "$current" ]; then
+		run gc logging metrics create "$name" --config-from-file="$file"
+	elif [[ $current != *"(spec $spec)" ]]; then
+		run gc logging metrics update "$name" --config-from-file="$file"
+	fi
+}
+M_REJECTS=${PREFIX}_ingest_reject_batches
+M_NON_ACK=${PREFIX}_ingest_non_ack
+M_ROTATE=${PREFIX}_rotate_failures
+M_ROLLUP=${PREFIX}_rollup_failures
+M_JOBS=${PREFIX}_scheduler_failures
+ensure_metric "$M_REJECTS" "Ingest batches that quarantined records in apigee.ingest_rejects" \
+	"$(svc "$FN_INGEST") AND jsonPayload.message=\"batch committed\" AND jsonPayload.rejected>0"
+# Push counts 102, 200, 201, 202 and 204 as acknowledgements; ingest answers
+# 204, and anything else is redelivered.
+ensure_metric "$M_NON_ACK" "Push deliveries ingest did not acknowledge (redelivered), by status" \
+	"$(svc "$FN_INGEST") AND $run_log AND (httpRequest.status>=300 OR httpRequest.status<200)" \
+	status "EXTRACT(httpRequest.status)"
+ensure_metric "$M_ROTATE" "Failed credential rotations (rotate errors and 5xx answers)" \
+	"$(svc "$FN_ROTATE") AND (severity>=ERROR OR ($run_log AND httpRequest.status>=500))"
+ensure_metric "$M_ROLLUP" "Failed rollup runs (rollup errors and 5xx answers)" \
+	"$(svc "$FN_ROLLUP") AND (severity>=ERROR OR ($run_log AND httpRequest.status>=500))"
+ensure_metric "$M_JOBS" "Failed Cloud Scheduler attempts of the rollup and rotate jobs, by job" \
+	"resource.type=\"cloud_scheduler_job\" AND (resource.labels.job_id=\"$JOB_ROLLUP\" OR resource.labels.job_id=\"$JOB_ROTATE\") AND severity>=ERROR" \
+	job "EXTRACT(resource.labels.job_id)"
+
+channels_json() {
+	local out="" c
+	local IFS=,
+	for c in $ALERT_CHANNELS; do
+		[ -n "$c" ] && out+="${out:+, }$(json_str "$c")"
+	done
+	printf '[%s]' "$out"
+}
+# ensure_policy TITLE METRIC RESOURCE_TYPE THRESHOLD DOC: an alert when the
+# metric's 5-minute sum exceeds THRESHOLD. Found by display name; the spec
+# digest is a user label.
+ensure_policy() {
+	local title="$PREFIX: $1" metric=$2 rtype=$3 threshold=$4 doc=$5 file spec body existing name current
+	file=$work/policy-$metric.json
+	body=$(printf '{
+  "displayName": %s,
+  "userLabels": {"app": "%s", "deploy_spec": "@SPEC@"},
+  "combiner": "OR",
+  "conditions": [{
+    "displayName": %s,
+    "conditionThreshold": {
+      "filter": %s,
+      "aggregations": [{"alignmentPeriod": "300s", "perSeriesAligner": "ALIGN_SUM", "crossSeriesReducer": "REDUCE_SUM"}],
+      "comparison": "COMPARISON_GT",
+      "thresholdValue": %s,
+      "duration": "0s",
+      "trigger": {"count": 1}
+    }
+  }],
+  "alertStrategy": {"autoClose": "1800s"},
+  "documentation": {"content": %s, "mimeType": "text/markdown"},
+  "notificationChannels": %s
+}' "$(json_str "$title")" "$app_label" "$(json_str "$1: 5-minute sum > $threshold")" \
+		"$(json_str "metric.type=\"logging.googleapis.com/user/$metric\" AND resource.type=\"$rtype\"")" \
+		"$threshold" "$(json_str "$doc")" "$(channels_json)")
+	spec=$(spec_hash "$body")
+	printf '%s\n' "${body/@SPEC@/$spec}" >"$file"
+	existing=$(query gc beta monitoring policies list --filter="displayName=\"$title\"" \
+		--format='value(name,userLabels.deploy_spec)' 2>/dev/null) || existing=""
+	if [ -z "$existing" ]; then
+		run gc beta monitoring policies create --policy-from-file="$file"
+	else
+		read -r name current <<<"$(head -n1 <<<"$existing")"
+		[ "$current" = "$spec" ] || run gc beta monitoring policies update "$name" --policy-from-file="$file"
+	fi
+}
+ensure_policy "ingest rejects" "$M_REJECTS" cloud_run_revision "$ALERT_REJECT_BATCHES" \
+	"Ingest quarantined records. See the reasons: \`SELECT reason, field, count(*) FROM apigee.ingest_rejects WHERE received_at > now() - interval '1 hour' GROUP BY 1, 2\` or the Grafana *Rejects by reason* panel."
+ensure_policy "ingest non-ack answers" "$M_NON_ACK" cloud_run_revision "$ALERT_NON_ACK" \
+	"Ingest answered push deliveries with a status Pub/Sub does not count as an acknowledgement (401 authentication, 429 queue full, 503 database); they are redelivered and, after $MAX_DELIVERY_ATTEMPTS attempts, dead-lettered to $DLQ_TOPIC (kept in $DLQ_HOLD). Check $FN_INGEST's logs."
+ensure_policy "credential rotation failures" "$M_ROTATE" cloud_run_revision "$ALERT_JOB_FAILURES" \
+	"$FN_ROTATE failed. The previous ingest password stays valid until its VALID UNTIL ($ROTATE_TTL after it was set): fix the cause before then. See $FN_ROTATE's logs (rotate: run failed, summary.failed_step)."
+ensure_policy "rollup failures" "$M_ROLLUP" cloud_run_revision "$ALERT_JOB_FAILURES" \
+	"$FN_ROLLUP failed; dashboards fall behind and retention does not run. See $FN_ROLLUP's logs."
+ensure_policy "scheduler failures" "$M_JOBS" cloud_scheduler_job "$ALERT_JOB_FAILURES" \
+	"A Cloud Scheduler attempt of $JOB_ROLLUP or $JOB_ROTATE failed (the function answered an error, or could not be reached or authorised)."
+
+# ---------------------------------------------------------------------------
+if [ -z "$APIGEE_ORG" ]; then
+	note "Apigee: skipped (APIGEE_ORG is empty)"
+elif $skip_apigee; then
+	note "Apigee: skipped (--skip-apigee)"
+else
+	note "Apigee shared flow"
+	for c in curl zip unzip; do command -v "$c" >/dev/null || die "$c is required for the Apigee step"; done
+	# The bundle as deploy/apigee/deploy.sh builds it, digested by content
+	# (zip entries carry timestamps).
+	GCP_PROJECT=$PROJECT_ID PUBSUB_TOPIC=$TOPIC "$root/deploy/apigee/deploy.sh" --build-only "$work/bundle.zip" >/dev/null
+	mkdir -p "$work/bundle"
+	unzip -q "$work/bundle.zip" -d "$work/bundle"
+	bundle_hash=$(tree_hash "$work/bundle")
+	# The token goes into a header file for curl (-H @file), not into argv.
+	hdr=$work/apigee-auth
+	(umask 077 && printf 'Authorization: Bearer %s\n' "$(gcloud auth print-access-token)" >"$hdr")
+	apigee_get() { # apigee_get PATH: prints the body, empty on 404
+		local code
+		code=$(query curl -sS -o "$work/apigee-body" -w '%{http_code}' -H @"$hdr" "$APIGEE_API/$1") || code=000
+		case "$code" in
+		2??) cat "$work/apigee-body" ;;
+		404) ;;
+		*) die "Apigee API GET $1 answered $code: $(cat "$work/apigee-body" 2>/dev/null)" ;;
+		esac
+	}
+	env_path=organizations/$APIGEE_ORG/environments/$APIGEE_ENV
+	deployments=$(apigee_get "$env_path/sharedflows/$SHARED_FLOW/deployments")
+	deployed_rev=$(sed -n 's/.*"revision"[[:space:]]*:[[:space:]]*"\([0-9]*\)".*/\1/p' <<<"$deployments" | head -n1)
+	deployed_sa=$(sed -n 's/.*"serviceAccount"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$deployments" | head -n1)
+	hook=$(apigee_get "$env_path/flowhooks/PostProxyFlowHook")
+	hooked=$(sed -n 's/.*"sharedFlow"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$hook" | head -n1)
+	# What this script deployed last is recorded on the topic the flow feeds:
+	# the bundle digest and the revision it became.
+	recorded=$(query gc pubsub topics describe "$TOPIC" \
+		--format='value(labels.apigee_bundle,labels.apigee_revision)' 2>/dev/null) || recorded=""
+	read -r rec_hash rec_rev <<<"$recorded" || true
+	if [ "${rec_hash:-}" = "$bundle_hash" ] && [ -n "$deployed_rev" ] && [ "${rec_rev:-}" = "$deployed_rev" ] &&
+		[ "${deployed_sa##*/}" = "$SA_PUBLISHER" ] && [ "$hooked" = "$SHARED_FLOW" ]; then
+		: # deployed, as the publisher, and attached
+	else
+		# Import, deploy as the publisher identity, attach: deploy/apigee/deploy.sh.
+		show env GCP_PROJECT="$PROJECT_ID" PUBSUB_TOPIC="$TOPIC" APIGEE_ORG="$APIGEE_ORG" \
+			APIGEE_ENV="$APIGEE_ENV" APIGEE_SA="$SA_PUBLISHER" APIGEE_API="$APIGEE_API" \
+			"$root/deploy/apigee/deploy.sh"
+		changes=$((changes + 1))
+		if ! $dry_run; then
+			out=$(GCP_PROJECT=$PROJECT_ID PUBSUB_TOPIC=$TOPIC APIGEE_ORG=$APIGEE_ORG APIGEE_ENV=$APIGEE_ENV \
+				APIGEE_SA=$SA_PUBLISHER APIGEE_API=$APIGEE_API "$root/deploy/apigee/deploy.sh")
+			printf '%s\n' "$out"
+			new_rev=$(sed -n 's/^imported .* revision \([0-9][0-9]*\)$/\1/p' <<<"$out" | head -n1)
+			[ -n "$new_rev" ] || die "deploy/apigee/deploy.sh did not report the imported revision"
+			run gc pubsub topics update "$TOPIC" --update-labels="apigee_bundle=$bundle_hash,apigee_revision=$new_rev"
+		fi
+	fi
+fi
+
+# ---------------------------------------------------------------------------
+if $dry_run; then
+	note "dry run: $changes command(s) would change something"
+elif [ "$changes" -eq 0 ]; then
+	note "nothing to change: everything is up to date"
+else
+	note "done: $changes change(s)"
+fi
+cat <<EOF
+   ingest push endpoint  $URL_INGEST  (subscription $SUBSCRIPTION on $TOPIC)
+   rollup                $URL_ROLLUP  (job $JOB_ROLLUP: $ROLLUP_SCHEDULE $SCHEDULE_TIME_ZONE)
+   rotate                $URL_ROTATE  (job $JOB_ROTATE: $ROTATE_SCHEDULE $SCHEDULE_TIME_ZONE)
+   dead letters          $DLQ_TOPIC -> $DLQ_HOLD
+EOF

@@ -1,0 +1,151 @@
+package rollup
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"apigee-timescale/shared/dbtest"
+)
+
+// BenchmarkRollup measures, side by side on one database kind, a full
+// rebuild of the rollups over 1,000,000 raw rows (30 days), the
+// incremental refresh after 1% more rows arrive, and retention dropping the
+// 30 daily raw chunks — also on a database with 300 times fewer rows, to
+// show the drop does not depend on row count. Run it once:
+//
+//	go test -run '^$' -bench BenchmarkRollup -benchtime 1x -timeout 30m ./functions/rollup/
+//
+// (BenchmarkRollup/timescaledb alone is the figure the issue asks for.)
+func BenchmarkRollup(b *testing.B) {
+	for _, kind := range dbtest.Kinds {
+		b.Run(string(kind), func(b *testing.B) {
+			for range b.N {
+				benchScenario(b, kind)
+			}
+		})
+	}
+}
+
+const (
+	benchRows = 1_000_000
+	benchDays = 30
+)
+
+// benchInsertSQL writes $3 rows spread evenly from $1, $2 seconds apart,
+// with traffic skewed towards a few proxies, apps and statuses and
+// lognormal latencies (median 100 ms), plus one invalidation per minute.
+const benchInsertSQL = `
+WITH ins AS (
+	INSERT INTO apigee.api_calls (received_at, message_id, tenant, organization, environment, apiproxy, request_verb, request_path,
+		response_status_code, total_response_time, target_response_time, api_product, developer_app, request_size, response_size, batch_id)
+	SELECT $1::timestamptz + (i * $2::float8) * interval '1 second', $4 || i, 'tenant-' || (p % 3), 'org',
+		CASE WHEN random() < 0.9 THEN 'prod' ELSE 'test' END, 'proxy-' || p,
+		CASE WHEN random() < 0.75 THEN 'GET' ELSE 'POST' END, '/x',
+		CASE WHEN r < 0.85 THEN 200 WHEN r < 0.93 THEN 404 WHEN r < 0.98 THEN 500 ELSE 503 END,
+		lat, (lat * 0.7)::integer, 'product-' || (a % 2), 'app-' || a,
+		(100 + random() * 900)::bigint, (1000 + random() * 9000)::bigint, 1
+	FROM (
+		SELECT i, random() AS r, floor(8 * random() ^ 3)::integer AS p, floor(5 * random() ^ 2)::integer AS a,
+			round(exp(ln(100) + 0.6 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random())))::integer AS lat
+		FROM generate_series(0, $3::integer - 1) i
+	) s
+	RETURNING received_at
+)
+INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
+SELECT DISTINCT 1, date_bin('1 minute', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM ins`
+
+func benchLoad(b *testing.B, db *dbtest.DB, from time.Time, rows int, spacing float64, prefix string) {
+	b.Helper()
+	ctx := context.Background()
+	if _, err := db.Admin.Exec(ctx, "SELECT apigee.ensure_partitions($1::date, $2::date)",
+		from.Format(time.DateOnly), from.Add(time.Duration(float64(rows)*spacing)*time.Second).Format(time.DateOnly)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := db.Admin.Exec(ctx, "SELECT setseed(0.42)"); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := db.Admin.Exec(ctx, benchInsertSQL, from, spacing, rows, prefix); err != nil {
+		b.Fatalf("load: %v", err)
+	}
+	if _, err := db.Admin.Exec(ctx, "ANALYZE apigee.api_calls; ANALYZE apigee.rollup_invalidations"); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// benchRetention times dropping the 30 daily raw chunks before cutoff.
+func benchRetention(b *testing.B, db *dbtest.DB, keep time.Duration) time.Duration {
+	b.Helper()
+	conn := dbtest.Connect(b, mustDSN(b, db))
+	t0 := time.Now()
+	n := queryInt(b, conn, "SELECT count(*) FROM apigee.apply_retention('raw', $1::interval) WHERE outcome = 'dropped'", interval(keep))
+	d := time.Since(t0)
+	if n != benchDays {
+		b.Fatalf("retention dropped %d chunks, want %d", n, benchDays)
+	}
+	return d
+}
+
+func benchScenario(b *testing.B, kind dbtest.Kind) {
+	b.StopTimer()
+	db := dbtest.New(b, kind)
+	now := time.Now().UTC()
+	start := now.Truncate(day).AddDate(0, 0, -40)
+	spacing := float64(benchDays*24*3600) / benchRows
+
+	t0 := time.Now()
+	benchLoad(b, db, start, benchRows, spacing, "m")
+	load := time.Since(t0)
+
+	cfg := testConfig()
+	cfg.RunBudget = time.Hour
+	cfg.RawRetention, cfg.RejectsRetention, cfg.Rollup1mRetention, cfg.Rollup1hRetention = Off, Off, Off, Off
+	r := newTestRunner(b, db, cfg, nil)
+
+	b.StartTimer()
+	t0 = time.Now()
+	full := runUntilDone(b, r)
+	fullDur := time.Since(t0)
+
+	// 1% more rows, arriving after the others at the same rate.
+	b.StopTimer()
+	benchLoad(b, db, start.AddDate(0, 0, benchDays), benchRows/100, spacing, "n")
+	b.StartTimer()
+	t0 = time.Now()
+	incr := runUntilDone(b, r)
+	incrDur := time.Since(t0)
+
+	// Retention: all 30 full days expire; the day of the new rows stays.
+	keep := now.Sub(start.AddDate(0, 0, benchDays).Add(12 * time.Hour))
+	retBig := benchRetention(b, db, keep)
+	b.StopTimer()
+
+	small := dbtest.New(b, kind)
+	benchLoad(b, small, start, benchRows/300, spacing*300, "s")
+	runUntilDone(b, newTestRunner(b, small, cfg, nil))
+	b.StartTimer()
+	retSmall := benchRetention(b, small, keep)
+	b.StopTimer()
+
+	sum := func(ss []Summary) (rows int64, minutes, runs int) {
+		for _, s := range ss {
+			rows += s.RowsRead
+			minutes += s.MinutesRefreshed
+		}
+		return rows, minutes, len(ss)
+	}
+	fr, fm, fn := sum(full)
+	ir, im, in := sum(incr)
+	ratio := incrDur.Seconds() / fullDur.Seconds()
+	b.ReportMetric(fullDur.Seconds(), "full_s")
+	b.ReportMetric(incrDur.Seconds(), "incr_s")
+	b.ReportMetric(100*ratio, "incr/full_%")
+	b.ReportMetric(retBig.Seconds(), "retention30_s")
+	b.ReportMetric(retSmall.Seconds(), "retention30_small_s")
+	b.Log(fmt.Sprintf("%s: loaded %d raw rows over %d days in %v", kind, benchRows, benchDays, load.Round(time.Millisecond)) + "\n" +
+		fmt.Sprintf("  full rebuild:        %8v  (%d rows, %d minutes, %d runs, %.0f rows/s)\n", fullDur.Round(time.Millisecond), fr, fm, fn, float64(fr)/fullDur.Seconds()) +
+		fmt.Sprintf("  incremental (+1%%):   %8v  (%d rows, %d minutes, %d runs) = %.2f%% of full (target ≤ 5%%)\n", incrDur.Round(time.Millisecond), ir, im, in, 100*ratio) +
+		fmt.Sprintf("  retention, 30 days:  %8v  with %d rows; %v with %d rows (ratio %.2f; target < 2 s)", retBig.Round(time.Millisecond), benchRows,
+			retSmall.Round(time.Millisecond), benchRows/300, retBig.Seconds()/retSmall.Seconds()))
+}

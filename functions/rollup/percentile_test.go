@@ -1,0 +1,170 @@
+package rollup
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"apigee-timescale/shared/dbtest"
+)
+
+// skewedCalls returns one hour's worth of rows (10 busy minutes) for two
+// proxies: "lognormal" (heavy right tail, a few zeros) and "bimodal" (70%
+// fast cache hits, 30% slow backend calls).
+func skewedCalls(rng *rand.Rand, hour time.Time) []call {
+	var out []call
+	for m := 0; m < 10; m++ {
+		for i := 0; i < 600; i++ {
+			at := hour.Add(time.Duration(m*5)*time.Minute + time.Duration(rng.IntN(60_000))*time.Millisecond)
+			total := lognormal(rng, 120, 0.9)
+			if rng.IntN(50) == 0 {
+				total = 0
+			}
+			out = append(out, call{at: at, tenant: "tenant-a", proxy: "lognormal", status: 200,
+				total: ptr(total), target: ptr(lognormal(rng, 60, 1.1))})
+
+			var t2, g2 int32
+			if rng.IntN(10) < 7 {
+				t2, g2 = lognormal(rng, 15, 0.3), lognormal(rng, 5, 0.3)
+			} else {
+				t2, g2 = lognormal(rng, 900, 0.25), lognormal(rng, 850, 0.25)
+			}
+			out = append(out, call{at: at, tenant: "tenant-a", proxy: "bimodal", status: 200,
+				verb: []string{"GET", "POST"}[rng.IntN(2)], total: ptr(t2), target: ptr(g2)})
+		}
+	}
+	return out
+}
+
+// TestPercentileAccuracy compares the views' percentiles (from merged
+// minute and hour histograms) with percentile_cont over the raw rows.
+func TestPercentileAccuracy(t *testing.T) {
+	t.Parallel()
+	const maxRelErr = 0.02
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		ctx := context.Background()
+		hour := time.Now().UTC().Add(-5 * time.Hour).Truncate(time.Hour)
+		insertCalls(t, db, skewedCalls(rand.New(rand.NewPCG(11, 12)), hour))
+		mustRun(t, newTestRunner(t, db, testConfig(), nil))
+
+		cases := []struct {
+			name, view, width string
+		}{
+			{"minute summaries", "proxy_latency_1m", "1 minute"},
+			{"hours merged from minutes", "proxy_latency_1h", "1 hour"},
+			{"days merged from hours", "proxy_latency_1d", "1 day"},
+		}
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				rows, err := db.Admin.Query(ctx, `
+					WITH raw AS (
+						SELECT apiproxy, date_bin('`+c.width+`', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b,
+							percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_response_time) AS t,
+							percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY target_response_time) AS g
+						FROM apigee.api_calls GROUP BY 1, 2)
+					SELECT raw.apiproxy, raw.b, raw.t, raw.g,
+						ARRAY[v.total_ms_p50, v.total_ms_p90, v.total_ms_p95, v.total_ms_p99],
+						ARRAY[v.target_ms_p50, v.target_ms_p90, v.target_ms_p95, v.target_ms_p99]
+					FROM raw LEFT JOIN apigee.`+c.view+` v ON v.apiproxy = raw.apiproxy AND v.bucket_start = raw.b`)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rows.Close()
+				n, worst := 0, 0.0
+				for rows.Next() {
+					var proxy string
+					var b time.Time
+					var rawT, rawG, gotT, gotG []*float64
+					if err := rows.Scan(&proxy, &b, &rawT, &rawG, &gotT, &gotG); err != nil {
+						t.Fatal(err)
+					}
+					n++
+					for i, q := range []string{"p50", "p90", "p95", "p99"} {
+						for _, pair := range []struct {
+							what      string
+							want, got *float64
+						}{{"total", rawT[i], gotT[i]}, {"target", rawG[i], gotG[i]}} {
+							if pair.got == nil {
+								t.Fatalf("%s %s %s %s: no value in %s", proxy, b, pair.what, q, c.view)
+							}
+							rel := math.Abs(*pair.got-*pair.want) / *pair.want
+							worst = math.Max(worst, rel)
+							if rel > maxRelErr {
+								t.Errorf("%s %s %s %s: %s says %.2f, percentile_cont %.2f (%.2f%% off)",
+									proxy, b.Format(time.RFC3339), pair.what, q, c.view, *pair.got, *pair.want, 100*rel)
+							}
+						}
+					}
+				}
+				if rows.Err() != nil {
+					t.Fatal(rows.Err())
+				}
+				want := map[string]int{"1 minute": 20, "1 hour": 2, "1 day": 2}[c.width]
+				if n != want {
+					t.Fatalf("compared %d buckets, want %d", n, want)
+				}
+				t.Logf("%s: worst relative error %.3f%% over %d buckets", c.view, 100*worst, n)
+			})
+		}
+	})
+}
+
+// TestLatencyHistFunctions checks the SQL summary functions directly.
+func TestLatencyHistFunctions(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t, dbtest.Postgres)
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		sql  string
+		want float64
+	}{
+		{"single value", "SELECT apigee.latency_hist_quantile(apigee.latency_hist_of('{250}'), 0.5)", 250},
+		{"zero bin", "SELECT apigee.latency_hist_quantile(apigee.latency_hist_of('{0,0,0,10}'), 0.5)", 0},
+		{"interpolates like percentile_cont", "SELECT apigee.latency_hist_quantile(apigee.latency_hist_of('{100,200}'), 0.5)", 150},
+		{"min and max", "SELECT apigee.latency_hist_quantile(apigee.latency_hist_of('{3,7,1000}'), 1)", 1000},
+		{"sub-millisecond values", "SELECT apigee.latency_hist_quantile(apigee.latency_hist_of('{0.25}'), 0.5)", 0.25},
+		{"count ignores NULLs", "SELECT apigee.latency_hist_count(apigee.latency_hist_of('{1,NULL,3,0}'))", 3},
+		{"merge equals the histogram of the union",
+			`SELECT count(*) FROM (SELECT apigee.latency_hist_add(apigee.latency_hist_of('{1,5,5,900}'), apigee.latency_hist_of('{0,5,70}')) AS a,
+				apigee.latency_hist_of('{1,5,5,900,0,5,70}') AS b) s WHERE a = b`, 1},
+		{"aggregate merge", `SELECT apigee.latency_hist_count(apigee.latency_hist_merge(h)) FROM (VALUES
+				(apigee.latency_hist_of('{1,2}')), (NULL), (apigee.latency_hist_of('{}')), (apigee.latency_hist_of('{3,4,5}'))) v(h)`, 5},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var got float64
+			if err := db.Admin.QueryRow(ctx, c.sql).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if c.want == 0 && got != 0 || math.Abs(got-c.want) > 0.01*math.Abs(c.want) {
+				t.Fatalf("got %v, want %v within 1%%", got, c.want)
+			}
+		})
+	}
+	t.Run("empty histogram has no percentile", func(t *testing.T) {
+		var got *float64
+		if err := db.Admin.QueryRow(ctx, "SELECT apigee.latency_hist_quantile(apigee.latency_hist_of('{}'), 0.5)").Scan(&got); err != nil || got != nil {
+			t.Fatalf("got %v (err %v), want NULL", got, err)
+		}
+	})
+	t.Run("q outside [0, 1] is refused", func(t *testing.T) {
+		var got *float64
+		if err := db.Admin.QueryRow(ctx, "SELECT apigee.latency_hist_quantile(apigee.latency_hist_of('{1}'), 1.5)").Scan(&got); err == nil {
+			t.Fatalf("got %v, want an error", got)
+		}
+	})
+	t.Run("every value within 1% of its bin's representative", func(t *testing.T) {
+		var worst float64
+		err := db.Admin.QueryRow(ctx, `SELECT max(abs(apigee.latency_hist_value(apigee.latency_hist_bin(v)) - v) / v)
+			FROM (SELECT generate_series(1, 600000) * 1.0 AS v UNION ALL SELECT 0.001 * generate_series(1, 1000)) s`).Scan(&worst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if worst > 0.01 {
+			t.Fatalf("worst relative error %.5f, want ≤ 0.01", worst)
+		}
+	})
+}

@@ -1,0 +1,536 @@
+// Package rollup keeps the minute and hour rollups of apigee.api_calls,
+// applies tiered retention and flags anomalies: the work continuous
+// aggregates and retention policies would do, done without any TSL-only
+// TimescaleDB feature so it runs the same on the Apache edition and on
+// plain PostgreSQL (Cloud SQL).
+//
+// Rollups are incremental. Ingest records every (batch, minute) it wrote
+// into in apigee.rollup_invalidations, in the same transaction as the rows;
+// a run consumes those rows, recomputes exactly those minutes from the raw
+// rows and their hours from the minute rows, replacing what was there. A
+// recompute replaces rather than adds, so re-runs and redelivered messages
+// never double-count, and late rows for an old minute correct that minute
+// and its hour.
+//
+// One run works at a time (a session advisory lock); a concurrent run
+// returns at once with Status "skipped". Each run has a time budget and the
+// next run continues where it stopped.
+//
+// The schema (rollup tables, the latency histogram type and its functions,
+// views, anomalies, the retention function) is in migrations 00010–00014.
+// Config documents every setting and its default. The benchmark:
+//
+//	go test -run '^$' -bench BenchmarkRollup -benchtime 1x -timeout 30m ./functions/rollup/
+package rollup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// LockKey is the advisory lock (per database) held by a working run.
+const LockKey int64 = 0x61706967_726f6c6c // "apigroll"
+
+// DB hands out connections; *pgxpool.Pool and *dbconn.DB satisfy it. A run
+// holds one connection throughout, since the advisory lock is per session.
+type DB interface {
+	Acquire(ctx context.Context) (*pgxpool.Conn, error)
+}
+
+// Runner performs rollup runs against one database.
+type Runner struct {
+	db  DB
+	cfg Config
+	pub Publisher
+	// now is the clock anomaly windows and partitions are placed by.
+	now func() time.Time
+	// batch, when set, is the reduced refresh batch size (see shrink).
+	batch atomic.Int64
+}
+
+// NewRunner returns a Runner. pub may be nil: anomalies are then recorded
+// but not published.
+func NewRunner(db DB, cfg Config, pub Publisher) *Runner {
+	return &Runner{db: db, cfg: cfg, pub: pub, now: time.Now}
+}
+
+// Summary is what one run did; it is the function's JSON answer.
+type Summary struct {
+	// Status is "ok", "skipped" (another run holds the lock) or "error".
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+	// MinutesRefreshed and HoursRefreshed count recomputed buckets.
+	MinutesRefreshed int `json:"minutes_refreshed"`
+	HoursRefreshed   int `json:"hours_refreshed"`
+	// RowsRead counts the raw rows aggregated into minute rows.
+	RowsRead int64 `json:"rows_read"`
+	// RollupRowsWritten counts minute and hour rows written.
+	RollupRowsWritten int64 `json:"rollup_rows_written"`
+	// InvalidationsConsumed counts apigee.rollup_invalidations rows
+	// consumed; InvalidationsDiscarded those dropped unprocessed because
+	// their raw rows are already gone (late data behind retention).
+	InvalidationsConsumed  int64 `json:"invalidations_consumed"`
+	InvalidationsDiscarded int64 `json:"invalidations_discarded"`
+	// PendingMinutes is how many invalidated minutes remain for later runs.
+	PendingMinutes int64 `json:"pending_minutes"`
+	// BudgetExhausted says the refresh stopped at RUN_BUDGET with work left.
+	BudgetExhausted bool `json:"budget_exhausted"`
+	// BatchMinutes is the refresh batch size in use: REFRESH_BATCH_MINUTES,
+	// or less after a batch hit the statement timeout.
+	BatchMinutes      int `json:"batch_minutes"`
+	PartitionsCreated int `json:"partitions_created"`
+	// ChunksDropped counts chunks or partitions dropped by retention, listed
+	// in Dropped; Held lists the ranges retention kept back (pending
+	// rollups or a busy lock).
+	ChunksDropped int      `json:"chunks_dropped"`
+	Dropped       []string `json:"dropped,omitempty"`
+	Held          []string `json:"held,omitempty"`
+	// AnomaliesFound counts new anomalies; AlertsPublished alerts sent.
+	AnomaliesFound  int    `json:"anomalies_found"`
+	AlertsPublished int    `json:"alerts_published"`
+	DurationMS      int64  `json:"duration_ms"`
+	Error           string `json:"error,omitempty"`
+}
+
+// Run performs one run: maintenance (chunk hardening, partitions ahead),
+// the incremental refresh within the time budget, retention, and anomaly
+// detection with alerts. Steps after a failed one still run; the error
+// joins every failure and the summary says what was done.
+func (r *Runner) Run(ctx context.Context) (Summary, error) {
+	// Budget and duration use the wall clock; r.now only places the data
+	// (anomaly windows, partitions), so tests can pin it.
+	start := time.Now()
+	s := Summary{Status: "ok"}
+
+	pc, err := r.db.Acquire(ctx)
+	if err != nil {
+		return r.fail(&s, start, fmt.Errorf("rollup: acquire connection: %w", err))
+	}
+	// Until the lock query answers, the session may hold the lock (the
+	// answer can be lost after the server granted it).
+	locked := true
+	defer func() {
+		if locked {
+			release(pc)
+			return
+		}
+		pc.Release()
+	}()
+	conn := pc.Conn()
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", LockKey).Scan(&locked); err != nil {
+		locked = true
+		return r.fail(&s, start, fmt.Errorf("rollup: advisory lock: %w", err))
+	}
+	if !locked {
+		s.Status = "skipped"
+		s.Reason = "another run holds the rollup lock"
+		s.DurationMS = time.Since(start).Milliseconds()
+		return s, nil
+	}
+
+	var errs []error
+	step := func(name string, fn func() error) {
+		if ctx.Err() != nil {
+			errs = append(errs, fmt.Errorf("rollup: %s: %w", name, ctx.Err()))
+			return
+		}
+		if err := fn(); err != nil {
+			errs = append(errs, fmt.Errorf("rollup: %s: %w", name, err))
+		}
+	}
+	var storage string
+	step("maintenance", func() error {
+		var err error
+		storage, err = r.maintain(ctx, conn, &s)
+		return err
+	})
+	step("refresh", func() error { return r.refresh(ctx, conn, storage, start.Add(r.cfg.RunBudget), &s) })
+	step("retention", func() error { return r.retain(ctx, conn, &s) })
+	step("anomalies", func() error { return r.anomalies(ctx, conn, &s) })
+	if err := errors.Join(errs...); err != nil {
+		r.record(ctx, conn, &s, start, err)
+		return r.fail(&s, start, err)
+	}
+	r.record(ctx, conn, &s, start, nil)
+	s.DurationMS = time.Since(start).Milliseconds()
+	return s, nil
+}
+
+func (r *Runner) fail(s *Summary, start time.Time, err error) (Summary, error) {
+	s.Status = "error"
+	s.Error = err.Error()
+	s.DurationMS = time.Since(start).Milliseconds()
+	return *s, err
+}
+
+// release unlocks and returns the connection; if the unlock cannot be
+// confirmed (or there was no lock to release) the connection is closed
+// instead, which ends the session and with it any lock, rather than going
+// back to the pool possibly still locked.
+func release(pc *pgxpool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var ok bool
+	if err := pc.Conn().QueryRow(ctx, "SELECT pg_advisory_unlock($1)", LockKey).Scan(&ok); err != nil || !ok {
+		c := pc.Hijack()
+		_ = c.Close(ctx)
+		return
+	}
+	pc.Release()
+}
+
+// record keeps the last run's summary in apigee.rollup_state, for people
+// looking at the database; failing to write it fails nothing.
+func (r *Runner) record(ctx context.Context, conn *pgx.Conn, s *Summary, start time.Time, runErr error) {
+	snap := *s
+	snap.DurationMS = time.Since(start).Milliseconds()
+	if runErr != nil {
+		snap.Status, snap.Error = "error", runErr.Error()
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, _ = conn.Exec(ctx, "UPDATE apigee.rollup_state SET last_run_at = now(), last_run = $1", snap)
+}
+
+// maintain hardens new raw chunks (TimescaleDB copies readers' grants onto
+// them) and keeps daily partitions created ahead on plain PostgreSQL. It
+// returns the storage kind.
+func (r *Runner) maintain(ctx context.Context, conn *pgx.Conn, s *Summary) (string, error) {
+	var storage string
+	if err := conn.QueryRow(ctx, "SELECT value FROM apigee.settings WHERE key = 'storage'").Scan(&storage); err != nil {
+		return "", fmt.Errorf("read storage: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT apigee.harden_chunks(), apigee.harden_rollup_chunks()"); err != nil {
+		return storage, fmt.Errorf("harden chunks: %w", err)
+	}
+	if storage != "partitioned" {
+		return storage, nil
+	}
+	today := r.now().UTC().Truncate(day)
+	from, to := today.AddDate(0, 0, -1), today.AddDate(0, 0, r.cfg.PartitionsAheadDays)
+	var raw, rolled int
+	err := conn.QueryRow(ctx, "SELECT apigee.ensure_partitions($1::date, $2::date), apigee.ensure_rollup_partitions($1::date, $2::date)",
+		from.Format(time.DateOnly), to.Format(time.DateOnly)).Scan(&raw, &rolled)
+	if err != nil {
+		return storage, fmt.Errorf("ensure partitions: %w", err)
+	}
+	s.PartitionsCreated += raw + rolled
+	return storage, nil
+}
+
+// refresh consumes invalidations in batches, oldest minute first, until
+// none is left or the budget is spent. The first batch always runs, so
+// every run makes progress however small the budget.
+func (r *Runner) refresh(ctx context.Context, conn *pgx.Conn, storage string, deadline time.Time, s *Summary) error {
+	// Minutes whose raw rows retention has dropped are never recomputed:
+	// the recompute would see only the late rows and erase the rest.
+	tag, err := conn.Exec(ctx, `
+		DELETE FROM apigee.rollup_invalidations
+		WHERE bucket_start < (SELECT raw_dropped_before FROM apigee.rollup_state)`)
+	if err != nil {
+		return fmt.Errorf("discard stale invalidations: %w", err)
+	}
+	s.InvalidationsDiscarded += tag.RowsAffected()
+
+	ensured := map[time.Time]bool{}
+	for first := true; ; first = false {
+		if !first && !time.Now().Before(deadline) {
+			s.BudgetExhausted = true
+			break
+		}
+		limit := r.batchLimit()
+		n, err := r.refreshBatch(ctx, conn, storage, limit, ensured, s)
+		if err != nil {
+			if smaller, ok := shrink(ctx, err, limit); ok {
+				r.batch.Store(int64(smaller))
+				continue
+			}
+			return err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	s.BatchMinutes = r.batchLimit()
+	if err := conn.QueryRow(ctx, "SELECT count(DISTINCT bucket_start) FROM apigee.rollup_invalidations").Scan(&s.PendingMinutes); err != nil {
+		return fmt.Errorf("count pending: %w", err)
+	}
+	if s.PendingMinutes == 0 {
+		s.BudgetExhausted = false
+	}
+	return nil
+}
+
+// batchLimit is the number of minutes a refresh batch takes: BatchMinutes
+// until a batch ran into the statement timeout, then less.
+func (r *Runner) batchLimit() int {
+	if n := r.batch.Load(); n > 0 {
+		return int(n)
+	}
+	return r.cfg.BatchMinutes
+}
+
+// shrink halves a batch whose statement hit statement_timeout (busy
+// minutes can make BatchMinutes too much for one statement); without it
+// the same oversized batch would fail on every run for ever.
+func shrink(ctx context.Context, err error, limit int) (int, bool) {
+	var pg *pgconn.PgError
+	if ctx.Err() != nil || limit <= 1 || !errors.As(err, &pg) || pg.Code != "57014" {
+		return 0, false
+	}
+	return limit / 2, true
+}
+
+// refreshBatch recomputes up to limit invalidated minutes and their
+// hours in one transaction and returns how many minutes it took.
+//
+// Under READ COMMITTED each statement sees every transaction committed
+// before it started, so the recompute (a later statement) sees at least
+// the rows of every invalidation the DELETE consumed; invalidations
+// committed after the DELETE stay for the next batch.
+func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage string, limit int, ensured map[time.Time]bool, s *Summary) (int, error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	var minutes []time.Time
+	err = tx.QueryRow(ctx, `
+		SELECT coalesce(array_agg(b ORDER BY b), '{}') FROM (
+			SELECT DISTINCT bucket_start AS b FROM apigee.rollup_invalidations
+			ORDER BY 1 LIMIT $1) s`, limit).Scan(&minutes)
+	if err != nil {
+		return 0, fmt.Errorf("pick minutes: %w", err)
+	}
+	if len(minutes) == 0 {
+		return 0, nil
+	}
+	if len(minutes) == limit {
+		// A full batch probably cut an hour short: leave that hour's minutes
+		// to the next batch so a backlog recomputes each hour once.
+		last := minutes[len(minutes)-1].UTC().Truncate(time.Hour)
+		if i := slices.IndexFunc(minutes, func(m time.Time) bool { return !m.UTC().Truncate(time.Hour).Before(last) }); i > 0 {
+			minutes = minutes[:i]
+		}
+	}
+	tag, err := tx.Exec(ctx, "DELETE FROM apigee.rollup_invalidations WHERE bucket_start = ANY($1)", minutes)
+	if err != nil {
+		return 0, fmt.Errorf("consume invalidations: %w", err)
+	}
+	consumed := tag.RowsAffected()
+
+	// Ingest records minute starts; normalise anyway, so a stray
+	// sub-minute bucket_start still refreshes its whole minute.
+	for i, m := range minutes {
+		minutes[i] = m.UTC().Truncate(time.Minute)
+	}
+	minutes = slices.Compact(minutes)
+	hours := make([]time.Time, 0, len(minutes))
+	for _, m := range minutes {
+		hours = append(hours, m.Truncate(time.Hour))
+	}
+	hours = slices.Compact(hours)
+
+	if storage == "partitioned" {
+		if err := ensureRollupPartitions(ctx, tx, minutes, ensured); err != nil {
+			return 0, err
+		}
+	}
+	var rowsRead, written int64
+	for _, rg := range runs(minutes, time.Minute) {
+		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1m WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
+			return 0, fmt.Errorf("clear minutes: %w", err)
+		}
+		var n, calls int64
+		if err := tx.QueryRow(ctx, minuteSQL, rg.from, rg.to).Scan(&n, &calls); err != nil {
+			return 0, fmt.Errorf("recompute minutes %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
+		}
+		written += n
+		rowsRead += calls
+	}
+	for _, rg := range runs(hours, time.Hour) {
+		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1h WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
+			return 0, fmt.Errorf("clear hours: %w", err)
+		}
+		var n int64
+		if err := tx.QueryRow(ctx, hourSQL, rg.from, rg.to).Scan(&n); err != nil {
+			return 0, fmt.Errorf("recompute hours %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
+		}
+		written += n
+	}
+	if storage == "timescaledb" {
+		// New chunks carry readers' grants until revoked; revoke before
+		// they are visible to anyone.
+		if _, err := tx.Exec(ctx, "SELECT apigee.harden_rollup_chunks()"); err != nil {
+			return 0, fmt.Errorf("harden rollup chunks: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	s.MinutesRefreshed += len(minutes)
+	s.HoursRefreshed += len(hours)
+	s.InvalidationsConsumed += consumed
+	s.RowsRead += rowsRead
+	s.RollupRowsWritten += written
+	return len(minutes), nil
+}
+
+// ensureRollupPartitions creates the daily and monthly rollup partitions
+// the minutes fall in, once per day per run.
+func ensureRollupPartitions(ctx context.Context, tx pgx.Tx, minutes []time.Time, ensured map[time.Time]bool) error {
+	var days []time.Time
+	for _, m := range minutes {
+		d := m.Truncate(day)
+		if !ensured[d] {
+			ensured[d] = true
+			days = append(days, d)
+		}
+	}
+	for _, rg := range runs(slices.Compact(days), day) {
+		if _, err := tx.Exec(ctx, "SELECT apigee.ensure_rollup_partitions($1::date, $2::date)",
+			rg.from.Format(time.DateOnly), rg.to.Add(-day).Format(time.DateOnly)); err != nil {
+			return fmt.Errorf("ensure rollup partitions: %w", err)
+		}
+	}
+	return nil
+}
+
+type span struct{ from, to time.Time }
+
+// runs groups sorted bucket starts into maximal contiguous [from, to)
+// spans, so each recompute is one range scan.
+func runs(starts []time.Time, width time.Duration) []span {
+	var out []span
+	for _, t := range starts {
+		if n := len(out); n > 0 && out[n-1].to.Equal(t) {
+			out[n-1].to = t.Add(width)
+			continue
+		}
+		out = append(out, span{t, t.Add(width)})
+	}
+	return out
+}
+
+const dims = `tenant, organization, environment, apiproxy, api_product, developer_app, request_verb, response_status_code`
+
+const rollupCols = `bucket_start, ` + dims + `,
+	calls, errors, client_errors, request_bytes, response_bytes,
+	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
+	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
+
+// minuteSQL recomputes the minute rows of [$1, $2) from raw rows. One scan
+// feeds two grouping sets: per group and total-latency bin, and per group
+// and target-latency bin; the outer query folds each group's bins into the
+// two histograms and takes the scalar metrics from the first set (where
+// every raw row counts exactly once).
+const minuteSQL = `
+WITH r AS (
+	SELECT date_bin('1 minute', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, ` + dims + `,
+		apigee.latency_hist_bin(total_response_time) AS tbin,
+		apigee.latency_hist_bin(target_response_time) AS gbin,
+		(coalesce(is_error, false) OR response_status_code >= 500) AS err,
+		(response_status_code BETWEEN 400 AND 499) AS cerr,
+		request_size, response_size, total_response_time, target_response_time
+	FROM apigee.api_calls
+	WHERE received_at >= $1 AND received_at < $2
+), g AS (
+	SELECT bucket_start, ` + dims + `, GROUPING(tbin) AS by_target, tbin, gbin,
+		count(*) AS calls,
+		count(*) FILTER (WHERE err) AS errors,
+		count(*) FILTER (WHERE cerr) AS client_errors,
+		sum(request_size) AS request_bytes,
+		sum(response_size) AS response_bytes,
+		count(total_response_time) AS total_ms_count,
+		sum(total_response_time) AS total_ms_sum,
+		min(total_response_time) AS total_ms_min,
+		max(total_response_time) AS total_ms_max,
+		count(target_response_time) AS target_ms_count,
+		sum(target_response_time) AS target_ms_sum,
+		min(target_response_time) AS target_ms_min,
+		max(target_response_time) AS target_ms_max
+	FROM r
+	GROUP BY GROUPING SETS ((bucket_start, ` + dims + `, tbin), (bucket_start, ` + dims + `, gbin))
+), ins AS (
+	INSERT INTO apigee.api_calls_1m (` + rollupCols + `)
+	SELECT bucket_start, ` + dims + `,
+		sum(calls) FILTER (WHERE by_target = 0)::bigint,
+		sum(errors) FILTER (WHERE by_target = 0)::bigint,
+		sum(client_errors) FILTER (WHERE by_target = 0)::bigint,
+		coalesce(sum(request_bytes) FILTER (WHERE by_target = 0), 0)::bigint,
+		coalesce(sum(response_bytes) FILTER (WHERE by_target = 0), 0)::bigint,
+		sum(total_ms_count) FILTER (WHERE by_target = 0)::bigint,
+		coalesce(sum(total_ms_sum) FILTER (WHERE by_target = 0), 0)::bigint,
+		min(total_ms_min) FILTER (WHERE by_target = 0),
+		max(total_ms_max) FILTER (WHERE by_target = 0),
+		ROW(coalesce(array_agg(tbin ORDER BY tbin) FILTER (WHERE by_target = 0 AND tbin IS NOT NULL), '{}'),
+		    coalesce(array_agg(calls ORDER BY tbin) FILTER (WHERE by_target = 0 AND tbin IS NOT NULL), '{}'))::apigee.latency_hist,
+		sum(target_ms_count) FILTER (WHERE by_target = 0)::bigint,
+		coalesce(sum(target_ms_sum) FILTER (WHERE by_target = 0), 0)::bigint,
+		min(target_ms_min) FILTER (WHERE by_target = 0),
+		max(target_ms_max) FILTER (WHERE by_target = 0),
+		ROW(coalesce(array_agg(gbin ORDER BY gbin) FILTER (WHERE by_target = 1 AND gbin IS NOT NULL), '{}'),
+		    coalesce(array_agg(calls ORDER BY gbin) FILTER (WHERE by_target = 1 AND gbin IS NOT NULL), '{}'))::apigee.latency_hist
+	FROM g
+	GROUP BY bucket_start, ` + dims + `
+	RETURNING calls
+)
+SELECT count(*), coalesce(sum(calls), 0)::bigint FROM ins`
+
+// hourSQL recomputes the hour rows of [$1, $2) from the minute rows: each
+// minute row contributes one scalar row (k = 0) and one row per histogram
+// bin (k = 1 total, k = 2 target); bins are summed per hour and group.
+const hourSQL = `
+WITH x AS (
+	SELECT date_bin('1 hour', m.bucket_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, ` + dims + `, u.k, u.bin,
+		sum(m.calls) AS calls, sum(m.errors) AS errors, sum(m.client_errors) AS client_errors,
+		sum(m.request_bytes) AS request_bytes, sum(m.response_bytes) AS response_bytes,
+		sum(m.total_ms_count) AS total_ms_count, sum(m.total_ms_sum) AS total_ms_sum,
+		min(m.total_ms_min) AS total_ms_min, max(m.total_ms_max) AS total_ms_max,
+		sum(m.target_ms_count) AS target_ms_count, sum(m.target_ms_sum) AS target_ms_sum,
+		min(m.target_ms_min) AS target_ms_min, max(m.target_ms_max) AS target_ms_max,
+		sum(u.n) AS n
+	FROM apigee.api_calls_1m m
+	CROSS JOIN LATERAL (
+		SELECT 0 AS k, NULL::integer AS bin, NULL::bigint AS n
+		UNION ALL
+		SELECT 1, t.bin, t.n FROM unnest((m.total_ms_hist).bins, (m.total_ms_hist).counts) AS t(bin, n)
+		UNION ALL
+		SELECT 2, t.bin, t.n FROM unnest((m.target_ms_hist).bins, (m.target_ms_hist).counts) AS t(bin, n)
+	) u
+	WHERE m.bucket_start >= $1 AND m.bucket_start < $2
+	GROUP BY 1, ` + dims + `, u.k, u.bin
+), ins AS (
+	INSERT INTO apigee.api_calls_1h (` + rollupCols + `)
+	SELECT bucket_start, ` + dims + `,
+		sum(calls) FILTER (WHERE k = 0)::bigint,
+		sum(errors) FILTER (WHERE k = 0)::bigint,
+		sum(client_errors) FILTER (WHERE k = 0)::bigint,
+		sum(request_bytes) FILTER (WHERE k = 0)::bigint,
+		sum(response_bytes) FILTER (WHERE k = 0)::bigint,
+		sum(total_ms_count) FILTER (WHERE k = 0)::bigint,
+		sum(total_ms_sum) FILTER (WHERE k = 0)::bigint,
+		min(total_ms_min) FILTER (WHERE k = 0),
+		max(total_ms_max) FILTER (WHERE k = 0),
+		ROW(coalesce(array_agg(bin ORDER BY bin) FILTER (WHERE k = 1), '{}'),
+		    coalesce(array_agg(n ORDER BY bin) FILTER (WHERE k = 1), '{}'))::apigee.latency_hist,
+		sum(target_ms_count) FILTER (WHERE k = 0)::bigint,
+		sum(target_ms_sum) FILTER (WHERE k = 0)::bigint,
+		min(target_ms_min) FILTER (WHERE k = 0),
+		max(target_ms_max) FILTER (WHERE k = 0),
+		ROW(coalesce(array_agg(bin ORDER BY bin) FILTER (WHERE k = 2), '{}'),
+		    coalesce(array_agg(n ORDER BY bin) FILTER (WHERE k = 2), '{}'))::apigee.latency_hist
+	FROM x
+	GROUP BY bucket_start, ` + dims + `
+	RETURNING 1
+)
+SELECT count(*) FROM ins`
