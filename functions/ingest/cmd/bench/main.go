@@ -31,6 +31,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -45,9 +46,12 @@ import (
 )
 
 var (
-	rows    = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
-	msgs    = flag.Int("msgs", 20000, "single-record deliveries for the HTTP modes (3, 4)")
-	clients = flag.Int("clients", 256, "concurrent HTTP clients for (3)")
+	rows         = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
+	msgs         = flag.Int("msgs", 20000, "single-record deliveries for the HTTP modes (3, 4)")
+	clients      = flag.Int("clients", 256, "concurrent HTTP clients for (3)")
+	coreInFlight = flag.Int("core-inflight", 32, "100-record messages in flight for (2), as a push subscription with instance concurrency would send them")
+	only         = flag.String("only", "", "run only the modes whose label starts with this, e.g. (3)")
+	cpuprof      = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 )
 
 func main() {
@@ -63,6 +67,7 @@ type result struct {
 	n        int
 	elapsed  time.Duration
 	p50, p99 time.Duration
+	batches  int // ingest transactions, where the mode goes through ingest
 }
 
 func (r result) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
@@ -78,15 +83,16 @@ func run(ctx context.Context) error {
 	}
 	defer cleanup()
 
-	data := makeRecords(*rows)
-	var res []result
-	step := func(r result, err error) error {
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
 		if err != nil {
-			return fmt.Errorf("%s: %w", r.name, err)
+			return err
 		}
-		fmt.Fprintf(os.Stderr, "  %-62s %9.0f rows/s\n", r.name, r.rate())
-		res = append(res, r)
-		return reset(ctx, dbURL)
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	owner, err := pgxpool.New(ctx, dbURL)
 	if err != nil {
@@ -98,26 +104,40 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer ing.Close()
+	data := makeRecords(*rows)
+	var res []result
+	step := func(r result, err error) error {
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.name, err)
+		}
+		if err := owner.QueryRow(ctx, "SELECT count(*) FROM apigee.ingest_batches").Scan(&r.batches); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "  %-62s %9.0f rows/s\n", r.name, r.rate())
+		res = append(res, r)
+		return reset(ctx, dbURL)
+	}
 
-	if err := step(benchCopy(ctx, owner, data)); err != nil {
-		return err
-	}
-	if err := step(benchStaging(ctx, ing, data)); err != nil {
-		return err
-	}
-	if err := step(benchCore(ctx, ingestURL, data)); err != nil {
-		return err
-	}
 	single := makeRecords(*msgs)
-	if err := step(benchHTTP(ctx, ingestURL, single)); err != nil {
-		return err
-	}
 	naive := single[:min(len(single), 5000)]
-	if err := step(benchNaive(ctx, ingestURL, naive, 1)); err != nil {
-		return err
+	modes := []struct {
+		label string
+		run   func() (result, error)
+	}{
+		{"(1a)", func() (result, error) { return benchCopy(ctx, owner, data) }},
+		{"(1b)", func() (result, error) { return benchStaging(ctx, ing, data) }},
+		{"(2)", func() (result, error) { return benchCore(ctx, ingestURL, data) }},
+		{"(3)", func() (result, error) { return benchHTTP(ctx, ingestURL, single) }},
+		{"(4a)", func() (result, error) { return benchNaive(ctx, ingestURL, naive, 1) }},
+		{"(4b)", func() (result, error) { return benchNaive(ctx, ingestURL, naive, 8) }},
 	}
-	if err := step(benchNaive(ctx, ingestURL, naive, 8)); err != nil {
-		return err
+	for _, m := range modes {
+		if *only != "" && !strings.HasPrefix(m.label, *only) {
+			continue
+		}
+		if err := step(m.run()); err != nil {
+			return err
+		}
 	}
 	report(res)
 	return nil
@@ -125,7 +145,7 @@ func run(ctx context.Context) error {
 
 func report(res []result) {
 	fmt.Printf("\ningest benchmark — %d cores, %s, %s\n\n", runtime.NumCPU(), runtime.GOOS+"/"+runtime.GOARCH, time.Now().UTC().Format(time.DateOnly))
-	fmt.Printf("| mode | rows | rows/s | p50 | p99 | ratio |\n|---|---:|---:|---:|---:|---:|\n")
+	fmt.Printf("| mode | rows | rows/s | p50 | p99 | rows/batch | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	base := map[string]float64{}
 	for _, r := range res {
 		base[r.name[:4]] = r.rate()
@@ -146,7 +166,11 @@ func report(res []result) {
 			}
 			return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
 		}
-		fmt.Printf("| %s | %d | %.0f | %s | %s | %s |\n", r.name, r.n, r.rate(), lat(r.p50), lat(r.p99), ratio)
+		perBatch := "–"
+		if r.batches > 0 {
+			perBatch = fmt.Sprintf("%.0f", float64(r.n)/float64(r.batches))
+		}
+		fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %s |\n", r.name, r.n, r.rate(), lat(r.p50), lat(r.p99), perBatch, ratio)
 	}
 	fmt.Println("\ntargets: (2) ≥ 0.9 × (1b); (3) ≥ 10 × (4a) with p99 ≤ 100 ms")
 }
@@ -322,7 +346,7 @@ func service(ctx context.Context, dsn string) (*ingest.Service, *pgxpool.Pool, e
 }
 
 // benchCore feeds 100-record NDJSON messages to the ingest core in process,
-// 8 at a time.
+// -core-inflight at a time.
 func benchCore(ctx context.Context, dsn string, data [][]byte) (result, error) {
 	r := result{name: "(2) ingest core, 100-record messages", n: len(data)}
 	s, pool, err := service(ctx, dsn)
@@ -341,7 +365,7 @@ func benchCore(ctx context.Context, dsn string, data [][]byte) (result, error) {
 		bodies = append(bodies, envelope(fmt.Sprint(lo), []byte(b.String())))
 	}
 	start := time.Now()
-	_, err = drive(len(bodies), 8, func(i int) (int, error) {
+	_, err = drive(len(bodies), *coreInFlight, func(i int) (int, error) {
 		w := httptest.NewRecorder()
 		s.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(bodies[i])))
 		return w.Code, nil
