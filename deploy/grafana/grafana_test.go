@@ -646,7 +646,7 @@ func seed(t *testing.T, db *dbtest.DB, now time.Time) {
 			min(target_ms_min), max(target_ms_max), apigee.latency_hist_merge(target_ms_hist)
 		FROM apigee.api_calls_1m
 		GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`)
-	exec(`SELECT apigee.harden_rollup_chunks()`)
+	exec(`SELECT apigee.harden_chunks()`)
 	exec(`
 		INSERT INTO apigee.anomalies (bucket_start, tenant, organization, environment, apiproxy, metric, observed,
 			baseline, scale, score, calls, baseline_minutes)

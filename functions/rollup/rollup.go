@@ -208,7 +208,7 @@ func (r *Runner) maintain(ctx context.Context, conn *pgx.Conn, s *Summary) (stri
 	if err := conn.QueryRow(ctx, "SELECT value FROM apigee.settings WHERE key = 'storage'").Scan(&storage); err != nil {
 		return "", fmt.Errorf("read storage: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "SELECT apigee.harden_chunks(), apigee.harden_rollup_chunks()"); err != nil {
+	if _, err := conn.Exec(ctx, "SELECT apigee.harden_chunks()"); err != nil {
 		return storage, fmt.Errorf("harden chunks: %w", err)
 	}
 	if storage != "partitioned" {
@@ -370,7 +370,7 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 	if storage == "timescaledb" {
 		// New chunks carry readers' grants until revoked; revoke before
 		// they are visible to anyone.
-		if _, err := tx.Exec(ctx, "SELECT apigee.harden_rollup_chunks()"); err != nil {
+		if _, err := tx.Exec(ctx, "SELECT apigee.harden_chunks()"); err != nil {
 			return 0, fmt.Errorf("harden rollup chunks: %w", err)
 		}
 	}

@@ -55,7 +55,8 @@ GRANT EXECUTE ON FUNCTION apigee.ensure_partitions(date, date) TO apigee_ingest,
 
 -- +goose StatementBegin
 -- harden_chunks removes every privilege of readers (and PUBLIC) on the chunk
--- tables of the raw hypertables. TimescaleDB copies the hypertable's grants
+-- tables (and partitions) of every table in schema apigee: the raw tables
+-- and the rollups that later migrations add. TimescaleDB copies the hypertable's grants
 -- to each new chunk, and a chunk has no row-level security of its own, so a
 -- reader's SELECT on a chunk would read every tenant (timescale/timescaledb#7830)
 -- and show other tenants' values through pg_stats. The chunk schema is
@@ -73,7 +74,8 @@ BEGIN
         SELECT i.inhrelid::regclass
         FROM pg_inherits i
         JOIN pg_class k ON k.oid = i.inhrelid
-        WHERE i.inhparent IN ('apigee.api_calls'::regclass, 'apigee.ingest_rejects'::regclass)
+        JOIN pg_class p ON p.oid = i.inhparent
+        WHERE p.relnamespace = 'apigee'::regnamespace
           AND (has_table_privilege('apigee_reader', i.inhrelid, 'SELECT')
                OR k.relacl::text LIKE '%apigee_reader%'
                OR k.relacl::text LIKE '%=r%')

@@ -16,7 +16,7 @@
 -- that carried the value (*_ms_count), so averages are sum/count.
 --
 -- Also here: apigee.rollup_state, the single row holding the rollup's
--- watermarks, and apigee.harden_rollup_chunks.
+-- watermarks. apigee.harden_chunks (00003) covers the rollups' chunks too.
 
 -- +goose Up
 -- +goose StatementBegin
@@ -147,40 +147,6 @@ ALTER FUNCTION apigee.ensure_rollup_partitions(date, date) OWNER TO apigee_owner
 REVOKE ALL ON FUNCTION apigee.ensure_rollup_partitions(date, date) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION apigee.ensure_rollup_partitions(date, date) TO apigee_rollup;
 
--- +goose StatementBegin
--- harden_rollup_chunks is apigee.harden_chunks for the rollup hypertables:
--- TimescaleDB copies the hypertable's grants (readers' SELECT included) to
--- each new chunk, where no row-level security applies. The rollup calls it
--- in the transaction that may have created chunks, so no reader ever holds
--- a privilege on one.
-CREATE FUNCTION apigee.harden_rollup_chunks() RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    c regclass;
-    n integer := 0;
-BEGIN
-    FOR c IN
-        SELECT i.inhrelid::regclass
-        FROM pg_inherits i
-        JOIN pg_class k ON k.oid = i.inhrelid
-        WHERE i.inhparent IN ('apigee.api_calls_1m'::regclass, 'apigee.api_calls_1h'::regclass)
-          AND (has_table_privilege('apigee_reader', i.inhrelid, 'SELECT')
-               OR k.relacl::text LIKE '%apigee_reader%'
-               OR k.relacl::text LIKE '%=r%')
-    LOOP
-        EXECUTE format('REVOKE ALL ON %s FROM apigee_reader, PUBLIC', c);
-        n := n + 1;
-    END LOOP;
-    RETURN n;
-END
-$$;
--- +goose StatementEnd
-ALTER FUNCTION apigee.harden_rollup_chunks() OWNER TO apigee_owner;
-REVOKE ALL ON FUNCTION apigee.harden_rollup_chunks() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION apigee.harden_rollup_chunks() TO apigee_rollup;
-
 REVOKE ALL ON apigee.api_calls_1m, apigee.api_calls_1h, apigee.rollup_state FROM PUBLIC;
 GRANT SELECT, INSERT, DELETE ON apigee.api_calls_1m, apigee.api_calls_1h TO apigee_rollup;
 GRANT SELECT ON apigee.api_calls_1m, apigee.api_calls_1h TO apigee_reader;
@@ -199,7 +165,6 @@ CREATE POLICY rollup_all ON apigee.api_calls_1h TO apigee_rollup USING (true) WI
 SELECT apigee.ensure_rollup_partitions((now() AT TIME ZONE 'UTC')::date - 1, (now() AT TIME ZONE 'UTC')::date + 7);
 
 -- +goose Down
-DROP FUNCTION IF EXISTS apigee.harden_rollup_chunks();
 DROP FUNCTION IF EXISTS apigee.ensure_rollup_partitions(date, date);
 DROP TABLE IF EXISTS apigee.rollup_state;
 DROP TABLE IF EXISTS apigee.api_calls_1h;

@@ -15,6 +15,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,22 +41,40 @@ type Signer struct {
 // NewSigner returns a Signer with a fresh 2048-bit key and a random key id.
 func NewSigner(tb testing.TB) *Signer {
 	tb.Helper()
+	s, err := New()
+	if err != nil {
+		tb.Fatalf("pushauthtest: %v", err)
+	}
+	return s
+}
+
+// New is NewSigner for code that runs outside a test, such as the local
+// demo stack, where the relay mints tokens and ingest verifies them.
+func New() (*Signer, error) {
 	b := make([]byte, 8)
 	if _, err := rand.Read(b); err != nil {
-		tb.Fatalf("pushauthtest: key id: %v", err)
+		return nil, fmt.Errorf("key id: %w", err)
 	}
-	return NewSignerWithKeyID(tb, hex.EncodeToString(b))
+	return newSigner(hex.EncodeToString(b))
 }
 
 // NewSignerWithKeyID returns a Signer with a fresh key under the given key
 // id, e.g. to forge a token that names a trusted key id.
 func NewSignerWithKeyID(tb testing.TB, kid string) *Signer {
 	tb.Helper()
+	s, err := newSigner(kid)
+	if err != nil {
+		tb.Fatalf("pushauthtest: %v", err)
+	}
+	return s
+}
+
+func newSigner(kid string) (*Signer, error) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
-		tb.Fatalf("pushauthtest: generate key: %v", err)
+		return nil, fmt.Errorf("generate key: %w", err)
 	}
-	return &Signer{key: key, kid: kid}
+	return &Signer{key: key, kid: kid}, nil
 }
 
 // KeyID returns the "kid" the signer puts in token headers.
@@ -79,12 +98,27 @@ func (s *Signer) IDToken(tb testing.TB, aud, email string, ttl time.Duration) st
 	return s.Token(tb, IDTokenClaims(aud, email, ttl))
 }
 
-// TokenSource returns a function minting a fresh IDToken per call, in the
-// shape pushrelay.Config.TokenSource takes. It reports errors instead of
-// failing a test because it runs outside the test goroutine.
+// TokenSource returns IDTokens in the shape pushrelay.Config.TokenSource
+// takes. Like Google's token sources it reuses a token until it is half way
+// to expiry (signing costs about a millisecond of CPU); a negative ttl mints
+// an expired token on every call. It reports errors instead of failing a
+// test because it runs outside the test goroutine.
 func (s *Signer) TokenSource(aud, email string, ttl time.Duration) func(context.Context) (string, error) {
+	var mu sync.Mutex
+	var tok string
+	var renew time.Time
 	return func(context.Context) (string, error) {
-		return s.sign(IDTokenClaims(aud, email, ttl))
+		mu.Lock()
+		defer mu.Unlock()
+		if ttl > 0 && tok != "" && time.Now().Before(renew) {
+			return tok, nil
+		}
+		t, err := s.sign(IDTokenClaims(aud, email, ttl))
+		if err != nil {
+			return "", err
+		}
+		tok, renew = t, time.Now().Add(ttl/2)
+		return tok, nil
 	}
 }
 
