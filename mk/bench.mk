@@ -1,8 +1,15 @@
 # Benchmarks: each prints a table of ratios measured side by side in one run
-# (absolute numbers drift on a shared machine; compare the ratios).
+# (absolute numbers drift on a shared machine; compare the ratios). `make
+# bench` runs them all and ends with one summary table against the targets.
 .PHONY: bench bench-ingest bench-rollup
 
-bench: bench-ingest bench-rollup
+BENCH_OUT ?= $(CURDIR)/out/bench
+
+bench:
+	@set -euo pipefail; mkdir -p $(BENCH_OUT); \
+	$(MAKE) --no-print-directory bench-ingest | tee $(BENCH_OUT)/ingest.txt; \
+	$(MAKE) --no-print-directory bench-rollup | tee $(BENCH_OUT)/rollup.txt; \
+	deploy/local/bench-summary.sh $(BENCH_OUT)/ingest.txt $(BENCH_OUT)/rollup.txt
 
 # BENCH_DATABASE_URL defaults to the local TimescaleDB (started if needed).
 bench-ingest:
