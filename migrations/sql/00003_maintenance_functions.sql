@@ -4,6 +4,29 @@
 
 -- +goose Up
 -- +goose StatementBegin
+-- create_partition creates partition apigee_chunks.<name> of parent for
+-- [lo, hi) unless it exists, and reports whether it did. Two sessions may
+-- race to create the same range; the loser's error is harmless, so it is
+-- swallowed. Only the owner's SECURITY DEFINER functions call it.
+CREATE FUNCTION apigee.create_partition(parent regclass, name text, lo timestamptz, hi timestamptz) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF to_regclass(format('apigee_chunks.%I', name)) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('CREATE TABLE apigee_chunks.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)', name, parent, lo, hi);
+    RETURN true;
+EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
+    RETURN false;
+END
+$$;
+-- +goose StatementEnd
+ALTER FUNCTION apigee.create_partition(regclass, text, timestamptz, timestamptz) OWNER TO apigee_owner;
+REVOKE ALL ON FUNCTION apigee.create_partition(regclass, text, timestamptz, timestamptz) FROM PUBLIC;
+
+-- +goose StatementBegin
 -- ensure_partitions creates the daily partitions of api_calls and
 -- ingest_rejects covering [from_day, to_day] on plain PostgreSQL; it does
 -- nothing on TimescaleDB, which creates chunks itself. Ingest calls it when a
@@ -29,18 +52,9 @@ BEGIN
     d := from_day;
     WHILE d <= to_day LOOP
         FOREACH t IN ARRAY ARRAY['api_calls', 'ingest_rejects'] LOOP
-            IF to_regclass(format('apigee_chunks.%I', t || '_' || to_char(d, 'YYYYMMDD'))) IS NULL THEN
-                -- Two sessions may race to create the same day; the loser's
-                -- error is harmless, so it is swallowed.
-                BEGIN
-                    EXECUTE format(
-                        'CREATE TABLE apigee_chunks.%I PARTITION OF apigee.%I FOR VALUES FROM (%L) TO (%L)',
-                        t || '_' || to_char(d, 'YYYYMMDD'), t,
-                        (d::timestamp AT TIME ZONE 'UTC'), ((d + 1)::timestamp AT TIME ZONE 'UTC'));
-                    created := created + 1;
-                EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
-                    NULL;
-                END;
+            IF apigee.create_partition(format('apigee.%I', t)::regclass, t || '_' || to_char(d, 'YYYYMMDD'),
+                    d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC') THEN
+                created := created + 1;
             END IF;
         END LOOP;
         d := d + 1;
@@ -123,6 +137,7 @@ SELECT apigee.ensure_partitions((now() AT TIME ZONE 'UTC')::date - 1, (now() AT 
 SELECT apigee.harden_chunks();
 
 -- +goose Down
+DROP FUNCTION IF EXISTS apigee.create_partition(regclass, text, timestamptz, timestamptz);
 DROP FUNCTION IF EXISTS apigee.set_login_password(name, text, timestamptz);
 DROP FUNCTION IF EXISTS apigee.harden_chunks();
 DROP FUNCTION IF EXISTS apigee.ensure_partitions(date, date);

@@ -99,7 +99,6 @@ AS $$
 DECLARE
     d date;
     m date;
-    name text;
     created integer := 0;
 BEGIN
     IF (SELECT value FROM apigee.settings WHERE key = 'storage') <> 'partitioned' THEN
@@ -113,29 +112,17 @@ BEGIN
     END IF;
     d := from_day;
     WHILE d <= to_day LOOP
-        name := 'api_calls_1m_' || to_char(d, 'YYYYMMDD');
-        IF to_regclass(format('apigee_chunks.%I', name)) IS NULL THEN
-            BEGIN
-                EXECUTE format('CREATE TABLE apigee_chunks.%I PARTITION OF apigee.api_calls_1m FOR VALUES FROM (%L) TO (%L)',
-                    name, (d::timestamp AT TIME ZONE 'UTC'), ((d + 1)::timestamp AT TIME ZONE 'UTC'));
-                created := created + 1;
-            EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
-                NULL;
-            END;
+        IF apigee.create_partition('apigee.api_calls_1m', 'api_calls_1m_' || to_char(d, 'YYYYMMDD'),
+                d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC') THEN
+            created := created + 1;
         END IF;
         d := d + 1;
     END LOOP;
     m := date_trunc('month', from_day)::date;
     WHILE m <= to_day LOOP
-        name := 'api_calls_1h_' || to_char(m, 'YYYYMM');
-        IF to_regclass(format('apigee_chunks.%I', name)) IS NULL THEN
-            BEGIN
-                EXECUTE format('CREATE TABLE apigee_chunks.%I PARTITION OF apigee.api_calls_1h FOR VALUES FROM (%L) TO (%L)',
-                    name, (m::timestamp AT TIME ZONE 'UTC'), ((m + INTERVAL '1 month')::timestamp AT TIME ZONE 'UTC'));
-                created := created + 1;
-            EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
-                NULL;
-            END;
+        IF apigee.create_partition('apigee.api_calls_1h', 'api_calls_1h_' || to_char(m, 'YYYYMM'),
+                m::timestamp AT TIME ZONE 'UTC', (m + INTERVAL '1 month')::timestamp AT TIME ZONE 'UTC') THEN
+            created := created + 1;
         END IF;
         m := (m + INTERVAL '1 month')::date;
     END LOOP;
