@@ -105,7 +105,6 @@ const (
 	hdrMessageID    = "X-Goog-Pubsub-Message-Id"
 	hdrSubscription = "X-Goog-Pubsub-Subscription-Name"
 	hdrPublishTime  = "X-Goog-Pubsub-Publish-Time"
-	hdrOrderingKey  = "X-Goog-Pubsub-Ordering-Key"
 )
 
 // decodePush turns an HTTP push delivery into a message: unwrapped when

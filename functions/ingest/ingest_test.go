@@ -357,6 +357,35 @@ func TestPushAuthentication(t *testing.T) {
 	}
 }
 
+// A delivery over the body limit is quarantined unread (its first bytes
+// kept) and acknowledged, whether the limit is above or below the 64 KiB
+// that is kept.
+func TestOversizedDeliveryIsQuarantined(t *testing.T) {
+	db := dbtest.New(t, dbtest.TimescaleDB)
+	for _, limit := range []int{1000, 100 << 10} {
+		t.Run(fmt.Sprint(limit), func(t *testing.T) {
+			s := newService(t, db, func(c *Config, _ *Deps) { c.MaxBodyBytes = limit })
+			id := fmt.Sprintf("big-%d", limit)
+			body := wrapped(id, rec(id, time.Now(), fmt.Sprintf(`"useragent":%q`, strings.Repeat("x", limit))), nil)
+			if code := post(t, s, body, nil); code != http.StatusNoContent {
+				t.Fatalf("status %d, want 204", code)
+			}
+			var reason string
+			var size int
+			if err := db.Admin.QueryRow(context.Background(),
+				"SELECT reason, octet_length(payload) FROM apigee.ingest_rejects ORDER BY ingested_at DESC LIMIT 1").Scan(&reason, &size); err != nil {
+				t.Fatal(err)
+			}
+			if reason != ReasonDeliveryTooLarge || size != min(limit+1, 64<<10) {
+				t.Fatalf("quarantined as %s with %d bytes, want %s with %d", reason, size, ReasonDeliveryTooLarge, min(limit+1, 64<<10))
+			}
+			if n := count(t, db, "SELECT count(*) FROM apigee.api_calls WHERE message_id = $1", id); n != 0 {
+				t.Fatalf("oversized delivery stored %d rows", n)
+			}
+		})
+	}
+}
+
 func TestConfigFromEnv(t *testing.T) {
 	tests := []struct {
 		name    string

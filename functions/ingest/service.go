@@ -132,7 +132,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case len(body) > s.cfg.MaxBodyBytes:
 		m = decodeUnwrapped(r.Header, nil)
 		m.bad = &badDelivery{ReasonDeliveryTooLarge,
-			fmt.Sprintf("delivery is larger than %d bytes; first 64 KiB kept", s.cfg.MaxBodyBytes), body[:64<<10]}
+			fmt.Sprintf("delivery is larger than %d bytes; first 64 KiB kept", s.cfg.MaxBodyBytes), body[:min(len(body), 64<<10)]}
 	default:
 		m = decodePush(r.Header, body)
 	}
