@@ -1,12 +1,15 @@
 package ingest
 
 import (
+	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/valyala/fastjson"
 )
 
 // message is one Pub/Sub message as delivered, whatever the delivery form.
@@ -34,70 +37,152 @@ const (
 	ReasonDeliveryTooLarge = "delivery_too_large"
 )
 
-// pushEnvelope is Pub/Sub's wrapped push body; both spellings of the ids
-// and times appear in the wild (the JSON mapping of the proto and the
-// legacy field names), so both are read.
-type pushEnvelope struct {
-	Message *struct {
-		Data         *string           `json:"data"`
-		Attributes   map[string]string `json:"attributes"`
-		MessageID    string            `json:"messageId"`
-		MessageID2   string            `json:"message_id"`
-		PublishTime  string            `json:"publishTime"`
-		PublishTime2 string            `json:"publish_time"`
-	} `json:"message"`
-	Subscription    string `json:"subscription"`
-	DeliveryAttempt *int   `json:"deliveryAttempt"`
-}
+// envelopeParsers decode wrapped push envelopes. encoding/json's reflective
+// Unmarshal cost about 18 µs of a ~160 µs request on the single-record push
+// path (make bench-ingest, mode 3); fastjson reads the same envelope in a
+// few µs and does not allocate per field.
+var envelopeParsers fastjson.ParserPool
 
 // decodeWrapped reads a wrapped push envelope (also the data of an Eventarc
-// CloudEvent). isEnvelope is false when body is JSON but not an envelope.
+// CloudEvent): {"message":{"data","attributes","messageId","publishTime"},
+// "subscription","deliveryAttempt"}, with both spellings of the ids and
+// times that appear in the wild (the JSON mapping of the proto and the
+// legacy field names). isEnvelope is false when body is JSON but has no
+// message object: such a body is records posted directly.
 func decodeWrapped(body []byte) (m message, isEnvelope bool) {
-	var env pushEnvelope
-	if err := json.Unmarshal(body, &env); err != nil {
-		return message{bad: &badDelivery{ReasonBadEnvelope, "push envelope is not valid JSON: " + shorten(err.Error()), body}}, true
+	bad := func(reason, detail string) (message, bool) {
+		m.bad = &badDelivery{reason, detail, body}
+		return m, true
 	}
-	if env.Message == nil {
+	// The parser below is lenient about escapes and control characters;
+	// validating first keeps "not valid JSON" a precise verdict.
+	if err := fastjson.ValidateBytes(body); err != nil {
+		return bad(ReasonBadEnvelope, "push envelope is not valid JSON: "+shorten(err.Error()))
+	}
+	p := envelopeParsers.Get()
+	defer envelopeParsers.Put(p)
+	env, err := p.ParseBytes(body)
+	if err != nil {
+		return bad(ReasonBadEnvelope, "push envelope is not valid JSON: "+shorten(err.Error()))
+	}
+	if env.Type() != fastjson.TypeObject {
 		return message{}, false
 	}
-	em := env.Message
-	m = message{
-		ID:           first(em.MessageID, em.MessageID2),
-		Attributes:   em.Attributes,
-		Subscription: env.Subscription,
+	em := env.Get("message")
+	if em == nil || em.Type() == fastjson.TypeNull {
+		return message{}, false
 	}
-	if env.DeliveryAttempt != nil {
-		m.DeliveryAttempt = *env.DeliveryAttempt
+	if em.Type() != fastjson.TypeObject {
+		return bad(ReasonBadEnvelope, "message is a JSON "+em.Type().String()+", not an object")
 	}
-	if pt := first(em.PublishTime, em.PublishTime2); pt != "" {
-		t, err := time.Parse(time.RFC3339Nano, pt)
-		if err != nil {
-			m.bad = &badDelivery{ReasonBadEnvelope, "message.publishTime is not RFC 3339: " + shorten(pt), body}
-			return m, true
+	// Strings point into the pooled parser's buffer: every one kept is
+	// copied (metaString does).
+	var ok bool
+	str := func(v *fastjson.Value, name string) (string, bool) {
+		s, good := metaString(v)
+		if !good {
+			m.bad = &badDelivery{ReasonBadEnvelope, name + " is a JSON " + v.Type().String() + ", not a string", body}
 		}
-		m.PublishTime = t.UTC()
+		return s, good
 	}
-	if em.Data == nil {
-		m.bad = &badDelivery{ReasonBadEnvelope, "message.data is missing", body}
+	var id, id2, pt, pt2 string
+	if id, ok = str(em.Get("messageId"), "message.messageId"); !ok {
 		return m, true
 	}
-	data, err := decodeBase64(*em.Data)
+	if id2, ok = str(em.Get("message_id"), "message.message_id"); !ok {
+		return m, true
+	}
+	m.ID = first(id, id2)
+	if m.Subscription, ok = str(env.Get("subscription"), "subscription"); !ok {
+		return m, true
+	}
+	if a := env.Get("deliveryAttempt"); a != nil {
+		// Informational only: an odd value is ignored rather than holding a
+		// valid message hostage.
+		if n, err := a.Int(); err == nil {
+			m.DeliveryAttempt = n
+		}
+	}
+	if attrs := em.Get("attributes"); attrs != nil && attrs.Type() != fastjson.TypeNull {
+		o, err := attrs.Object()
+		if err != nil {
+			return bad(ReasonBadEnvelope, "message.attributes is a JSON "+attrs.Type().String()+", not an object")
+		}
+		m.Attributes = make(map[string]string, o.Len())
+		var badKey string
+		o.Visit(func(k []byte, v *fastjson.Value) {
+			s, good := metaString(v)
+			if !good && badKey == "" {
+				badKey = cleanMeta(string(k))
+			}
+			m.Attributes[cleanMeta(string(k))] = s
+		})
+		if badKey != "" {
+			return bad(ReasonBadEnvelope, "message.attributes."+shorten(badKey)+" is not a string")
+		}
+	}
+	if pt, ok = str(em.Get("publishTime"), "message.publishTime"); !ok {
+		return m, true
+	}
+	if pt2, ok = str(em.Get("publish_time"), "message.publish_time"); !ok {
+		return m, true
+	}
+	if t := first(pt, pt2); t != "" {
+		at, err := time.Parse(time.RFC3339Nano, t)
+		if err != nil {
+			return bad(ReasonBadEnvelope, "message.publishTime is not RFC 3339: "+shorten(t))
+		}
+		m.PublishTime = at.UTC()
+	}
+	data := em.Get("data")
+	if data == nil || data.Type() == fastjson.TypeNull {
+		return bad(ReasonBadEnvelope, "message.data is missing")
+	}
+	b64, err := data.StringBytes()
 	if err != nil {
-		m.bad = &badDelivery{ReasonBadBase64, "message.data is not base64: " + shorten(err.Error()), body}
-		return m, true
+		return bad(ReasonBadEnvelope, "message.data is a JSON "+data.Type().String()+", not a string")
 	}
-	m.Data = data
+	if m.Data, err = decodeBase64(b64); err != nil {
+		return bad(ReasonBadBase64, "message.data is not base64: "+shorten(err.Error()))
+	}
 	return m, true
+}
+
+// metaString reads an optional string field: absent and null are "", any
+// other non-string is not good. The result is a copy, cleaned by cleanMeta.
+func metaString(v *fastjson.Value) (s string, good bool) {
+	if v == nil || v.Type() == fastjson.TypeNull {
+		return "", true
+	}
+	b, err := v.StringBytes()
+	if err != nil {
+		return "", false
+	}
+	return cleanMeta(string(b)), true
+}
+
+// cleanMeta makes a metadata string storable: PostgreSQL text and jsonb
+// refuse NUL and invalid UTF-8, and a delivery whose message id carried one
+// would otherwise fail its batch on every redelivery instead of being
+// stored or quarantined.
+func cleanMeta(s string) string {
+	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
 }
 
 // decodeBase64 accepts standard base64, padded or not, which is what
 // Pub/Sub sends; URL-safe input is accepted too rather than quarantined.
-func decodeBase64(s string) ([]byte, error) {
-	s = strings.TrimRight(s, "=")
-	if strings.ContainsAny(s, "-_") {
-		return base64.RawURLEncoding.DecodeString(s)
+func decodeBase64(s []byte) ([]byte, error) {
+	s = bytes.TrimRight(s, "=")
+	enc := base64.RawStdEncoding
+	if bytes.ContainsAny(s, "-_") {
+		enc = base64.RawURLEncoding
 	}
-	return base64.RawStdEncoding.DecodeString(s)
+	out := make([]byte, enc.DecodedLen(len(s)))
+	n, err := enc.Decode(out, s)
+	return out[:n], err
 }
 
 // Headers of unwrapped push deliveries (--push-no-wrapper-write-metadata).
@@ -123,8 +208,8 @@ func decodePush(h http.Header, body []byte) message {
 
 func decodeUnwrapped(h http.Header, body []byte) message {
 	m := message{
-		ID:           h.Get(hdrMessageID),
-		Subscription: h.Get(hdrSubscription),
+		ID:           cleanMeta(h.Get(hdrMessageID)),
+		Subscription: cleanMeta(h.Get(hdrSubscription)),
 		Data:         body,
 	}
 	if pt := h.Get(hdrPublishTime); pt != "" {
@@ -139,7 +224,7 @@ func decodeUnwrapped(h http.Header, body []byte) message {
 			if m.Attributes == nil {
 				m.Attributes = map[string]string{}
 			}
-			m.Attributes[k] = v
+			m.Attributes[k] = cleanMeta(v)
 		}
 	}
 	return m

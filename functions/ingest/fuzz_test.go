@@ -1,16 +1,21 @@
 package ingest
 
 import (
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"apigee-timescale/shared/record"
 )
 
 // FuzzDecodePush: any body, with or without Pub/Sub's headers, decodes
 // without panicking into either data or a quarantinable bad delivery, and
-// what it decodes into is ingestible (every record stored or rejected).
+// what it decodes into is ingestible (every record stored or rejected, the
+// metadata storable in PostgreSQL).
 func FuzzDecodePush(f *testing.F) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	f.Add([]byte(wrapped("m", rec("r", now), map[string]string{"tenant": "t"})), false)
@@ -25,6 +30,11 @@ func FuzzDecodePush(f *testing.F) {
 			h.Set(hdrMessageID, "1")
 		}
 		m := decodePush(h, body)
+		for _, s := range append([]string{m.ID, m.Subscription}, slices.Concat(slices.Collect(maps.Keys(m.Attributes)), slices.Collect(maps.Values(m.Attributes)))...) {
+			if !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0 {
+				t.Fatalf("metadata %q cannot be stored in PostgreSQL", s)
+			}
+		}
 		if m.bad != nil {
 			if m.bad.Reason == "" || m.bad.Detail == "" {
 				t.Fatalf("bad delivery without reason/detail: %+v", m.bad)

@@ -110,6 +110,9 @@ func TestBadInputIsQuarantined(t *testing.T) {
 		wantRejects int
 	}{
 		{"bad base64", `{"message":{"data":"!!!not base64!!!","messageId":"b1"}}`, ReasonBadBase64, "", 1},
+		// PostgreSQL cannot store NUL: kept raw, the reject would fail its
+		// batch on every redelivery.
+		{"bad base64, NUL in the message id and attributes", `{"message":{"data":"!!","messageId":"b\u0000x","attributes":{"tenant":"\u0000"}}}`, ReasonBadBase64, "", 1},
 		{"envelope not JSON", `{"message":`, ReasonBadEnvelope, "", 1},
 		{"envelope without data", `{"message":{"messageId":"b2"}}`, ReasonBadEnvelope, "", 1},
 		{"data not JSON", wrapped("b3", "hello, world", nil), record.ReasonNotJSON, "", 1},
@@ -206,6 +209,23 @@ func deliverConcurrently(t testing.TB, h http.Handler, bodies []string, workers 
 	close(ch)
 	wg.Wait()
 	return codes
+}
+
+// Metadata PostgreSQL cannot store (NUL, invalid UTF-8) is cleaned, so the
+// record is stored and acknowledged rather than failing on every redelivery.
+func TestUnstorableMetadataIsCleaned(t *testing.T) {
+	now := time.Now().UTC()
+	data := b64(rec("meta-1", now))
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		s := newService(t, db, nil)
+		body := "{\"message\":{\"data\":\"" + data + "\",\"messageId\":\"m\\u0000\xff1\"},\"subscription\":\"s\\u0000\"}"
+		if code := post(t, s, body, nil); code != http.StatusNoContent {
+			t.Fatalf("status %d, want 204", code)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.api_calls WHERE message_id = 'meta-1' AND pubsub_message_id = 'm\uFFFD1'"); n != 1 {
+			t.Fatalf("%d rows with the cleaned message id, want 1", n)
+		}
+	})
 }
 
 func TestDuplicateDeliveriesMakeOneRow(t *testing.T) {
