@@ -13,6 +13,11 @@
 //	     request at a time (Cloud Run functions' default concurrency of 1)
 //	(4b) the same naive function with 8 requests at a time
 //
+// and two ceilings for (3), measured with the same load generator on the
+// same cores: (0a) a handler that reads the body and answers 204, the most
+// any push function can do here, and (0b) the ingest HTTP path with a
+// writer that stores nothing, the most ingest can do with a free database.
+//
 // Usage: BENCH_DATABASE_URL=postgres://superuser@host/db go run ./functions/ingest/cmd/bench
 // (make bench-ingest starts the local TimescaleDB and sets it).
 package main
@@ -47,6 +52,7 @@ import (
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/migrations"
 	"apigee-timescale/shared/record"
+	"apigee-timescale/shared/store"
 )
 
 var (
@@ -135,6 +141,8 @@ func run(ctx context.Context) error {
 		{"(3)", func() (result, error) { return benchHTTP(ctx, ingestURL, single) }},
 		{"(4a)", func() (result, error) { return benchNaive(ctx, ingestURL, naive, 1) }},
 		{"(4b)", func() (result, error) { return benchNaive(ctx, ingestURL, naive, 8) }},
+		{"(0a)", func() (result, error) { return benchFloor(single) }},
+		{"(0b)", func() (result, error) { return benchNoDB(ctx, single) }},
 	}
 	for _, m := range modes {
 		if *only != "" && !strings.HasPrefix(m.label, *only) {
@@ -164,6 +172,8 @@ func report(res []result) {
 			ratio = fmt.Sprintf("%.2f × (1b)", r.rate()/base["(1b)"])
 		case "(3) ":
 			ratio = fmt.Sprintf("%.1f × (4a), %.1f × (4b)", r.rate()/base["(4a)"], r.rate()/base["(4b)"])
+		case "(0a)", "(0b)":
+			ratio = fmt.Sprintf("%.1f × (4a); (3) reaches %.0f%% of it", r.rate()/base["(4a)"], 100*base["(3) "]/r.rate())
 		}
 		lat := func(d time.Duration) string {
 			if d == 0 {
@@ -178,6 +188,7 @@ func report(res []result) {
 		fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %s |\n", r.name, r.n, r.rate(), lat(r.p50), lat(r.p99), perBatch, ratio)
 	}
 	fmt.Println("\ntargets: (2) ≥ 0.9 × (1b); (3) ≥ 10 × (4a) with p99 ≤ 100 ms")
+	fmt.Println("(0a) and (0b) are ceilings for (3) on this machine, not targets: the load generator, the function and the database share its cores")
 }
 
 // setup creates a throwaway database with the schema and an ingest login.
@@ -386,6 +397,45 @@ func benchHTTP(ctx context.Context, dsn string, data [][]byte) (result, error) {
 		return r, err
 	}
 	defer pool.Close()
+	defer s.Close(ctx)
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	return httpRun(r, srv.URL, data, *clients)
+}
+
+// benchFloor answers every delivery 204 after reading it: no decoding, no
+// database. Nothing that serves push requests over HTTP here can do more.
+func benchFloor(data [][]byte) (result, error) {
+	r := result{name: fmt.Sprintf("(0a) ceiling: read the body, answer 204, %d clients", *clients), n: len(data)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.Copy(io.Discard, req.Body) //nolint:errcheck // a floor, not a function
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	return httpRun(r, srv.URL, data, *clients)
+}
+
+// discard is a batch writer that stores nothing and reports every call
+// inserted.
+type discard struct{}
+
+func (discard) Write(_ context.Context, b *store.Batch) (store.Result, error) {
+	return store.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
+}
+
+// benchNoDB is (3) with the database write replaced by discard: decoding,
+// validation, batching and answering, without the database's share of
+// the CPU.
+func benchNoDB(ctx context.Context, data [][]byte) (result, error) {
+	r := result{name: "(0b) ceiling: (3) with a writer that stores nothing", n: len(data)}
+	cfg, err := ingest.ConfigFromEnv()
+	if err != nil {
+		return r, err
+	}
+	s, err := ingest.NewService(cfg, ingest.Deps{Writer: discard{}})
+	if err != nil {
+		return r, err
+	}
 	defer s.Close(ctx)
 	srv := httptest.NewServer(s)
 	defer srv.Close()

@@ -1,0 +1,61 @@
+package ingest
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"apigee-timescale/shared/store"
+)
+
+// recordingWriter keeps what it is asked to write, storing nothing.
+type recordingWriter struct {
+	mu      sync.Mutex
+	batches []*store.Batch
+}
+
+func (w *recordingWriter) Write(_ context.Context, b *store.Batch) (store.Result, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.batches = append(w.batches, b)
+	return store.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
+}
+
+// Deps.Writer replaces the database: the HTTP path decodes, validates and
+// batches the same, and hands the writer calls carrying their Pub/Sub
+// metadata and rejects carrying their reason.
+func TestServiceWithInjectedWriter(t *testing.T) {
+	w := &recordingWriter{}
+	cfg, err := configFrom(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewService(cfg, Deps{Writer: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	now := time.Now().UTC()
+	if code := post(t, s, wrapped("ps-1", rec("r1", now)+"\n"+"not json", map[string]string{"tenant": "t9"}), nil); code != http.StatusNoContent {
+		t.Fatalf("status %d, want 204", code)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var calls []store.Call
+	var rejects []store.Reject
+	for _, b := range w.batches {
+		calls = append(calls, b.Calls...)
+		rejects = append(rejects, b.Rejects...)
+	}
+	if len(calls) != 1 || calls[0].MessageID != "r1" || calls[0].PubSubMessageID != "ps-1" || calls[0].PublishTime.IsZero() {
+		t.Fatalf("calls %+v, want r1 from ps-1 with its publish time", calls)
+	}
+	if len(rejects) != 1 || rejects[0].Tenant != "t9" || rejects[0].RecordIndex != 1 || rejects[0].DedupeKey != "msg:ps-1:1" {
+		t.Fatalf("rejects %+v, want record 1 of ps-1 for tenant t9", rejects)
+	}
+	if _, err := NewService(cfg, Deps{}); err == nil {
+		t.Fatal("NewService without a database or a writer succeeded")
+	}
+}
