@@ -9,14 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/shared/pubsubtest"
 )
 
 // histOf bins values as apigee.latency_hist_of does.
@@ -241,16 +237,9 @@ func TestAnomalies(t *testing.T) {
 		})...)
 		insertCalls(t, db, calls)
 
-		srv := pstest.NewServer()
-		t.Cleanup(func() { _ = srv.Close() })
-		opts := []option.ClientOption{option.WithEndpoint(srv.Addr), option.WithoutAuthentication(),
-			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials()))}
-		admin, err := pubsub.NewClient(ctx, "test-project", opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = admin.Close() })
-		if _, err := admin.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: "projects/test-project/topics/alerts"}); err != nil {
+		ps := pubsubtest.New(t, "test-project")
+		srv, opts := ps.Server, ps.ClientOptions()
+		if _, err := ps.Client.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: "projects/test-project/topics/alerts"}); err != nil {
 			t.Fatal(err)
 		}
 		cfg := testConfig()

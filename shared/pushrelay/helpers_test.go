@@ -13,9 +13,8 @@ import (
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+
+	"apigee-timescale/shared/pubsubtest"
 )
 
 const project = "proj"
@@ -28,19 +27,8 @@ type fixture struct {
 
 func newFixture(tb testing.TB, opts ...pstest.ServerReactorOption) *fixture {
 	tb.Helper()
-	srv := pstest.NewServer(opts...)
-	tb.Cleanup(func() { _ = srv.Close() })
-	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatalf("grpc client: %v", err)
-	}
-	tb.Cleanup(func() { _ = conn.Close() })
-	client, err := pubsub.NewClient(context.Background(), project, option.WithGRPCConn(conn))
-	if err != nil {
-		tb.Fatalf("pubsub client: %v", err)
-	}
-	tb.Cleanup(func() { _ = client.Close() })
-	return &fixture{srv: srv, client: client}
+	f := pubsubtest.New(tb, project, opts...)
+	return &fixture{srv: f.Server, client: f.Client}
 }
 
 // topic creates a topic and returns its full name.

@@ -202,6 +202,19 @@ func (h *harness) publishAsync(t *testing.T, topic string, msgs []simulator.Mess
 	}
 }
 
+// startIngest starts an ingest process on a free port, its log shown if the
+// test fails; it returns the port and log too, for a successor to share.
+func (h *harness) startIngest(t *testing.T, env ...string) (p *stack.Process, port int, logs *stack.SyncBuffer) {
+	t.Helper()
+	logs = &stack.SyncBuffer{}
+	dumpOnFailure(t, "ingest", logs)
+	port, err := stack.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.ingestProcess(t, port, logs, env...), port, logs
+}
+
 // ingestProcess starts the ingest function as a child process on port,
 // logging in as the harness's ingest login unless env sets DB_SECRET, with
 // extra environment.

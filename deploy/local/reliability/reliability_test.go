@@ -29,13 +29,7 @@ import (
 func TestDatabaseRestartDuringLoad(t *testing.T) {
 	require(t, envData)
 	h := newHarness(t)
-	logs := &stack.SyncBuffer{}
-	dumpOnFailure(t, "ingest", logs)
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ing := h.ingestProcess(t, port, logs)
+	ing, _, _ := h.startIngest(t)
 	relay, rec := h.relay(t, h.sub, ing.URL, nil)
 
 	const n = 6000
@@ -145,13 +139,7 @@ func (m multiply) RoundTrip(req *http.Request) (*http.Response, error) {
 // message ID, the same record): each record is stored once.
 func TestDuplicateStorm(t *testing.T) {
 	h := newHarness(t)
-	logs := &stack.SyncBuffer{}
-	dumpOnFailure(t, "ingest", logs)
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ing := h.ingestProcess(t, port, logs)
+	ing, _, _ := h.startIngest(t)
 	rec := stack.NewRecorder(nil)
 	relay, _ := h.relay(t, h.sub, ing.URL, func(c *pushrelay.Config) {
 		c.HTTPClient = &http.Client{Transport: multiply{next: rec, n: 3}}
@@ -205,13 +193,7 @@ func TestDuplicateStorm(t *testing.T) {
 // the first attempt, and every good record is stored.
 func TestMalformedFlood(t *testing.T) {
 	h := newHarness(t)
-	logs := &stack.SyncBuffer{}
-	dumpOnFailure(t, "ingest", logs)
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ing := h.ingestProcess(t, port, logs)
+	ing, _, _ := h.startIngest(t)
 	relay, rec := h.relay(t, h.sub, ing.URL, nil)
 
 	const good, bad = 5000, 10000
@@ -284,13 +266,7 @@ func TestMalformedFlood(t *testing.T) {
 // acknowledge is redelivered to the next instance and stored once.
 func TestSIGTERMDuringLoad(t *testing.T) {
 	h := newHarness(t)
-	logs := &stack.SyncBuffer{}
-	dumpOnFailure(t, "ingest", logs)
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := h.ingestProcess(t, port, logs, "INGEST_DRAIN_TIMEOUT=8s")
+	first, port, logs := h.startIngest(t, "INGEST_DRAIN_TIMEOUT=8s")
 	relay, rec := h.relay(t, h.sub, first.URL, nil)
 
 	const n = 8000
@@ -355,14 +331,8 @@ func TestSIGTERMDuringLoad(t *testing.T) {
 // memory stays bounded, and once the lock goes it catches up by itself.
 func TestSlowDatabase(t *testing.T) {
 	h := newHarness(t)
-	logs := &stack.SyncBuffer{}
-	dumpOnFailure(t, "ingest", logs)
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
 	const requestTimeout = 2 * time.Second
-	ing := h.ingestProcess(t, port, logs,
+	ing, _, _ := h.startIngest(t,
 		"INGEST_REQUEST_TIMEOUT="+requestTimeout.String(),
 		"INGEST_WRITE_TIMEOUT=3s",
 		"INGEST_QUEUE_MAX_ROWS=5000",

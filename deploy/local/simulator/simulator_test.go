@@ -9,14 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"apigee-timescale/deploy/apigee"
+	"apigee-timescale/shared/pubsubtest"
 	"apigee-timescale/shared/record"
 )
 
@@ -219,19 +215,9 @@ func TestDefaultSpikesAreOnWholeMinutesWithABaseline(t *testing.T) {
 // TestRunPublishesThroughPubSub runs a short simulation against pstest with
 // the real client and reads back every message.
 func TestRunPublishesThroughPubSub(t *testing.T) {
-	srv := pstest.NewServer()
-	t.Cleanup(func() { _ = srv.Close() })
-	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	ps := pubsubtest.New(t, "proj")
+	srv, client := ps.Server, ps.Client
 	ctx := context.Background()
-	client, err := pubsub.NewClient(ctx, "proj", option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Close() })
 	topic := "projects/proj/topics/calls"
 	if _, err := client.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic}); err != nil {
 		t.Fatal(err)

@@ -13,43 +13,23 @@ import (
 	"fmt"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"apigee-timescale/shared/pubsubtest"
 )
 
 // PubSub is an in-process Pub/Sub server and a real client connected to it.
-type PubSub struct {
-	Server  *pstest.Server
-	Client  *pubsub.Client
-	Project string
-	conn    *grpc.ClientConn
-}
+type PubSub struct{ *pubsubtest.Fake }
 
 // StartPubSub starts pstest and connects a client for project.
 func StartPubSub(ctx context.Context, project string) (*PubSub, error) {
-	srv := pstest.NewServer()
-	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	f, err := pubsubtest.Start(ctx, project)
 	if err != nil {
-		_ = srv.Close()
-		return nil, fmt.Errorf("stack: pubsub connection: %w", err)
+		return nil, fmt.Errorf("stack: %w", err)
 	}
-	client, err := pubsub.NewClient(ctx, project, option.WithGRPCConn(conn))
-	if err != nil {
-		_ = conn.Close()
-		_ = srv.Close()
-		return nil, fmt.Errorf("stack: pubsub client: %w", err)
-	}
-	return &PubSub{Server: srv, Client: client, Project: project, conn: conn}, nil
+	return &PubSub{f}, nil
 }
-
-// Addr is the server's address, the value of PUBSUB_EMULATOR_HOST for a
-// separate process.
-func (p *PubSub) Addr() string { return p.Server.Addr }
 
 // Topic creates a topic and returns its full name.
 func (p *PubSub) Topic(ctx context.Context, id string) (string, error) {
@@ -75,11 +55,4 @@ func (p *PubSub) Subscription(ctx context.Context, id, topic string) (string, er
 		return "", fmt.Errorf("stack: create subscription %s: %w", id, err)
 	}
 	return name, nil
-}
-
-// Close closes the client and the server.
-func (p *PubSub) Close() {
-	_ = p.Client.Close()
-	_ = p.conn.Close()
-	_ = p.Server.Close()
 }
