@@ -54,14 +54,16 @@ func decodeWrapped(body []byte) (m message, isEnvelope bool) {
 		m.bad = &badDelivery{reason, detail, body}
 		return m, true
 	}
-	// The parser below is lenient about escapes and control characters;
-	// validating first keeps "not valid JSON" a precise verdict.
-	if err := fastjson.ValidateBytes(body); err != nil {
-		return bad(ReasonBadEnvelope, "push envelope is not valid JSON: "+shorten(err.Error()))
-	}
 	p := envelopeParsers.Get()
 	defer envelopeParsers.Put(p)
+	// The parser bounds nesting depth (fastjson.MaxDepth) but is lenient about
+	// escapes and control characters; the validator is strict but unbounded
+	// (a body of a million '[' takes minutes, then overflows the stack), so
+	// it runs only on what the parser accepted.
 	env, err := p.ParseBytes(body)
+	if err == nil {
+		err = fastjson.ValidateBytes(body)
+	}
 	if err != nil {
 		return bad(ReasonBadEnvelope, "push envelope is not valid JSON: "+shorten(err.Error()))
 	}
@@ -238,11 +240,19 @@ func first(a, b string) string {
 }
 
 // shorten keeps error details from echoing large inputs into the quarantine
-// table's detail column and the logs.
+// table's detail column and the logs. Details quote input (the parser's
+// errors include raw bytes), so they are cleaned as metadata is and cut on
+// a character boundary.
 func shorten(s string) string {
 	const max = 200
+	n := len(s)
+	s = cleanMeta(s)
 	if len(s) <= max {
 		return s
 	}
-	return s[:max] + "…(" + strconv.Itoa(len(s)) + " bytes)"
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(n) + " bytes)"
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestDecodePush(t *testing.T) {
@@ -54,6 +55,8 @@ func TestDecodePush(t *testing.T) {
 		{name: "messageId an object", body: `{"message":{"data":"` + enc + `","messageId":{}}}`, reason: ReasonBadEnvelope, inWhy: "message.messageId is a JSON object"},
 		{name: "attributes an array", body: `{"message":{"data":"` + enc + `","attributes":[]}}`, reason: ReasonBadEnvelope, inWhy: "message.attributes is a JSON array"},
 		{name: "attribute not a string", body: `{"message":{"data":"` + enc + `","attributes":{"n":1}}}`, reason: ReasonBadEnvelope, inWhy: "message.attributes.n is not a string"},
+		{name: "nested too deep", body: strings.Repeat("[", 1<<20), reason: ReasonBadEnvelope, inWhy: "not valid JSON"},
+		{name: "bad escape quoting NUL and invalid UTF-8", body: "{\"a\":\"\\u1\x00\xff\"}", reason: ReasonBadEnvelope, inWhy: "not valid JSON"},
 		{name: "publishTime not RFC 3339", body: `{"message":{"data":"` + enc + `","publishTime":"yesterday"}}`, reason: ReasonBadEnvelope, inWhy: "not RFC 3339: yesterday"},
 	}
 	for _, tt := range tests {
@@ -66,7 +69,10 @@ func TestDecodePush(t *testing.T) {
 			switch {
 			case tt.reason != "":
 				if m.bad == nil || m.bad.Reason != tt.reason || !strings.Contains(m.bad.Detail, tt.inWhy) || string(m.bad.Raw) != tt.body {
-					t.Fatalf("got %+v, want a %s delivery saying %q with the body kept", m.bad, tt.reason, tt.inWhy)
+					t.Fatalf("got %.300v, want a %s delivery saying %q with the body kept", m.bad, tt.reason, tt.inWhy)
+				}
+				if d := m.bad.Detail; !utf8.ValidString(d) || strings.IndexByte(d, 0) >= 0 || len(d) > 300 {
+					t.Fatalf("detail %q is not short, storable text", d)
 				}
 			case m.bad != nil:
 				t.Fatalf("bad delivery %+v", *m.bad)
@@ -82,6 +88,16 @@ func TestDecodePush(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Details quote input; a long one is cut on a character boundary.
+func TestShortenKeepsUTF8(t *testing.T) {
+	for _, s := range []string{"x" + strings.Repeat("é", 150), strings.Repeat("☃", 100), "a\x00b\xff"} {
+		got := shorten(s)
+		if !utf8.ValidString(got) || strings.IndexByte(got, 0) >= 0 || len(got) > 230 {
+			t.Errorf("shorten(%.20q…) = %q", s, got)
+		}
 	}
 }
 

@@ -24,6 +24,7 @@ func FuzzDecodePush(f *testing.F) {
 	f.Add([]byte(`{"message":{"data":"!!"}}`), false)
 	f.Add([]byte(`{"message":null}`), false)
 	f.Add([]byte(`[1,2,3]`), false)
+	f.Add([]byte("{\"a\":\"\\u1\xff\xfe\"}"), false)
 	f.Fuzz(func(t *testing.T, body []byte, unwrapped bool) {
 		h := http.Header{}
 		if unwrapped {
@@ -38,6 +39,9 @@ func FuzzDecodePush(f *testing.F) {
 		if m.bad != nil {
 			if m.bad.Reason == "" || m.bad.Detail == "" {
 				t.Fatalf("bad delivery without reason/detail: %+v", m.bad)
+			}
+			if d := m.bad.Detail; !utf8.ValidString(d) || strings.IndexByte(d, 0) >= 0 {
+				t.Fatalf("detail %q cannot be stored in PostgreSQL", d)
 			}
 			return
 		}

@@ -3,7 +3,9 @@ package store
 import (
 	"encoding/json"
 	"net/netip"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // stageColumns are the columns ingest writes, in COPY order. ingested_at
@@ -148,11 +150,11 @@ func rejectColumns(rs []Reject) []any {
 	for i := range rs {
 		r := &rs[i]
 		at[i] = r.ReceivedAt
-		key[i] = r.DedupeKey
-		tenant[i] = r.Tenant
-		reason[i] = r.Reason
-		field[i] = nullString(r.Field)
-		detail[i] = r.Detail
+		key[i] = storable(r.DedupeKey)
+		tenant[i] = storable(r.Tenant)
+		reason[i] = storable(r.Reason)
+		field[i] = nullString(storable(r.Field))
+		detail[i] = storable(r.Detail)
 		index[i] = int32(r.RecordIndex)
 		payload[i] = r.Payload
 		if payload[i] == nil {
@@ -160,12 +162,40 @@ func rejectColumns(rs []Reject) []any {
 		}
 		h := sha256Sum(r.Payload)
 		sum[i] = h[:]
-		msgID[i] = nullString(r.PubSubMessageID)
-		sub[i] = nullString(r.Subscription)
+		msgID[i] = nullString(storable(r.PubSubMessageID))
+		sub[i] = nullString(storable(r.Subscription))
 		pub[i] = nullTime(r.PublishTime)
-		attrs[i] = jsonAttributes(r.Attributes)
+		attrs[i] = jsonAttributes(storableMap(r.Attributes))
 	}
 	return []any{at, key, tenant, reason, field, detail, index, payload, sum, msgID, sub, pub, attrs}
+}
+
+// storable makes s acceptable to a text or jsonb column, which refuse NUL
+// and invalid UTF-8. The quarantine must take whatever it is given: a reject
+// it refused would fail its batch on every redelivery.
+func storable(s string) string {
+	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+}
+
+func storableMap(m map[string]string) map[string]string {
+	clean := true
+	for k, v := range m {
+		if storable(k) != k || storable(v) != v {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return m
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[storable(k)] = storable(v)
+	}
+	return out
 }
 
 func nullString(s string) *string {

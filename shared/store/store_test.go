@@ -182,3 +182,31 @@ func TestDataErrorIsClassified(t *testing.T) {
 		}
 	})
 }
+
+// The quarantine takes whatever it is given: text PostgreSQL refuses (NUL,
+// invalid UTF-8) in any reject field is cleaned, not a batch failure that
+// would repeat on every redelivery.
+func TestRejectWithUnstorableTextIsStored(t *testing.T) {
+	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+		w := store.NewWriter(ingestPool(t, db))
+		bad := "a\x00b\xffc"
+		r := store.Reject{
+			ReceivedAt: time.Now().UTC(), DedupeKey: "k" + bad, Tenant: "t" + bad, Reason: "bad_envelope",
+			Field: "f" + bad, Detail: "d" + bad, RecordIndex: -1, Payload: []byte(bad),
+			PubSubMessageID: "m" + bad, Subscription: "s" + bad, Attributes: map[string]string{"k" + bad: "v" + bad},
+		}
+		res, err := w.Write(context.Background(), &store.Batch{Rejects: []store.Reject{r}, Messages: 1})
+		if err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		if res.Rejected != 1 {
+			t.Fatalf("%d rejects stored, want 1", res.Rejected)
+		}
+		const want = "ab\uFFFDc"
+		if n := count(t, db, `SELECT count(*) FROM apigee.ingest_rejects WHERE dedupe_key = 'k'||$1 AND tenant = 't'||$1
+			AND field = 'f'||$1 AND detail = 'd'||$1 AND pubsub_message_id = 'm'||$1 AND subscription = 's'||$1
+			AND attributes = jsonb_build_object('k'||$1, 'v'||$1) AND payload = $2`, want, []byte(bad)); n != 1 {
+			t.Fatalf("cleaned reject not found as expected (%d rows)", n)
+		}
+	})
+}

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"apigee-timescale/shared/store"
 )
@@ -358,7 +359,11 @@ func dbRejected(c *store.Call, cause error) store.Reject {
 	}
 	detail := cause.Error()
 	if len(detail) > 300 {
-		detail = detail[:300]
+		cut := 300
+		for cut > 0 && !utf8.RuneStart(detail[cut]) {
+			cut--
+		}
+		detail = detail[:cut]
 	}
 	return store.Reject{
 		ReceivedAt:      at,
