@@ -57,7 +57,7 @@ import (
 
 var (
 	rows         = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
-	msgs         = flag.Int("msgs", 20000, "single-record deliveries for the HTTP modes (3, 4)")
+	msgs         = flag.Int("msgs", 60000, "single-record deliveries for the HTTP modes (3, 0); (4) takes the first 5,000. Long enough that a fresh instance's first ~100 ms (connections, prepared statements, partition checks) does not decide the p99")
 	clients      = flag.Int("clients", 256, "concurrent HTTP clients for (3)")
 	netHTTP      = flag.Bool("nethttp", false, "drive (3) and (4) with Go's net/http client instead of the lean one")
 	coreInFlight = flag.Int("core-inflight", 32, "100-record messages in flight for (2), as a push subscription with instance concurrency would send them")
