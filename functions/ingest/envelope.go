@@ -5,11 +5,11 @@ import (
 	"encoding/base64"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
+
+	"apigee-timescale/shared/record"
 )
 
 // message is one Pub/Sub message as delivered, whatever the delivery form.
@@ -115,9 +115,9 @@ func decodeWrapped(body []byte) (m message, isEnvelope bool) {
 		o.Visit(func(k []byte, v *fastjson.Value) {
 			s, good := metaString(v)
 			if !good && badKey == "" {
-				badKey = cleanMeta(string(k))
+				badKey = record.Storable(string(k))
 			}
-			m.Attributes[cleanMeta(string(k))] = s
+			m.Attributes[record.Storable(string(k))] = s
 		})
 		if badKey != "" {
 			return bad(ReasonBadEnvelope, "message.attributes."+shorten(badKey)+" is not a string")
@@ -151,7 +151,8 @@ func decodeWrapped(body []byte) (m message, isEnvelope bool) {
 }
 
 // metaString reads an optional string field: absent and null are "", any
-// other non-string is not good. The result is a copy, cleaned by cleanMeta.
+// other non-string is not good. The result is a copy, and storable: a message
+// id PostgreSQL refuses would fail its batch on every redelivery.
 func metaString(v *fastjson.Value) (s string, good bool) {
 	if v == nil || v.Type() == fastjson.TypeNull {
 		return "", true
@@ -160,18 +161,7 @@ func metaString(v *fastjson.Value) (s string, good bool) {
 	if err != nil {
 		return "", false
 	}
-	return cleanMeta(string(b)), true
-}
-
-// cleanMeta makes a metadata string storable: PostgreSQL text and jsonb
-// refuse NUL and invalid UTF-8, and a delivery whose message id carried one
-// would otherwise fail its batch on every redelivery instead of being
-// stored or quarantined.
-func cleanMeta(s string) string {
-	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
-		return s
-	}
-	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+	return record.Storable(string(b)), true
 }
 
 // decodeBase64 accepts standard base64, padded or not, which is what
@@ -210,8 +200,8 @@ func decodePush(h http.Header, body []byte) message {
 
 func decodeUnwrapped(h http.Header, body []byte) message {
 	m := message{
-		ID:           cleanMeta(h.Get(hdrMessageID)),
-		Subscription: cleanMeta(h.Get(hdrSubscription)),
+		ID:           record.Storable(h.Get(hdrMessageID)),
+		Subscription: record.Storable(h.Get(hdrSubscription)),
 		Data:         body,
 	}
 	if pt := h.Get(hdrPublishTime); pt != "" {
@@ -226,7 +216,7 @@ func decodeUnwrapped(h http.Header, body []byte) message {
 			if m.Attributes == nil {
 				m.Attributes = map[string]string{}
 			}
-			m.Attributes[k] = cleanMeta(v)
+			m.Attributes[k] = record.Storable(v)
 		}
 	}
 	return m
@@ -241,18 +231,11 @@ func first(a, b string) string {
 
 // shorten keeps error details from echoing large inputs into the quarantine
 // table's detail column and the logs. Details quote input (the parser's
-// errors include raw bytes), so they are cleaned as metadata is and cut on
-// a character boundary.
+// errors include raw bytes), so they are made storable too.
 func shorten(s string) string {
 	const max = 200
-	n := len(s)
-	s = cleanMeta(s)
 	if len(s) <= max {
-		return s
+		return record.Storable(s)
 	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…(" + strconv.Itoa(n) + " bytes)"
+	return record.Clip(s, max) + "…(" + strconv.Itoa(len(s)) + " bytes)"
 }

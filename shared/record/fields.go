@@ -197,13 +197,9 @@ func (p *parser) tooLarge(raw []byte) *Reject {
 // snippet quotes at most snippetBytes of the input for a Detail.
 func snippet(b []byte) string {
 	if len(b) <= snippetBytes {
-		return strings.ToValidUTF8(string(b), "\uFFFD")
+		return Storable(string(b))
 	}
-	n := snippetBytes
-	for n > 0 && !utf8.RuneStart(b[n]) {
-		n--
-	}
-	return strings.ToValidUTF8(string(b[:n]), "\uFFFD") + "…"
+	return Clip(string(b[:min(len(b), snippetBytes+utf8.UTFMax)]), snippetBytes) + "…"
 }
 
 func (p *parser) token(b []byte, v val) string { return snippet(b[v.start:v.end]) }
@@ -1049,6 +1045,5 @@ func lenientText(b []byte, v val, rej *Reject) ([]byte, *Reject) {
 	if err := json.Unmarshal(b[v.start:v.end], &s); err != nil {
 		return nil, rej
 	}
-	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
-	return []byte(s), nil
+	return []byte(Storable(s)), nil
 }

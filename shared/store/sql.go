@@ -3,9 +3,9 @@ package store
 import (
 	"encoding/json"
 	"net/netip"
-	"strings"
 	"time"
-	"unicode/utf8"
+
+	"apigee-timescale/shared/record"
 )
 
 // stageColumns are the columns ingest writes, in COPY order. ingested_at
@@ -150,11 +150,11 @@ func rejectColumns(rs []Reject) []any {
 	for i := range rs {
 		r := &rs[i]
 		at[i] = r.ReceivedAt
-		key[i] = storable(r.DedupeKey)
-		tenant[i] = storable(r.Tenant)
-		reason[i] = storable(r.Reason)
-		field[i] = nullString(storable(r.Field))
-		detail[i] = storable(r.Detail)
+		key[i] = record.Storable(r.DedupeKey)
+		tenant[i] = record.Storable(r.Tenant)
+		reason[i] = record.Storable(r.Reason)
+		field[i] = nullString(record.Storable(r.Field))
+		detail[i] = record.Storable(r.Detail)
 		index[i] = int32(r.RecordIndex)
 		payload[i] = r.Payload
 		if payload[i] == nil {
@@ -162,28 +162,21 @@ func rejectColumns(rs []Reject) []any {
 		}
 		h := sha256Sum(r.Payload)
 		sum[i] = h[:]
-		msgID[i] = nullString(storable(r.PubSubMessageID))
-		sub[i] = nullString(storable(r.Subscription))
+		msgID[i] = nullString(record.Storable(r.PubSubMessageID))
+		sub[i] = nullString(record.Storable(r.Subscription))
 		pub[i] = nullTime(r.PublishTime)
 		attrs[i] = jsonAttributes(storableMap(r.Attributes))
 	}
 	return []any{at, key, tenant, reason, field, detail, index, payload, sum, msgID, sub, pub, attrs}
 }
 
-// storable makes s acceptable to a text or jsonb column, which refuse NUL
-// and invalid UTF-8. The quarantine must take whatever it is given: a reject
-// it refused would fail its batch on every redelivery.
-func storable(s string) string {
-	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
-		return s
-	}
-	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
-}
-
+// storableMap applies record.Storable to keys and values: the quarantine
+// must take whatever it is given, or a poison delivery would fail its batch
+// on every redelivery.
 func storableMap(m map[string]string) map[string]string {
 	clean := true
 	for k, v := range m {
-		if storable(k) != k || storable(v) != v {
+		if record.Storable(k) != k || record.Storable(v) != v {
 			clean = false
 			break
 		}
@@ -193,7 +186,7 @@ func storableMap(m map[string]string) map[string]string {
 	}
 	out := make(map[string]string, len(m))
 	for k, v := range m {
-		out[storable(k)] = storable(v)
+		out[record.Storable(k)] = record.Storable(v)
 	}
 	return out
 }

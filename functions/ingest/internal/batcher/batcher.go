@@ -16,8 +16,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
-	"unicode/utf8"
 
+	"apigee-timescale/shared/record"
 	"apigee-timescale/shared/store"
 )
 
@@ -357,14 +357,7 @@ func dbRejected(c *store.Call, cause error) store.Reject {
 	if at.IsZero() {
 		at = c.ReceivedAt
 	}
-	detail := cause.Error()
-	if len(detail) > 300 {
-		cut := 300
-		for cut > 0 && !utf8.RuneStart(detail[cut]) {
-			cut--
-		}
-		detail = detail[:cut]
-	}
+	detail := record.Clip(cause.Error(), 300)
 	return store.Reject{
 		ReceivedAt:      at,
 		DedupeKey:       "db:" + c.MessageID + ":" + c.ReceivedAt.UTC().Format(time.RFC3339Nano),
