@@ -44,6 +44,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,6 +52,7 @@ import (
 
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/migrations"
+	"apigee-timescale/shared/dbtest"
 	"apigee-timescale/shared/record"
 	"apigee-timescale/shared/store"
 )
@@ -79,6 +81,9 @@ type result struct {
 	elapsed  time.Duration
 	p50, p99 time.Duration
 	batches  int // ingest transactions, where the mode goes through ingest
+	// goCPU and pgCPU are what this process (function and load generator)
+	// and the database's backends spent, for the modes that measure it.
+	goCPU, pgCPU time.Duration
 }
 
 func (r result) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
@@ -138,7 +143,7 @@ func run(ctx context.Context) error {
 		{"(1a)", func() (result, error) { return benchCopy(ctx, owner, data) }},
 		{"(1b)", func() (result, error) { return benchStaging(ctx, ing, data) }},
 		{"(2)", func() (result, error) { return benchCore(ctx, ingestURL, data) }},
-		{"(3)", func() (result, error) { return benchHTTP(ctx, ingestURL, single) }},
+		{"(3)", func() (result, error) { return benchHTTP(ctx, owner, ingestURL, single) }},
 		{"(4a)", func() (result, error) { return benchNaive(ctx, ingestURL, naive, 1) }},
 		{"(4b)", func() (result, error) { return benchNaive(ctx, ingestURL, naive, 8) }},
 		{"(0a)", func() (result, error) { return benchFloor(single) }},
@@ -187,7 +192,14 @@ func report(res []result) {
 		}
 		fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %s |\n", r.name, r.n, r.rate(), lat(r.p50), lat(r.p99), perBatch, ratio)
 	}
-	fmt.Println("\ntargets: (2) ≥ 0.9 × (1b); (3) ≥ 10 × (4a) with p99 ≤ 100 ms")
+	for _, r := range res {
+		if r.goCPU > 0 {
+			perRow := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(r.n) }
+			fmt.Printf("\nCPU per delivery in %s: this process %.0f µs (function and load generator), PostgreSQL backends %.0f µs",
+				r.name[:4], perRow(r.goCPU), perRow(r.pgCPU))
+		}
+	}
+	fmt.Println("\n\ntargets: (2) ≥ 0.9 × (1b); (3) ≥ 10 × (4a) with p99 ≤ 100 ms")
 	fmt.Println("(0a) and (0b) are ceilings for (3) on this machine, not targets: the load generator, the function and the database share its cores")
 }
 
@@ -390,7 +402,7 @@ func benchCore(ctx context.Context, dsn string, data [][]byte) (result, error) {
 	return r, err
 }
 
-func benchHTTP(ctx context.Context, dsn string, data [][]byte) (result, error) {
+func benchHTTP(ctx context.Context, owner *pgxpool.Pool, dsn string, data [][]byte) (result, error) {
 	r := result{name: fmt.Sprintf("(3) HTTP push, %d concurrent single-record deliveries", *clients), n: len(data)}
 	s, pool, err := service(ctx, dsn)
 	if err != nil {
@@ -400,7 +412,44 @@ func benchHTTP(ctx context.Context, dsn string, data [][]byte) (result, error) {
 	defer s.Close(ctx)
 	srv := httptest.NewServer(s)
 	defer srv.Close()
-	return httpRun(r, srv.URL, data, *clients)
+	go0, pg0 := processCPU(), backendsCPU(ctx, owner)
+	r, err = httpRun(r, srv.URL, data, *clients)
+	go1, pg1 := processCPU(), backendsCPU(ctx, owner)
+	r.goCPU = go1 - go0
+	for pid, t := range pg1 {
+		r.pgCPU += t - pg0[pid] // a backend the pool opened during the run starts from 0
+	}
+	return r, err
+}
+
+// processCPU is this process's CPU time so far, user + system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// backendsCPU maps every other backend connected to the bench database to
+// its CPU time so far; empty when the server is not on this machine.
+func backendsCPU(ctx context.Context, owner *pgxpool.Pool) map[int]time.Duration {
+	out := map[int]time.Duration{}
+	rows, err := owner.Query(ctx, `SELECT pid FROM pg_stat_activity
+		WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()`)
+	if err != nil {
+		return out
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil {
+		return out
+	}
+	for _, pid := range pids {
+		if t, ok := dbtest.BackendCPU(pid); ok {
+			out[pid] = t
+		}
+	}
+	return out
 }
 
 // benchFloor answers every delivery 204 after reading it: no decoding, no
@@ -439,7 +488,10 @@ func benchNoDB(ctx context.Context, data [][]byte) (result, error) {
 	defer s.Close(ctx)
 	srv := httptest.NewServer(s)
 	defer srv.Close()
-	return httpRun(r, srv.URL, data, *clients)
+	go0 := processCPU()
+	r, err = httpRun(r, srv.URL, data, *clients)
+	r.goCPU = processCPU() - go0
+	return r, err
 }
 
 // benchNaive is the function people write first: one INSERT per message,
