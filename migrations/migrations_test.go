@@ -12,11 +12,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"apigee-timescale/migrations"
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 func TestUpIsIdempotent(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		n, err := migrations.Up(context.Background(), db.URL, migrations.Options{})
 		if err != nil {
 			t.Fatalf("second up: %v", err)
@@ -30,7 +30,7 @@ func TestUpIsIdempotent(t *testing.T) {
 func TestStorage(t *testing.T) {
 	ctx := context.Background()
 	t.Run("timescaledb hypertables with 1-day chunks in the closed schema", func(t *testing.T) {
-		db := dbtest.New(t, dbtest.TimescaleDB)
+		db := testkit.New(t, testkit.TimescaleDB)
 		assertSetting(t, db, "storage", "timescaledb")
 		for _, table := range []string{"api_calls", "ingest_rejects"} {
 			var interval time.Duration
@@ -50,7 +50,7 @@ func TestStorage(t *testing.T) {
 		}
 	})
 	t.Run("postgres daily partitions created ahead", func(t *testing.T) {
-		db := dbtest.New(t, dbtest.Postgres)
+		db := testkit.New(t, testkit.Postgres)
 		assertSetting(t, db, "storage", "partitioned")
 		for _, table := range []string{"api_calls", "ingest_rejects"} {
 			for d := -1; d <= 7; d++ {
@@ -68,12 +68,12 @@ func TestStorage(t *testing.T) {
 		insertCall(t, db.Admin, "old", "tenant-a", time.Date(2020, 2, 1, 12, 0, 0, 0, time.UTC))
 	})
 	t.Run("partitioned storage can be forced on a TimescaleDB server", func(t *testing.T) {
-		db := dbtest.New(t, dbtest.TimescaleDB, migrations.Options{Storage: "partitioned"})
+		db := testkit.New(t, testkit.TimescaleDB, migrations.Options{Storage: "partitioned"})
 		assertSetting(t, db, "storage", "partitioned")
 	})
 }
 
-func assertSetting(t *testing.T, db *dbtest.DB, key, want string) {
+func assertSetting(t *testing.T, db *testkit.DB, key, want string) {
 	t.Helper()
 	var got string
 	if err := db.Admin.QueryRow(context.Background(), "SELECT value FROM apigee.settings WHERE key = $1", key).Scan(&got); err != nil {
@@ -145,7 +145,7 @@ func TestRoleActions(t *testing.T) {
 		{"create table in apigee", "CREATE TABLE apigee.mine (x int)", nil},
 		{"create table in chunk schema", "CREATE TABLE apigee_chunks.mine (x int)", nil},
 	}
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		insertCall(t, db.Admin, "seed-1", "tenant-a", time.Now())
 		conns := map[string]*pgx.Conn{}
@@ -160,7 +160,7 @@ func TestRoleActions(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			conns[r] = dbtest.Connect(t, dsn)
+			conns[r] = testkit.Connect(t, dsn)
 		}
 		for _, c := range cases {
 			for _, r := range roles {
@@ -205,10 +205,10 @@ func isDenied(err error) bool {
 }
 
 func TestRowLevelSecurity(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		_, ingestDSN := db.Login(t, "apigee_ingest")
-		ingest := dbtest.Connect(t, ingestDSN)
+		ingest := testkit.Connect(t, ingestDSN)
 		// Rows over several days so several chunks/partitions exist.
 		if _, err := db.Admin.Exec(ctx, "SELECT apigee.ensure_partitions(current_date - 3, current_date)"); err != nil {
 			t.Fatal(err)
@@ -234,9 +234,9 @@ func TestRowLevelSecurity(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, readerDSN := db.Login(t, group)
-		reader := dbtest.Connect(t, readerDSN)
+		reader := testkit.Connect(t, readerDSN)
 		_, strangerDSN := db.Login(t, "apigee_reader")
-		stranger := dbtest.Connect(t, strangerDSN)
+		stranger := testkit.Connect(t, strangerDSN)
 
 		t.Run("through the table", func(t *testing.T) {
 			counts := map[string]int{}
@@ -308,7 +308,7 @@ func TestRowLevelSecurity(t *testing.T) {
 	})
 }
 
-func childTables(t *testing.T, db *dbtest.DB) []string {
+func childTables(t *testing.T, db *testkit.DB) []string {
 	t.Helper()
 	rows, err := db.Admin.Query(context.Background(), `
 		SELECT i.inhrelid::regclass::text FROM pg_inherits i
@@ -327,7 +327,7 @@ func childTables(t *testing.T, db *dbtest.DB) []string {
 // (wrongly) granted UPDATE, DELETE and TRUNCATE: the triggers refuse, and
 // only the owner may.
 func TestAppendOnly(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		insertCall(t, db.Admin, "x-1", "tenant-a", time.Now())
 		role, dsn := db.Login(t, "apigee_ingest")
@@ -339,7 +339,7 @@ func TestAppendOnly(t *testing.T) {
 		if _, err := db.Admin.Exec(ctx, "CREATE POLICY all_rows ON apigee.api_calls TO "+role+" USING (true)"); err != nil {
 			t.Fatal(err)
 		}
-		conn := dbtest.Connect(t, dsn)
+		conn := testkit.Connect(t, dsn)
 		for _, stmt := range []string{
 			"UPDATE apigee.api_calls SET tenant = 'tenant-b'",
 			"DELETE FROM apigee.api_calls",

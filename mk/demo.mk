@@ -1,4 +1,4 @@
-# The local demo and the reliability suite (deploy/local/demo, deploy/local/reliability).
+# The local demo and the reliability suite (deploy/local/cmd/demo, deploy/local/reliability).
 .PHONY: demo reliability reliability-db-down
 
 # demo runs the whole pipeline on this machine in about a minute and writes
@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 demo:
 	@set -euo pipefail; \
 	if [ -z "$${DATABASE_URL:-}" ]; then deploy/local/timescaledb.sh up >/dev/null; fi; \
-	$(GO) run ./deploy/local/demo $(DEMO_ARGS)
+	$(GO) run ./deploy/local/cmd/demo $(DEMO_ARGS)
 
 # reliability runs the reliability suite against a private TimescaleDB
 # cluster (it restarts and locks the database, so never the shared test

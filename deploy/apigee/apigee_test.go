@@ -22,7 +22,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
-	"apigee-timescale/deploy/apigee"
+	"apigee-timescale/deploy/local/standin/apigee"
 	"apigee-timescale/shared/record"
 )
 

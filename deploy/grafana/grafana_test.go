@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 const dashboardFile = "apigee-timescale.json"
@@ -379,7 +379,7 @@ const (
 func TestDashboardQueries(t *testing.T) {
 	d := loadDashboard(t)
 	qs := d.queries(t)
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		now := time.Now().UTC().Truncate(time.Minute)
 		seed(t, db, now)
@@ -387,7 +387,7 @@ func TestDashboardQueries(t *testing.T) {
 		if _, err := db.Admin.Exec(ctx, "INSERT INTO apigee.tenant_grants (role_name, tenant) VALUES ($1, $2)", role, granted); err != nil {
 			t.Fatal(err)
 		}
-		conn := dbtest.Connect(t, dsn)
+		conn := testkit.Connect(t, dsn)
 
 		// What the variables offer the reader, then used as their values.
 		vars := map[string][]string{}
@@ -416,7 +416,7 @@ func TestDashboardQueries(t *testing.T) {
 			{"7d at 1h (hourly rollups)", 7 * 24 * time.Hour, time.Hour},
 		}
 		flags := []bool{false}
-		if db.Kind == dbtest.TimescaleDB {
+		if db.Kind == testkit.TimescaleDB {
 			flags = append(flags, true)
 		}
 		for _, sc := range scenarios {
@@ -571,7 +571,7 @@ func timeValue(t *testing.T, v any) float64 {
 // over the last five hours, the minute and hour rollups computed from them
 // in the shape of migrations/sql/00011 (functions/rollup's job in
 // production), and anomalies.
-func seed(t *testing.T, db *dbtest.DB, now time.Time) {
+func seed(t *testing.T, db *testkit.DB, now time.Time) {
 	t.Helper()
 	ctx := context.Background()
 	exec := func(sql string, args ...any) {

@@ -8,14 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // BenchmarkCore feeds 100-record messages through the whole core (decode,
 // validate, group commit, write) on TimescaleDB. Side-by-side ratios against
 // raw COPY come from `make bench-ingest`; this one is for profiling.
 func BenchmarkCore(b *testing.B) {
-	db := dbtest.New(b, dbtest.TimescaleDB)
+	db := testkit.New(b, testkit.TimescaleDB)
 	s := newService(b, db, nil)
 	now := time.Now().UTC()
 	b.ResetTimer()

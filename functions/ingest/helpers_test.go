@@ -17,12 +17,12 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // newService starts a Service that logs in as a member of apigee_ingest (not
 // the owner, not a superuser), as the deployed function does.
-func newService(t testing.TB, db *dbtest.DB, tweak func(*Config, *Deps)) *Service {
+func newService(t testing.TB, db *testkit.DB, tweak func(*Config, *Deps)) *Service {
 	t.Helper()
 	_, dsn := db.Login(t, "apigee_ingest")
 	return newServiceDSN(t, dsn, tweak)
@@ -98,7 +98,7 @@ func post(t testing.TB, h http.Handler, body string, hdr map[string]string) int 
 	return w.Code
 }
 
-func count(t testing.TB, db *dbtest.DB, sql string, args ...any) int {
+func count(t testing.TB, db *testkit.DB, sql string, args ...any) int {
 	t.Helper()
 	var n int
 	if err := db.Admin.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {

@@ -13,9 +13,9 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/pushauth"
-	"apigee-timescale/shared/pushauth/pushauthtest"
+	"apigee-timescale/deploy/local/standin/pushauthtest"
 	"apigee-timescale/shared/record"
 )
 
@@ -39,7 +39,7 @@ func TestEnvelopeForms(t *testing.T) {
 		{"JSON array", wrapped("ps-5", "["+rec("a1", now)+","+rec("a2", now)+","+rec("a3", now)+"]", nil), nil, []string{"a1", "a2", "a3"}, "ps-5"},
 		{"newline-delimited", wrapped("ps-6", rec("n1", now)+"\n"+rec("n2", now)+"\r\n\n"+rec("n3", now)+"\n", nil), nil, []string{"n1", "n2", "n3"}, "ps-6"},
 	}
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		s := newService(t, db, nil)
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -124,7 +124,7 @@ func TestBadInputIsQuarantined(t *testing.T) {
 		{"10,001 records", wrapped("b9", "["+strings.Join(many, ",")+"]", nil), record.ReasonTooManyRecords, "", 1},
 		{"one bad record among good ones", wrapped("b10", rec("g1", now)+"\n{\"schema\":\n"+rec("g2", now), nil), record.ReasonNotJSON, "", 1},
 	}
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		s := newService(t, db, nil)
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -216,7 +216,7 @@ func deliverConcurrently(t testing.TB, h http.Handler, bodies []string, workers 
 func TestUnstorableMetadataIsCleaned(t *testing.T) {
 	now := time.Now().UTC()
 	data := b64(rec("meta-1", now))
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		s := newService(t, db, nil)
 		body := "{\"message\":{\"data\":\"" + data + "\",\"messageId\":\"m\\u0000\xff1\"},\"subscription\":\"s\\u0000\"}"
 		if code := post(t, s, body, nil); code != http.StatusNoContent {
@@ -230,7 +230,7 @@ func TestUnstorableMetadataIsCleaned(t *testing.T) {
 
 func TestDuplicateDeliveriesMakeOneRow(t *testing.T) {
 	const n = 10000
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		s := newService(t, db, nil)
 		now := time.Now().UTC()
 		bodies := make([]string, 0, 2*n)
@@ -256,7 +256,7 @@ func TestDuplicateDeliveriesMakeOneRow(t *testing.T) {
 }
 
 func TestThousandConcurrentRequestsShareBatches(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		s := newService(t, db, nil)
 		now := time.Now().UTC()
 		bodies := make([]string, 1000)
@@ -279,7 +279,7 @@ func TestThousandConcurrentRequestsShareBatches(t *testing.T) {
 }
 
 func TestDatabaseOutage(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		_, dsn := db.Login(t, "apigee_ingest")
 		proxy, viaProxy := newCutProxy(t, dsn)
 		s := newServiceDSN(t, viaProxy, func(c *Config, _ *Deps) {
@@ -331,7 +331,7 @@ func TestPushAuthentication(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := dbtest.New(t, dbtest.TimescaleDB)
+	db := testkit.New(t, testkit.TimescaleDB)
 	s := newService(t, db, func(_ *Config, d *Deps) { d.Verifier = v })
 	other := pushauthtest.NewSigner(t)
 	expired := pushauthtest.IDTokenClaims(aud, sa, time.Hour)
@@ -381,7 +381,7 @@ func TestPushAuthentication(t *testing.T) {
 // kept) and acknowledged, whether the limit is above or below the 64 KiB
 // that is kept.
 func TestOversizedDeliveryIsQuarantined(t *testing.T) {
-	db := dbtest.New(t, dbtest.TimescaleDB)
+	db := testkit.New(t, testkit.TimescaleDB)
 	for _, limit := range []int{1000, 100 << 10} {
 		t.Run(fmt.Sprint(limit), func(t *testing.T) {
 			s := newService(t, db, func(c *Config, _ *Deps) { c.MaxBodyBytes = limit })

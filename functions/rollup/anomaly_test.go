@@ -11,8 +11,8 @@ import (
 
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 
-	"apigee-timescale/shared/dbtest"
-	"apigee-timescale/shared/pubsubtest"
+	"apigee-timescale/deploy/local/testkit"
+	"apigee-timescale/deploy/local/standin/pubsubtest"
 )
 
 // histOf bins values as apigee.latency_hist_of does.
@@ -140,7 +140,7 @@ func TestDetectFalseAlarms(t *testing.T) {
 // quantile read the same histogram the same way.
 func TestHistQuantileMatchesSQL(t *testing.T) {
 	t.Parallel()
-	db := dbtest.New(t, dbtest.Postgres)
+	db := testkit.New(t, testkit.Postgres)
 	rng := rand.New(rand.NewPCG(9, 9))
 	vals := make([]float64, 500)
 	for i := range vals {
@@ -210,7 +210,7 @@ func steadyTraffic(rng *rand.Rand, tenant, proxy string, from, to time.Time, per
 
 func TestAnomalies(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		now := time.Now().UTC().Truncate(time.Minute)
 		errorSpike, latencySpike, tinySpike := now.Add(-20*time.Minute), now.Add(-30*time.Minute), now.Add(-10*time.Minute)
@@ -341,7 +341,7 @@ func TestAnomalies(t *testing.T) {
 // but steady traffic on several proxies and expects no anomaly.
 func TestSteadyTrafficStaysQuiet(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		now := time.Now().UTC().Truncate(time.Minute)
 		rng := rand.New(rand.NewPCG(41, 42))
 		from := now.Add(-180 * time.Minute)

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // BenchmarkRollup measures, side by side on one database kind, a full
@@ -19,7 +19,7 @@ import (
 //
 // (BenchmarkRollup/timescaledb alone is the figure the issue asks for.)
 func BenchmarkRollup(b *testing.B) {
-	for _, kind := range dbtest.Kinds {
+	for _, kind := range testkit.Kinds {
 		b.Run(string(kind), func(b *testing.B) {
 			for range b.N {
 				benchScenario(b, kind)
@@ -56,7 +56,7 @@ WITH ins AS (
 INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
 SELECT DISTINCT 1, date_bin('1 minute', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM ins`
 
-func benchLoad(b *testing.B, db *dbtest.DB, from time.Time, rows int, spacing float64, prefix string) {
+func benchLoad(b *testing.B, db *testkit.DB, from time.Time, rows int, spacing float64, prefix string) {
 	b.Helper()
 	ctx := context.Background()
 	if _, err := db.Admin.Exec(ctx, "SELECT apigee.ensure_partitions($1::date, $2::date)",
@@ -75,9 +75,9 @@ func benchLoad(b *testing.B, db *dbtest.DB, from time.Time, rows int, spacing fl
 }
 
 // benchRetention times dropping the 30 daily raw chunks before cutoff.
-func benchRetention(b *testing.B, db *dbtest.DB, keep time.Duration) time.Duration {
+func benchRetention(b *testing.B, db *testkit.DB, keep time.Duration) time.Duration {
 	b.Helper()
-	conn := dbtest.Connect(b, mustDSN(b, db))
+	conn := testkit.Connect(b, mustDSN(b, db))
 	t0 := time.Now()
 	n := queryInt(b, conn, "SELECT count(*) FROM apigee.apply_retention('raw', $1::interval) WHERE outcome = 'dropped'", interval(keep))
 	d := time.Since(t0)
@@ -87,9 +87,9 @@ func benchRetention(b *testing.B, db *dbtest.DB, keep time.Duration) time.Durati
 	return d
 }
 
-func benchScenario(b *testing.B, kind dbtest.Kind) {
+func benchScenario(b *testing.B, kind testkit.Kind) {
 	b.StopTimer()
-	db := dbtest.New(b, kind)
+	db := testkit.New(b, kind)
 	now := time.Now().UTC()
 	start := now.Truncate(day).AddDate(0, 0, -40)
 	spacing := float64(benchDays*24*3600) / benchRows
@@ -121,7 +121,7 @@ func benchScenario(b *testing.B, kind dbtest.Kind) {
 	retBig := benchRetention(b, db, keep)
 	b.StopTimer()
 
-	small := dbtest.New(b, kind)
+	small := testkit.New(b, kind)
 	benchLoad(b, small, start, benchRows/300, spacing*300, "s")
 	runUntilDone(b, newTestRunner(b, small, cfg, nil))
 	b.StartTimer()

@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 func serve(h http.Handler, method string) (int, map[string]any) {
@@ -26,7 +26,7 @@ func TestHandlerInitialisation(t *testing.T) {
 	t.Parallel()
 	calls := 0
 	fail := true
-	db := dbtest.New(t, dbtest.Postgres)
+	db := testkit.New(t, testkit.Postgres)
 	r := NewRunner(rollupPool(t, db), testConfig(), nil)
 	h := newHandler(func(context.Context) (*Runner, error) {
 		calls++

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // call is one raw row as a test writes it; nil pointers are NULL columns.
@@ -39,7 +39,7 @@ var batchSeq atomic.Int64
 // insertCalls writes rows as ingest does: the raw rows plus one
 // rollup_invalidations row per minute they fall in, in one transaction,
 // under a fresh batch id. It runs as the superuser.
-func insertCalls(tb testing.TB, db *dbtest.DB, calls []call) {
+func insertCalls(tb testing.TB, db *testkit.DB, calls []call) {
 	tb.Helper()
 	if len(calls) == 0 {
 		return
@@ -102,7 +102,7 @@ func insertCalls(tb testing.TB, db *dbtest.DB, calls []call) {
 
 // rollupPool returns a pool logged in as a member of apigee_rollup, the
 // role the function runs as.
-func rollupPool(tb testing.TB, db *dbtest.DB) *pgxpool.Pool {
+func rollupPool(tb testing.TB, db *testkit.DB) *pgxpool.Pool {
 	tb.Helper()
 	_, dsn := db.Login(tb, "apigee_rollup")
 	pool, err := pgxpool.New(context.Background(), dsn)
@@ -120,7 +120,7 @@ func testConfig() Config {
 	return c
 }
 
-func newTestRunner(tb testing.TB, db *dbtest.DB, cfg Config, pub Publisher) *Runner {
+func newTestRunner(tb testing.TB, db *testkit.DB, cfg Config, pub Publisher) *Runner {
 	tb.Helper()
 	if err := cfg.Validate(); err != nil {
 		tb.Fatalf("config: %v", err)
@@ -207,7 +207,7 @@ SELECT count(*) FROM (
 
 // assertRollupsMatchRaw fails unless both rollup tables equal a direct
 // aggregation of the raw rows.
-func assertRollupsMatchRaw(tb testing.TB, db *dbtest.DB) {
+func assertRollupsMatchRaw(tb testing.TB, db *testkit.DB) {
 	tb.Helper()
 	for _, c := range []struct{ table, width string }{{"api_calls_1m", "1 minute"}, {"api_calls_1h", "1 hour"}} {
 		if n := queryInt(tb, db.Admin, rollupMismatchSQL(c.table, c.width)); n != 0 {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // skewedCalls returns one hour's worth of rows (10 busy minutes) for two
@@ -43,7 +43,7 @@ func skewedCalls(rng *rand.Rand, hour time.Time) []call {
 func TestPercentileAccuracy(t *testing.T) {
 	t.Parallel()
 	const maxRelErr = 0.02
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		hour := time.Now().UTC().Add(-5 * time.Hour).Truncate(time.Hour)
 		insertCalls(t, db, skewedCalls(rand.New(rand.NewPCG(11, 12)), hour))
@@ -114,7 +114,7 @@ func TestPercentileAccuracy(t *testing.T) {
 // TestLatencyHistFunctions checks the SQL summary functions directly.
 func TestLatencyHistFunctions(t *testing.T) {
 	t.Parallel()
-	db := dbtest.New(t, dbtest.Postgres)
+	db := testkit.New(t, testkit.Postgres)
 	ctx := context.Background()
 	cases := []struct {
 		name string

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 type child struct {
@@ -21,11 +21,11 @@ type child struct {
 
 // children lists the chunks (TimescaleDB) or partitions of an apigee table
 // with their time ranges, oldest first.
-func children(tb testing.TB, db *dbtest.DB, table string) []child {
+func children(tb testing.TB, db *testkit.DB, table string) []child {
 	tb.Helper()
 	q := `SELECT format('%I.%I', chunk_schema, chunk_name), range_start, range_end FROM timescaledb_information.chunks
 		WHERE hypertable_schema = 'apigee' AND hypertable_name = $1 ORDER BY range_start`
-	if db.Kind == dbtest.Postgres {
+	if db.Kind == testkit.Postgres {
 		q = `SELECT rel, b[1]::timestamptz, b[2]::timestamptz FROM (
 			SELECT i.inhrelid::regclass::text AS rel,
 				regexp_match(pg_get_expr(k.relpartbound, k.oid), $r$FROM \('([^']*)'\) TO \('([^']*)'\)$r$) AS b
@@ -67,7 +67,7 @@ func rels(cs []child) []string {
 
 func TestRetention(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		now := time.Now().UTC()
 		today := now.Truncate(day)
@@ -111,7 +111,7 @@ func TestRetention(t *testing.T) {
 			t.Fatalf("run without retention: %+v", s)
 		}
 
-		rollupConn := dbtest.Connect(t, mustDSN(t, db))
+		rollupConn := testkit.Connect(t, mustDSN(t, db))
 		t.Run("floor and tier checks", func(t *testing.T) {
 			for _, c := range []struct{ tier, keep string }{{"raw", "1 day"}, {"1m", "6 days"}, {"rejects", "1 hour"}, {"apigee.settings", "30 days"}} {
 				_, err := rollupConn.Exec(ctx, "SELECT * FROM apigee.apply_retention($1, $2::interval)", c.tier, c.keep)
@@ -204,7 +204,7 @@ func TestRetention(t *testing.T) {
 			// Day −9: raw rows dropped, minute rollups kept.
 			at := today.AddDate(0, 0, -9).Add(30 * time.Second)
 			minute := at.Truncate(time.Minute)
-			before := tenantCounts(t, dbtest.Connect(t, db.URL), fmt.Sprintf(
+			before := tenantCounts(t, testkit.Connect(t, db.URL), fmt.Sprintf(
 				"SELECT tenant, sum(calls)::bigint FROM apigee.api_calls_1m WHERE bucket_start = '%s' GROUP BY tenant", minute.Format(time.RFC3339)))
 			if before["tenant-a"] != 1 || before["tenant-b"] != 1 {
 				t.Fatalf("minute rollup before: %v", before)
@@ -214,7 +214,7 @@ func TestRetention(t *testing.T) {
 			if s.InvalidationsDiscarded != 1 || s.MinutesRefreshed != 0 {
 				t.Fatalf("run: %+v; want the late minute's invalidation discarded", s)
 			}
-			after := tenantCounts(t, dbtest.Connect(t, db.URL), fmt.Sprintf(
+			after := tenantCounts(t, testkit.Connect(t, db.URL), fmt.Sprintf(
 				"SELECT tenant, sum(calls)::bigint FROM apigee.api_calls_1m WHERE bucket_start = '%s' GROUP BY tenant", minute.Format(time.RFC3339)))
 			if !maps2Equal(before, after) {
 				t.Fatalf("minute rollup changed from %v to %v", before, after)
@@ -239,7 +239,7 @@ func maps2Equal(a, b map[string]int64) bool {
 }
 
 // mustDSN returns a login in apigee_rollup for direct calls.
-func mustDSN(tb testing.TB, db *dbtest.DB) string {
+func mustDSN(tb testing.TB, db *testkit.DB) string {
 	tb.Helper()
 	_, dsn := db.Login(tb, "apigee_rollup")
 	return dsn

@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // TestRowLevelSecurity: a reader granted tenant A sees tenant A's rollup
@@ -19,7 +19,7 @@ func TestRowLevelSecurity(t *testing.T) {
 	t.Parallel()
 	relations := []string{"api_calls_1m", "api_calls_1h", "proxy_latency_1m", "proxy_latency_1h", "proxy_latency_1d",
 		"error_rate_1m", "error_rate_1h", "anomalies"}
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		// Rows over three days so several rollup chunks/partitions exist.
 		rng := rand.New(rand.NewPCG(21, 22))
@@ -41,9 +41,9 @@ func TestRowLevelSecurity(t *testing.T) {
 		if _, err := db.Admin.Exec(ctx, "INSERT INTO apigee.tenant_grants VALUES ($1, 'tenant-a')", readerRole); err != nil {
 			t.Fatal(err)
 		}
-		reader := dbtest.Connect(t, readerDSN)
+		reader := testkit.Connect(t, readerDSN)
 		_, strangerDSN := db.Login(t, "apigee_reader")
-		stranger := dbtest.Connect(t, strangerDSN)
+		stranger := testkit.Connect(t, strangerDSN)
 
 		for _, rel := range relations {
 			t.Run(rel, func(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // mixedCalls returns rows over `minutes` minutes from start covering every
@@ -62,7 +62,7 @@ func mixedCalls(rng *rand.Rand, start time.Time, minutes, perMinute int) []call 
 
 func TestRefreshExactAndIdempotent(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		rng := rand.New(rand.NewPCG(1, 2))
 		start := time.Now().UTC().Add(-3 * time.Hour).Truncate(time.Hour).Add(-7 * time.Minute)
@@ -123,7 +123,7 @@ func TestRefreshExactAndIdempotent(t *testing.T) {
 
 func TestLateDataCorrectsMinuteAndHour(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		rng := rand.New(rand.NewPCG(3, 4))
 		hour := time.Now().UTC().Add(-26 * time.Hour).Truncate(time.Hour)
@@ -161,7 +161,7 @@ func TestLateDataCorrectsMinuteAndHour(t *testing.T) {
 
 func TestBudgetStopsAndNextRunContinues(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		rng := rand.New(rand.NewPCG(5, 6))
 		start := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Hour)
 		insertCalls(t, db, mixedCalls(rng, start, 10, 20))
@@ -191,7 +191,7 @@ func TestBudgetStopsAndNextRunContinues(t *testing.T) {
 
 func TestConcurrentInvocations(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		rng := rand.New(rand.NewPCG(7, 8))
 		start := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Hour)
@@ -200,7 +200,7 @@ func TestConcurrentInvocations(t *testing.T) {
 		h := newHandler(func(context.Context) (*Runner, error) { return r, nil }, discardLogger())
 
 		t.Run("a run in progress makes the next answer 200 skipped", func(t *testing.T) {
-			holder := dbtest.Connect(t, db.URL)
+			holder := testkit.Connect(t, db.URL)
 			if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1)", LockKey); err != nil {
 				t.Fatal(err)
 			}
@@ -249,7 +249,7 @@ func TestConcurrentInvocations(t *testing.T) {
 			assertRollupsMatchRaw(t, db)
 		})
 		t.Run("the lock is released after a run", func(t *testing.T) {
-			probe := dbtest.Connect(t, db.URL)
+			probe := testkit.Connect(t, db.URL)
 			var free bool
 			if err := probe.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", LockKey).Scan(&free); err != nil || !free {
 				t.Fatalf("lock still held after the runs (err %v)", err)
@@ -262,7 +262,7 @@ func TestConcurrentInvocations(t *testing.T) {
 // timeout is retried smaller instead of failing every run.
 func TestBatchShrinksOnStatementTimeout(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		hour := time.Now().UTC().Add(-3 * time.Hour).Truncate(time.Hour)
 		var calls []call
@@ -300,12 +300,12 @@ func TestBatchShrinksOnStatementTimeout(t *testing.T) {
 
 func TestPartitionsAhead(t *testing.T) {
 	t.Parallel()
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		r := newTestRunner(t, db, testConfig(), nil)
 		later := time.Now().UTC().AddDate(0, 0, 20)
 		r.now = func() time.Time { return later }
 		s := mustRun(t, r)
-		if db.Kind == dbtest.TimescaleDB {
+		if db.Kind == testkit.TimescaleDB {
 			if s.PartitionsCreated != 0 {
 				t.Fatalf("created %d partitions on TimescaleDB", s.PartitionsCreated)
 			}

@@ -9,7 +9,7 @@ import (
 
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // TestDeployedFunction drives the registered Rotate function, configured
@@ -21,7 +21,7 @@ import (
 // cluster-wide apigee_ingest_a/_b): the run must fail at "set", naming
 // apigee_ingest_a, and leave the secret alone.
 func TestDeployedFunction(t *testing.T) {
-	f := newFixture(t, dbtest.TimescaleDB)
+	f := newFixture(t, testkit.TimescaleDB)
 	call := func() (int, rotate.Summary) {
 		w := httptest.NewRecorder()
 		rotate.Rotate(w, httptest.NewRequest(http.MethodPost, "/", strings.NewReader("")))

@@ -27,9 +27,9 @@ import (
 
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/logging"
-	"apigee-timescale/shared/secretmanagertest"
+	"apigee-timescale/deploy/local/standin/secretmanagertest"
 	"apigee-timescale/shared/secrets"
 )
 
@@ -42,7 +42,7 @@ var scheduler = map[string]string{"X-CloudScheduler": "true"}
 // login roles, the rotator logged in as a member of apigee_rotate, and an
 // in-process Secret Manager holding an empty secret.
 type fixture struct {
-	db             *dbtest.DB
+	db             *testkit.DB
 	host, port     string
 	sm             *secretmanagertest.Server
 	smAddr         string
@@ -76,10 +76,10 @@ func (f *fixture) baseConfig() rotate.Config {
 	}
 }
 
-func newFixture(t *testing.T, kind dbtest.Kind) *fixture {
+func newFixture(t *testing.T, kind testkit.Kind) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	db := dbtest.New(t, kind)
+	db := testkit.New(t, kind)
 	u, err := url.Parse(db.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +150,7 @@ func (f *fixture) newService(t testing.TB, tweak func(*rotate.Config), deps func
 // the migration's own, from pg_get_functiondef, with only the role list
 // changed; the test fails if that list ever stops naming the logins the
 // rotator uses in production.
-func isolatedLogins(t *testing.T, db *dbtest.DB) (a, b string) {
+func isolatedLogins(t *testing.T, db *testkit.DB) (a, b string) {
 	t.Helper()
 	ctx := context.Background()
 	suffix := randHex(t)

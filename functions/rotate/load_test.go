@@ -13,7 +13,7 @@ import (
 
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/secrets"
 )
 
@@ -42,7 +42,7 @@ func TestRotationUnderIngestLoad(t *testing.T) {
 		rotations = 10
 		workers   = 4
 	)
-	for _, kind := range dbtest.Kinds {
+	for _, kind := range testkit.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t, kind)

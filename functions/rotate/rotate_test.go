@@ -20,16 +20,16 @@ import (
 
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/pushauth"
-	"apigee-timescale/shared/pushauth/pushauthtest"
+	"apigee-timescale/deploy/local/standin/pushauthtest"
 )
 
 // TestAlternation: each run re-passwords the login the newest version does
 // not use, with VALID UNTIL now + TTL; after two rotations the oldest
 // password no longer logs in, the newest two do.
 func TestAlternation(t *testing.T) {
-	for _, kind := range dbtest.Kinds {
+	for _, kind := range testkit.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t, kind)
@@ -86,7 +86,7 @@ var errCrash = errors.New("injected crash")
 // newest version must still log in at that moment, and the next normal run
 // must leave everything consistent. Secret Manager failures are included.
 func TestCrashAfterEachStep(t *testing.T) {
-	for _, kind := range dbtest.Kinds {
+	for _, kind := range testkit.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t, kind)
@@ -149,7 +149,7 @@ func crashAt(f *fixture, point string) func() {
 // answer 200 "skipped".
 func TestConcurrentInvocations(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, dbtest.TimescaleDB)
+	f := newFixture(t, testkit.TimescaleDB)
 	f.rotate(t)
 	for round := range 2 {
 		before := len(f.versions(t))
@@ -199,7 +199,7 @@ func TestConcurrentInvocations(t *testing.T) {
 // TestMinInterval: a run soon after the last rotation only tidies up.
 func TestMinInterval(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, dbtest.TimescaleDB)
+	f := newFixture(t, testkit.TimescaleDB)
 	slow := f.newService(t, func(c *rotate.Config) { c.MinInterval, c.TTL = time.Hour, 2*time.Hour }, nil)
 	// An empty secret is rotated whatever the interval.
 	if code, sum := f.post(t, slow, "", scheduler); code != http.StatusOK || sum.Status != rotate.StatusRotated {
@@ -232,7 +232,7 @@ func TestMinInterval(t *testing.T) {
 // re-passwords the login that is not in the newest usable version.
 func TestRepairsDisabledNewest(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, dbtest.Postgres)
+	f := newFixture(t, testkit.Postgres)
 	ctx := context.Background()
 	f.rotate(t)
 	f.rotate(t) // v1 = A, v2 = B
@@ -255,7 +255,7 @@ func TestRepairsDisabledNewest(t *testing.T) {
 // a topic may carry is acknowledged and ignored.
 func TestNotifications(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, dbtest.TimescaleDB)
+	f := newFixture(t, testkit.TimescaleDB)
 	f.rotate(t)
 	cases := []struct {
 		name   string
@@ -301,7 +301,7 @@ func TestNotifications(t *testing.T) {
 // the configured service account gets a rotation.
 func TestAuthentication(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, dbtest.TimescaleDB)
+	f := newFixture(t, testkit.TimescaleDB)
 	const aud, sa = "https://rotate.example.run.app", "scheduler@test-project.iam.gserviceaccount.com"
 	signer := pushauthtest.NewSigner(t)
 	v, err := pushauth.NewVerifier(context.Background(), pushauth.Config{Audience: aud, ServiceAccount: sa, HTTPClient: signer.HTTPClient()})
@@ -351,7 +351,7 @@ func TestAuthentication(t *testing.T) {
 // password, the answer and the log show it redacted.
 func TestErrorsAreScrubbed(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, dbtest.TimescaleDB)
+	f := newFixture(t, testkit.TimescaleDB)
 	rotate.SetAfterStep(f.svc, func(p string) error {
 		if p != "test" {
 			return nil
@@ -377,7 +377,7 @@ func TestErrorsAreScrubbed(t *testing.T) {
 // needs no host.
 func TestCloudSQLTestLogin(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, dbtest.Postgres)
+	f := newFixture(t, testkit.Postgres)
 	d := &fakeDialer{addr: net.JoinHostPort(f.host, f.port)}
 	svc := f.newService(t, func(c *rotate.Config) {
 		c.CloudSQLInstance, c.Host = "test-project:europe-west1:apigee", ""
@@ -408,7 +408,7 @@ func TestCloudSQLTestLogin(t *testing.T) {
 // the verifier, never a password.
 func TestPasswordNeverSentToServer(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, dbtest.Postgres)
+	f := newFixture(t, testkit.Postgres)
 	tap := newTapProxy(t, net.JoinHostPort(f.host, f.port))
 	_, rotDSN := f.db.Login(t, "apigee_rotate")
 	u, err := url.Parse(rotDSN)

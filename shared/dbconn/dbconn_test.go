@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/shared/secretmanagertest"
+	"apigee-timescale/deploy/local/standin/secretmanagertest"
 	"apigee-timescale/shared/secrets"
 )
 

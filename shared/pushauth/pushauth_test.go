@@ -13,7 +13,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"apigee-timescale/shared/pushauth"
-	"apigee-timescale/shared/pushauth/pushauthtest"
+	"apigee-timescale/deploy/local/standin/pushauthtest"
 )
 
 const (

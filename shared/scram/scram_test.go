@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // TestSCRAMKeysRFC7677 checks the key derivation against the exchange in
@@ -84,7 +84,7 @@ func TestVerifierFormat(t *testing.T) {
 // recognised the format, it would have hashed it as a password) and accept
 // the password it was made from, and only that one.
 func TestVerifierLogsIn(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		role := "t_scram_" + randHex(t)
 		pw, err := NewPassword()

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"apigee-timescale/shared/secretmanagertest"
+	"apigee-timescale/deploy/local/standin/secretmanagertest"
 	"apigee-timescale/shared/secrets"
 )
 

@@ -8,7 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/store"
 )
 
@@ -22,7 +22,7 @@ import (
 func BenchmarkWrite(b *testing.B) {
 	for _, size := range []int{80, 1000} {
 		b.Run(fmt.Sprintf("rows=%d", size), func(b *testing.B) {
-			db := dbtest.New(b, dbtest.TimescaleDB)
+			db := testkit.New(b, testkit.TimescaleDB)
 			_, dsn := db.Login(b, "apigee_ingest")
 			cfg, err := pgxpool.ParseConfig(dsn)
 			if err != nil {
@@ -44,7 +44,7 @@ func BenchmarkWrite(b *testing.B) {
 			for i := range calls {
 				calls[i] = call(fmt.Sprintf("bench-%d", i), "tenant-a", now.Add(-time.Duration(i%60)*time.Second))
 			}
-			cpu0, cpuOK := dbtest.BackendCPU(pid)
+			cpu0, cpuOK := testkit.BackendCPU(pid)
 			b.ResetTimer()
 			for lo := 0; lo < b.N; lo += size {
 				batch := calls[lo:min(lo+size, b.N)]
@@ -54,7 +54,7 @@ func BenchmarkWrite(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
-			if cpu1, ok := dbtest.BackendCPU(pid); ok && cpuOK {
+			if cpu1, ok := testkit.BackendCPU(pid); ok && cpuOK {
 				b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(b.N), "backend-µs/row")
 			}
 		})

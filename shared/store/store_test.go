@@ -14,13 +14,13 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/record"
 	"apigee-timescale/shared/store"
 )
 
 // ingestPool connects as a login in apigee_ingest, as the function does.
-func ingestPool(t *testing.T, db *dbtest.DB) *pgxpool.Pool {
+func ingestPool(t *testing.T, db *testkit.DB) *pgxpool.Pool {
 	t.Helper()
 	_, dsn := db.Login(t, "apigee_ingest")
 	pool, err := pgxpool.New(context.Background(), dsn)
@@ -44,7 +44,7 @@ func call(id, tenant string, at time.Time) store.Call {
 	}
 }
 
-func count(t *testing.T, db *dbtest.DB, sql string, args ...any) int {
+func count(t *testing.T, db *testkit.DB, sql string, args ...any) int {
 	t.Helper()
 	var n int
 	if err := db.Admin.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
@@ -54,7 +54,7 @@ func count(t *testing.T, db *dbtest.DB, sql string, args ...any) int {
 }
 
 func TestWriteExactlyOnce(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		w := store.NewWriter(ingestPool(t, db))
 		now := time.Now().UTC()
@@ -128,7 +128,7 @@ func TestHashIsRecomputable(t *testing.T) {
 }
 
 func TestConcurrentWritersSameMessages(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		w := store.NewWriter(ingestPool(t, db))
 		now := time.Now().UTC()
 		var calls []store.Call
@@ -167,7 +167,7 @@ func TestConcurrentWritersSameMessages(t *testing.T) {
 }
 
 func TestDataErrorIsClassified(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		w := store.NewWriter(ingestPool(t, db))
 		bad := call(strings.Repeat("x", 200), "tenant-a", time.Now()) // over the 128-byte CHECK
 		_, err := w.Write(context.Background(), &store.Batch{Calls: []store.Call{bad}})
@@ -187,7 +187,7 @@ func TestDataErrorIsClassified(t *testing.T) {
 // invalid UTF-8) in any reject field is cleaned, not a batch failure that
 // would repeat on every redelivery.
 func TestRejectWithUnstorableTextIsStored(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		w := store.NewWriter(ingestPool(t, db))
 		bad := "a\x00b\xffc"
 		r := store.Reject{

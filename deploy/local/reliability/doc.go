@@ -1,6 +1,6 @@
 // Package reliability is the reliability suite: Go tests, each with hard
 // assertions, that push real traffic through the Pub/Sub push relay
-// (shared/pushrelay over pstest) into the real functions (built from
+// (deploy/local/standin/pushrelay over pstest) into the real functions (built from
 // ./functions/... and run as child processes, or served in process where a
 // test must hand the function a collaborator, such as push authentication
 // keys from a local signer) against TimescaleDB, while something goes

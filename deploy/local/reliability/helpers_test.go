@@ -17,9 +17,9 @@ import (
 
 	"cloud.google.com/go/pubsub/v2"
 
-	"apigee-timescale/deploy/local/demo/stack"
+	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/simulator"
-	"apigee-timescale/shared/pushrelay"
+	"apigee-timescale/deploy/local/standin/pushrelay"
 )
 
 // Environment of the private cluster.
@@ -60,8 +60,8 @@ func binary(t *testing.T, name string) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		binaries, buildErr = stack.Build(ctx, dir, map[string]string{
-			"ingest": "./functions/ingest/cmd",
-			"rotate": "./functions/rotate/cmd",
+			"ingest": "./functions/ingest/cmd/ingest",
+			"rotate": "./functions/rotate/cmd/rotate",
 		})
 	})
 	if buildErr != nil {

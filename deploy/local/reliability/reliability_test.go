@@ -18,9 +18,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"apigee-timescale/deploy/local/demo/stack"
+	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/simulator"
-	"apigee-timescale/shared/pushrelay"
+	"apigee-timescale/deploy/local/standin/pushrelay"
 )
 
 // TestDatabaseRestartDuringLoad restarts the database server while records

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"apigee-timescale/deploy/local/demo/stack"
+	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/functions/rotate"
 )
 

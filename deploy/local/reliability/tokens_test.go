@@ -11,11 +11,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"apigee-timescale/deploy/local/demo/stack"
+	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/shared/pushauth"
-	"apigee-timescale/shared/pushauth/pushauthtest"
-	"apigee-timescale/shared/pushrelay"
+	"apigee-timescale/deploy/local/standin/pushauthtest"
+	"apigee-timescale/deploy/local/standin/pushrelay"
 )
 
 // TestBadTokensAreRefused pushes through relays whose OIDC tokens are

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"apigee-timescale/deploy/apigee"
+	"apigee-timescale/deploy/local/standin/apigee"
 	"apigee-timescale/shared/record"
 )
 

@@ -11,8 +11,8 @@ import (
 
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 
-	"apigee-timescale/deploy/apigee"
-	"apigee-timescale/shared/pubsubtest"
+	"apigee-timescale/deploy/local/standin/apigee"
+	"apigee-timescale/deploy/local/standin/pubsubtest"
 	"apigee-timescale/shared/record"
 )
 

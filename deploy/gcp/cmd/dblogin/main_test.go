@@ -16,7 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"apigee-timescale/shared/dbtest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/secrets"
 )
 
@@ -50,7 +50,7 @@ func TestParseRejects(t *testing.T) {
 }
 
 func TestRun(t *testing.T) {
-	dbtest.Each(t, func(t *testing.T, db *dbtest.DB) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
 		login := "t_dblogin_" + randomHex(t)
 		t.Cleanup(func() {
