@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"apigee-timescale/migrations"
 	"apigee-timescale/deploy/local/testkit"
+	"apigee-timescale/migrations"
 )
 
 func TestUpIsIdempotent(t *testing.T) {

@@ -13,9 +13,9 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
+	"apigee-timescale/deploy/local/standin/pushauthtest"
 	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/pushauth"
-	"apigee-timescale/deploy/local/standin/pushauthtest"
 	"apigee-timescale/shared/record"
 )
 

@@ -11,8 +11,8 @@ import (
 
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 
-	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/deploy/local/standin/pubsubtest"
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // histOf bins values as apigee.latency_hist_of does.

@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/deploy/local/testkit"
 )
 
 // TestDeployedFunction drives the registered Rotate function, configured

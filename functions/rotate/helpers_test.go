@@ -25,11 +25,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/api/iterator"
 
+	"apigee-timescale/deploy/local/standin/secretmanagertest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/logging"
-	"apigee-timescale/deploy/local/standin/secretmanagertest"
 	"apigee-timescale/shared/secrets"
 )
 

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/secrets"
 )
 

@@ -18,11 +18,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"apigee-timescale/deploy/local/standin/pushauthtest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/pushauth"
-	"apigee-timescale/deploy/local/standin/pushauthtest"
 )
 
 // TestAlternation: each run re-passwords the login the newest version does

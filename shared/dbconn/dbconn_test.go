@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"apigee-timescale/shared/dbconn"
 	"apigee-timescale/deploy/local/standin/secretmanagertest"
+	"apigee-timescale/shared/dbconn"
 	"apigee-timescale/shared/secrets"
 )
 

@@ -12,8 +12,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"apigee-timescale/shared/pushauth"
 	"apigee-timescale/deploy/local/standin/pushauthtest"
+	"apigee-timescale/shared/pushauth"
 )
 
 const (

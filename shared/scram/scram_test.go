@@ -11,8 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"apigee-timescale/shared/dbconn"
 	"apigee-timescale/deploy/local/testkit"
+	"apigee-timescale/shared/dbconn"
 )
 
 // TestSCRAMKeysRFC7677 checks the key derivation against the exchange in

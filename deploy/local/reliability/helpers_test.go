@@ -17,8 +17,8 @@ import (
 
 	"cloud.google.com/go/pubsub/v2"
 
-	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/simulator"
+	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/standin/pushrelay"
 )
 

@@ -18,8 +18,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/simulator"
+	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/standin/pushrelay"
 )
 

@@ -12,10 +12,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/deploy/local/stack"
-	"apigee-timescale/functions/ingest"
-	"apigee-timescale/shared/pushauth"
 	"apigee-timescale/deploy/local/standin/pushauthtest"
 	"apigee-timescale/deploy/local/standin/pushrelay"
+	"apigee-timescale/functions/ingest"
+	"apigee-timescale/shared/pushauth"
 )
 
 // TestBadTokensAreRefused pushes through relays whose OIDC tokens are

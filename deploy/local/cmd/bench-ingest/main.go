@@ -50,9 +50,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/migrations"
-	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/record"
 	"apigee-timescale/shared/store"
 )

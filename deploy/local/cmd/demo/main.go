@@ -51,15 +51,15 @@ import (
 	"syscall"
 	"time"
 
-	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/simulator"
+	"apigee-timescale/deploy/local/stack"
+	"apigee-timescale/deploy/local/standin/pushrelay"
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/functions/rollup"
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
 	"apigee-timescale/shared/logging"
 	"apigee-timescale/shared/pushauth"
-	"apigee-timescale/deploy/local/standin/pushrelay"
 )
 
 const (

@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"apigee-timescale/deploy/local/simulator"
-	"apigee-timescale/functions/rollup"
 	"apigee-timescale/deploy/local/standin/pushrelay"
+	"apigee-timescale/functions/rollup"
 )
 
 // Report is what the demo found, for the terminal and the HTML file.

@@ -7,8 +7,8 @@ import (
 
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 
-	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/simulator"
+	"apigee-timescale/deploy/local/stack"
 )
 
 // TestRunPublishesToTheEmulator runs the command's publisher against a

@@ -22,8 +22,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"apigee-timescale/shared/pushauth"
 	"apigee-timescale/deploy/local/standin/pushauthtest"
+	"apigee-timescale/shared/pushauth"
 )
 
 func TestWrappedEnvelope(t *testing.T) {
