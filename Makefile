@@ -27,13 +27,17 @@ db-down:
 	-deploy/local/timescaledb.sh down
 	-deploy/local/postgres.sh down
 
+# vet: gofmt, go vet and staticcheck (pinned in go.mod's tool directive, so
+# the version is the same on every machine).
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 # test is the command README.md and .ci/run use.
 test:
 	@set -euo pipefail; \
+	TEST_TIMESCALEDB_URL="$(TEST_TIMESCALEDB_URL)" TEST_POSTGRES_URL="$(TEST_POSTGRES_URL)" deploy/local/setup.sh test; \
 	ts="$(TEST_TIMESCALEDB_URL)"; pg="$(TEST_POSTGRES_URL)"; \
 	if [ -z "$$ts" ]; then ts=$$(deploy/local/timescaledb.sh up | tail -n1); fi; \
 	if [ -z "$$pg" ]; then pg=$$(deploy/local/postgres.sh up | tail -n1); fi; \

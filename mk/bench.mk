@@ -13,12 +13,14 @@ bench:
 
 # BENCH_DATABASE_URL defaults to the local TimescaleDB (started if needed).
 bench-ingest:
-	@url="$${BENCH_DATABASE_URL:-$$(deploy/local/timescaledb.sh up | tail -n1)}"; \
-	BENCH_DATABASE_URL="$$url" $(GO) run ./functions/ingest/cmd/bench
+	@deploy/local/setup.sh bench; \
+	url="$${BENCH_DATABASE_URL:-$$(deploy/local/timescaledb.sh up | tail -n1)}"; \
+	BENCH_DATABASE_URL="$$url" $(GO) run ./deploy/local/cmd/bench-ingest
 
 # Full rebuild over 1,000,000 raw rows vs incremental refresh after +1%, and
 # retention dropping 30 daily chunks, on TimescaleDB (and plain PostgreSQL
 # when TEST_POSTGRES_URL is set).
 bench-rollup:
-	@url="$${TEST_TIMESCALEDB_URL:-$$(deploy/local/timescaledb.sh up | tail -n1)}"; \
+	@BENCH_DATABASE_URL="$${TEST_TIMESCALEDB_URL:-}" deploy/local/setup.sh bench; \
+	url="$${TEST_TIMESCALEDB_URL:-$$(deploy/local/timescaledb.sh up | tail -n1)}"; \
 	TEST_TIMESCALEDB_URL="$$url" $(GO) test -run '^$$' -bench BenchmarkRollup -benchtime 1x -timeout 30m ./functions/rollup/

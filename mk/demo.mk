@@ -8,6 +8,7 @@
 DEMO_ARGS ?=
 demo:
 	@set -euo pipefail; \
+	deploy/local/setup.sh demo; \
 	if [ -z "$${DATABASE_URL:-}" ]; then deploy/local/timescaledb.sh up >/dev/null; fi; \
 	$(GO) run ./deploy/local/cmd/demo $(DEMO_ARGS)
 

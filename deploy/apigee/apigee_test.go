@@ -23,6 +23,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"apigee-timescale/deploy/local/standin/apigee"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/record"
 )
 
@@ -386,10 +387,7 @@ process.stdout.write(JSON.stringify(out));
 // checks that DeriveVars, which the tests and the simulator use in its
 // place, computes the same variables.
 func TestScriptMatchesDeriveVars(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node not installed; the JavaScript step is checked only against its Go twin's contract")
-	}
+	node := testkit.Tool(t, "node", "nodejs")
 	runner := filepath.Join(t.TempDir(), "runner.js")
 	if err := os.WriteFile(runner, []byte(nodeRunner), 0o600); err != nil {
 		t.Fatal(err)
@@ -808,11 +806,7 @@ func validate(s *jsonschema.Schema, data []byte) error {
 }
 
 func TestDeployScriptBuildsBundle(t *testing.T) {
-	for _, tool := range []string{"bash", "zip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testkit.Tool(t, "zip", "zip")
 	build := func(project, topic string) ([]byte, string, error) {
 		out := filepath.Join(t.TempDir(), "bundle.zip")
 		cmd := exec.Command("bash", "deploy.sh", "--build-only", out)

@@ -88,7 +88,7 @@ func TestStagedFunctionsBuildLikeTheBuildpack(t *testing.T) {
 			name, imports := rootPackage(t, src)
 
 			// 2. The module path, with a dot in its first element.
-			mod := strings.TrimSpace(goCmd(t, src, "list", "-m"))
+			mod := strings.TrimSpace(goCmd(t, src, offline, "list", "-m"))
 			if first, _, _ := strings.Cut(mod, "/"); !strings.Contains(first, ".") {
 				t.Fatalf("module path %q: the buildpack requires a dot in the first element", mod)
 			}
@@ -111,10 +111,17 @@ func TestStagedFunctionsBuildLikeTheBuildpack(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			// 4. go mod tidy, go build of the generated main, offline.
-			goCmd(t, src, "mod", "tidy")
+			// 4. go mod tidy, as the buildpack does, with the module proxy
+			// (it may need modules that no build of ours ever downloaded,
+			// such as test dependencies of dependencies); then go build of
+			// the generated main offline: everything the build needs must be
+			// named by the tidied go.mod and go.sum.
+			goCmd(t, src, online, "mod", "tidy")
+			if mod, err := os.ReadFile(filepath.Join(src, "go.mod")); err != nil || bytes.Contains(mod, []byte("\ntool ")) || bytes.Contains(mod, []byte("honnef.co/go/tools")) {
+				t.Errorf("the staged go.mod names developer tools (%v):\n%s", err, mod)
+			}
 			bin := filepath.Join(t.TempDir(), "server")
-			goCmd(t, src, "build", "-o", bin, filepath.Join(src, appDir))
+			goCmd(t, src, offline, "build", "-o", bin, filepath.Join(src, appDir))
 
 			// The binary serves the target at / and refuses an unknown one.
 			probe(t, bin, fn.target)
@@ -154,13 +161,22 @@ func rootPackage(t *testing.T, dir string) (string, map[string]bool) {
 	return name, imports
 }
 
-// goCmd runs the go command in dir without network access: every module
-// must come from the module cache.
-func goCmd(t *testing.T, dir string, args ...string) string {
+// Whether goCmd may reach the module proxy.
+const (
+	online  = true
+	offline = false
+)
+
+// goCmd runs the go command in dir; offline, every module must come from
+// the module cache.
+func goCmd(t *testing.T, dir string, network bool, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("go", args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off", "GOTOOLCHAIN=local")
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off", "GOTOOLCHAIN=local")
+	if !network {
+		cmd.Env = append(cmd.Env, "GOPROXY=off")
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

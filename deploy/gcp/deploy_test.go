@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"apigee-timescale/deploy/local/testkit"
 )
 
 // dbCredentials mirrors shared/secrets.DBCredentials; importing that package
@@ -131,12 +133,7 @@ func newEnv(t *testing.T, overrides map[string]string) *env {
 	e.writeConfig(cfg)
 	if cfg["APIGEE_ORG"] != "" {
 		for _, tool := range []string{"zip", "unzip"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				if os.Getenv("CI") == "true" {
-					t.Fatalf("%s is needed for the Apigee step and CI=true forbids skipping", tool)
-				}
-				t.Skipf("%s is not installed (needed for the Apigee step)", tool)
-			}
+			testkit.Tool(t, tool, tool)
 		}
 	}
 	return e
@@ -799,12 +796,7 @@ func TestInvalidConfigurationIsRefusedBeforeAnyCall(t *testing.T) {
 }
 
 func TestShellcheck(t *testing.T) {
-	if _, err := exec.LookPath("shellcheck"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("shellcheck is not installed and CI=true forbids skipping")
-		}
-		t.Skip("shellcheck is not installed (apt-get install shellcheck)")
-	}
+	testkit.Tool(t, "shellcheck", "shellcheck")
 	scripts, err := filepath.Glob("*.sh")
 	if err != nil || len(scripts) == 0 {
 		t.Fatalf("no scripts (%v)", err)

@@ -78,6 +78,13 @@ while read -r dir files; do
 done <<<"$listing"
 
 cp go.mod go.sum "$out/"
+# Developer tools (go.mod's tool directives, e.g. staticcheck) are not part of
+# a function: the uploaded modules do not name them.
+tools=$(go mod edit -json | sed -n '/"Tool": \[/,/\]/s/.*"Path": "\([^"]*\)".*/\1/p')
+for t in $tools; do
+	go mod edit -droptool="$t" "$out/go.mod"
+	go mod edit -droptool="$t" "$out/module/go.mod"
+done
 (
 	cd "$out"
 	go mod edit -module="$wrapper" -require="$mod@v0.0.0" -replace="$mod=./module"

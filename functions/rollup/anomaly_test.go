@@ -362,9 +362,8 @@ func TestSteadyTrafficStaysQuiet(t *testing.T) {
 		if s := mustRun(t, r); s.AnomaliesFound != 0 {
 			t.Fatalf("steady traffic flagged %d anomalies", s.AnomaliesFound)
 		}
-		var judged int64
 		// Sanity: the window really held judgeable minutes (≥ MinCalls each).
-		judged = queryInt(t, db.Admin, `SELECT count(*) FROM apigee.error_rate_1m WHERE bucket_start >= $1 AND bucket_start < $2 AND calls >= $3`,
+		judged := queryInt(t, db.Admin, `SELECT count(*) FROM apigee.error_rate_1m WHERE bucket_start >= $1 AND bucket_start < $2 AND calls >= $3`,
 			now.Add(-2*time.Hour-2*time.Minute), now.Add(-2*time.Minute), cfg.Anomaly.MinCalls)
 		if judged < 300 {
 			t.Fatalf("only %d judgeable proxy-minutes", judged)

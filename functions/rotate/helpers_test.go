@@ -78,6 +78,8 @@ func (f *fixture) baseConfig() rotate.Config {
 
 func newFixture(t *testing.T, kind testkit.Kind) *fixture {
 	t.Helper()
+	// Every test here proves that retired credentials stop logging in.
+	testkit.RequirePasswordAuth(t, kind)
 	ctx := context.Background()
 	db := testkit.New(t, kind)
 	u, err := url.Parse(db.URL)

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"apigee-timescale/deploy/local/standin/secretmanagertest"
+	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/dbconn"
 	"apigee-timescale/shared/secrets"
 )
@@ -220,6 +221,7 @@ func TestSecretRotation(t *testing.T) {
 }
 
 func TestWrongCredentialsInEveryVersion(t *testing.T) {
+	testkit.RequirePasswordAuth(t, testkit.Postgres)
 	ctx := context.Background()
 	role, _, base := testRole(t, "the-real-password")
 	srv, client := secretmanagertest.Start(t)

@@ -2,6 +2,7 @@ package logging
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"testing"
@@ -20,7 +21,7 @@ func TestCloudLoggingShape(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
 			var buf bytes.Buffer
-			New(&buf, slog.LevelDebug).Log(nil, tt.level, "batch written", "rows", 3)
+			New(&buf, slog.LevelDebug).Log(context.Background(), tt.level, "batch written", "rows", 3)
 			var got map[string]any
 			if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
 				t.Fatalf("not JSON: %q", buf.String())

@@ -89,6 +89,7 @@ func TestCredentialsNeverPrintPassword(t *testing.T) {
 		"%v":     fmt.Sprintf("%v", c),
 		"%+v":    fmt.Sprintf("%+v", c),
 		"%#v":    fmt.Sprintf("%#v", c),
+		//lint:ignore S1025 the point is fmt's own %s path on a pointer
 		"%s ptr": fmt.Sprintf("%s", &c),
 		"slog":   logged.String(),
 	}

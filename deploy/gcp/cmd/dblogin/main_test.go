@@ -51,6 +51,7 @@ func TestParseRejects(t *testing.T) {
 
 func TestRun(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		testkit.RequirePasswordAuth(t, db.Kind) // the old password must stop working
 		ctx := context.Background()
 		login := "t_dblogin_" + randomHex(t)
 		t.Cleanup(func() {

@@ -334,9 +334,11 @@ func (r *Relay) pull(ctx context.Context, handlers *sync.WaitGroup) error {
 		resp, err := r.cfg.Client.SubscriptionAdminClient.Pull(callCtx, &pubsubpb.PullRequest{
 			Subscription: r.subName,
 			MaxMessages:  int32(min(free, maxPull)),
-			// Discouraged for production pulls, but without it pstest holds
-			// an empty Pull for 500 ms and misses messages published meanwhile.
-			ReturnImmediately: true, //nolint:staticcheck // see above
+			// Deprecated and discouraged for production pulls, but without
+			// it pstest holds an empty Pull for 500 ms and misses messages
+			// published meanwhile.
+			//lint:ignore SA1019 pstest needs it (see above)
+			ReturnImmediately: true,
 		})
 		cancel()
 		if err != nil {
