@@ -286,6 +286,17 @@ func (r *run) do(ctx context.Context) error {
 	if err != nil {
 		return &StepError{StepInspect, err}
 	}
+	if skip, err := r.skip(ctx, st, seen); skip || err != nil {
+		return err
+	}
+	r.sum.PreviousVersion = st.current.pb.GetName()
+	return r.rotate(ctx, conn, st)
+}
+
+// skip reports whether this run has nothing to rotate: a concurrent run
+// added a version since seen was listed, or the newest version is younger
+// than MinInterval (then it only finishes what an interrupted run left).
+func (r *run) skip(ctx context.Context, st state, seen []versionInfo) (bool, error) {
 	newest, seenName := st.newest(), ""
 	if len(seen) > 0 {
 		seenName = seen[0].pb.GetName()
@@ -293,26 +304,32 @@ func (r *run) do(ctx context.Context) error {
 	if newest.pb.GetName() != seenName {
 		r.sum.Status = StatusSkipped
 		r.sum.Reason = fmt.Sprintf("%s was added after this run started: a concurrent run rotated", newest.pb.GetName())
-		return nil
+		return true, nil
 	}
-	if r.cfg.MinInterval > 0 && st.current.pb != nil && st.current.num == newest.num {
-		if age := r.now().Sub(newest.pb.GetCreateTime().AsTime()); age < r.cfg.MinInterval {
-			// Still finish what a run that stopped after adding its version
-			// left undone.
-			disabled, err := r.disableOlder(ctx, newest.num)
-			r.sum.DisabledVersions = disabled
-			if err != nil {
-				return &StepError{StepFinish, err}
-			}
-			r.sum.Status, r.sum.PreviousVersion = StatusSkipped, newest.pb.GetName()
-			r.sum.Reason = fmt.Sprintf("newest version is %s old, less than %s=%s", age.Round(time.Second), EnvMinInterval, r.cfg.MinInterval)
-			return nil
-		}
+	if r.cfg.MinInterval <= 0 || st.current.pb == nil || st.current.num != newest.num {
+		return false, nil
 	}
-	r.sum.PreviousVersion = st.current.pb.GetName()
+	age := r.now().Sub(newest.pb.GetCreateTime().AsTime())
+	if age >= r.cfg.MinInterval {
+		return false, nil
+	}
+	// Still finish what a run that stopped after adding its version left
+	// undone.
+	disabled, err := r.disableOlder(ctx, newest.num)
+	r.sum.DisabledVersions = disabled
+	if err != nil {
+		return true, &StepError{StepFinish, err}
+	}
+	r.sum.Status, r.sum.PreviousVersion = StatusSkipped, newest.pb.GetName()
+	r.sum.Reason = fmt.Sprintf("newest version is %s old, less than %s=%s", age.Round(time.Second), EnvMinInterval, r.cfg.MinInterval)
+	return true, nil
+}
 
-	// create
+// rotate runs the steps create, set, test and finish on the login that is
+// not in use, with the test hook after each (crash tests stop there).
+func (r *run) rotate(ctx context.Context, conn *pgxpool.Conn, st state) error {
 	target := r.target(st.creds.Username)
+	var err error
 	if r.password, err = r.genPassword(); err != nil {
 		return &StepError{StepCreate, err}
 	}
@@ -327,7 +344,6 @@ func (r *run) do(ctx context.Context) error {
 		return err
 	}
 
-	// set
 	validUntil := r.now().Add(r.cfg.TTL).UTC().Truncate(time.Second)
 	if _, err := conn.Exec(ctx, setPasswordSQL, target, r.verifier, validUntil); err != nil {
 		return &StepError{StepSet, fmt.Errorf("set password of %s: %w", target, err)}
@@ -337,7 +353,6 @@ func (r *run) do(ctx context.Context) error {
 		return err
 	}
 
-	// test
 	if err := r.testLogin(ctx, creds); err != nil {
 		return &StepError{StepTest, err}
 	}
@@ -345,8 +360,7 @@ func (r *run) do(ctx context.Context) error {
 		return err
 	}
 
-	// finish
-	if err := r.finish(ctx, newest, creds); err != nil {
+	if err := r.finish(ctx, st.newest(), creds); err != nil {
 		var se *StepError
 		if errors.As(err, &se) {
 			return err
