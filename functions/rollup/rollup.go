@@ -303,69 +303,19 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	var minutes []time.Time
-	err = tx.QueryRow(ctx, `
-		SELECT coalesce(array_agg(b ORDER BY b), '{}') FROM (
-			SELECT DISTINCT bucket_start AS b FROM apigee.rollup_invalidations
-			ORDER BY 1 LIMIT $1) s`, limit).Scan(&minutes)
-	if err != nil {
-		return 0, fmt.Errorf("pick minutes: %w", err)
+	minutes, consumed, err := claimMinutes(ctx, tx, limit)
+	if err != nil || len(minutes) == 0 {
+		return 0, err
 	}
-	if len(minutes) == 0 {
-		return 0, nil
-	}
-	if len(minutes) == limit {
-		// A full batch probably cut an hour short: leave that hour's minutes
-		// to the next batch so a backlog recomputes each hour once.
-		last := minutes[len(minutes)-1].UTC().Truncate(time.Hour)
-		if i := slices.IndexFunc(minutes, func(m time.Time) bool { return !m.UTC().Truncate(time.Hour).Before(last) }); i > 0 {
-			minutes = minutes[:i]
-		}
-	}
-	tag, err := tx.Exec(ctx, "DELETE FROM apigee.rollup_invalidations WHERE bucket_start = ANY($1)", minutes)
-	if err != nil {
-		return 0, fmt.Errorf("consume invalidations: %w", err)
-	}
-	consumed := tag.RowsAffected()
-
-	// Ingest records minute starts; normalise anyway, so a stray
-	// sub-minute bucket_start still refreshes its whole minute.
-	for i, m := range minutes {
-		minutes[i] = m.UTC().Truncate(time.Minute)
-	}
-	minutes = slices.Compact(minutes)
-	hours := make([]time.Time, 0, len(minutes))
-	for _, m := range minutes {
-		hours = append(hours, m.Truncate(time.Hour))
-	}
-	hours = slices.Compact(hours)
-
+	hours := hoursOf(minutes)
 	if storage == "partitioned" {
 		if err := ensureRollupPartitions(ctx, tx, minutes, ensured); err != nil {
 			return 0, err
 		}
 	}
-	var rowsRead, written int64
-	for _, rg := range runs(minutes, time.Minute) {
-		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1m WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
-			return 0, fmt.Errorf("clear minutes: %w", err)
-		}
-		var n, calls int64
-		if err := tx.QueryRow(ctx, minuteSQL, rg.from, rg.to).Scan(&n, &calls); err != nil {
-			return 0, fmt.Errorf("recompute minutes %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
-		}
-		written += n
-		rowsRead += calls
-	}
-	for _, rg := range runs(hours, time.Hour) {
-		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1h WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
-			return 0, fmt.Errorf("clear hours: %w", err)
-		}
-		var n int64
-		if err := tx.QueryRow(ctx, hourSQL, rg.from, rg.to).Scan(&n); err != nil {
-			return 0, fmt.Errorf("recompute hours %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
-		}
-		written += n
+	rowsRead, written, err := recompute(ctx, tx, minutes, hours)
+	if err != nil {
+		return 0, err
 	}
 	if storage == "timescaledb" {
 		// New chunks carry readers' grants until revoked; revoke before
@@ -383,6 +333,78 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 	s.RowsRead += rowsRead
 	s.RollupRowsWritten += written
 	return len(minutes), nil
+}
+
+// claimMinutes takes up to limit of the oldest invalidated minutes (whole
+// hours where it can) and deletes their invalidations in tx, returning the
+// distinct minute starts and how many invalidations were consumed.
+func claimMinutes(ctx context.Context, tx pgx.Tx, limit int) ([]time.Time, int64, error) {
+	var minutes []time.Time
+	err := tx.QueryRow(ctx, `
+		SELECT coalesce(array_agg(b ORDER BY b), '{}') FROM (
+			SELECT DISTINCT bucket_start AS b FROM apigee.rollup_invalidations
+			ORDER BY 1 LIMIT $1) s`, limit).Scan(&minutes)
+	if err != nil {
+		return nil, 0, fmt.Errorf("pick minutes: %w", err)
+	}
+	if len(minutes) == 0 {
+		return nil, 0, nil
+	}
+	if len(minutes) == limit {
+		// A full batch probably cut an hour short: leave that hour's minutes
+		// to the next batch so a backlog recomputes each hour once.
+		last := minutes[len(minutes)-1].UTC().Truncate(time.Hour)
+		if i := slices.IndexFunc(minutes, func(m time.Time) bool { return !m.UTC().Truncate(time.Hour).Before(last) }); i > 0 {
+			minutes = minutes[:i]
+		}
+	}
+	tag, err := tx.Exec(ctx, "DELETE FROM apigee.rollup_invalidations WHERE bucket_start = ANY($1)", minutes)
+	if err != nil {
+		return nil, 0, fmt.Errorf("consume invalidations: %w", err)
+	}
+	// Ingest records minute starts; normalise anyway, so a stray
+	// sub-minute bucket_start still refreshes its whole minute.
+	for i, m := range minutes {
+		minutes[i] = m.UTC().Truncate(time.Minute)
+	}
+	return slices.Compact(minutes), tag.RowsAffected(), nil
+}
+
+// hoursOf returns the distinct hours of sorted minutes.
+func hoursOf(minutes []time.Time) []time.Time {
+	hours := make([]time.Time, 0, len(minutes))
+	for _, m := range minutes {
+		hours = append(hours, m.Truncate(time.Hour))
+	}
+	return slices.Compact(hours)
+}
+
+// recompute replaces the minute and hour rollup rows of the given buckets,
+// run by contiguous run, and returns the raw rows read and rollup rows
+// written.
+func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rowsRead, written int64, err error) {
+	for _, rg := range runs(minutes, time.Minute) {
+		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1m WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
+			return 0, 0, fmt.Errorf("clear minutes: %w", err)
+		}
+		var n, calls int64
+		if err := tx.QueryRow(ctx, minuteSQL, rg.from, rg.to).Scan(&n, &calls); err != nil {
+			return 0, 0, fmt.Errorf("recompute minutes %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
+		}
+		written += n
+		rowsRead += calls
+	}
+	for _, rg := range runs(hours, time.Hour) {
+		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1h WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
+			return 0, 0, fmt.Errorf("clear hours: %w", err)
+		}
+		var n int64
+		if err := tx.QueryRow(ctx, hourSQL, rg.from, rg.to).Scan(&n); err != nil {
+			return 0, 0, fmt.Errorf("recompute hours %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
+		}
+		written += n
+	}
+	return rowsRead, written, nil
 }
 
 // ensureRollupPartitions creates the daily and monthly rollup partitions
