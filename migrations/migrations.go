@@ -20,8 +20,10 @@ import (
 //go:embed sql/*.sql
 var files embed.FS
 
-// versionTable keeps goose's bookkeeping inside the project's schema rather
-// than in public.
+// versionTable is goose's bookkeeping table. It lives in public, not in the
+// apigee schema, because goose creates it before the first migration has
+// created that schema; the apigee_ prefix keeps it apart from other tools'
+// tables there.
 const versionTable = "public.apigee_schema_migrations"
 
 // Options tune how migrations are applied.
