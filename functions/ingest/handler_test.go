@@ -6,21 +6,19 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"apigee-timescale/shared/store"
 )
 
 // recordingWriter keeps what it is asked to write, storing nothing.
 type recordingWriter struct {
 	mu      sync.Mutex
-	batches []*store.Batch
+	batches []*Batch
 }
 
-func (w *recordingWriter) Write(_ context.Context, b *store.Batch) (store.Result, error) {
+func (w *recordingWriter) Write(_ context.Context, b *Batch) (Result, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.batches = append(w.batches, b)
-	return store.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
+	return Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
 }
 
 // Deps.Writer replaces the database: the HTTP path decodes, validates and
@@ -43,8 +41,8 @@ func TestServiceWithInjectedWriter(t *testing.T) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var calls []store.Call
-	var rejects []store.Reject
+	var calls []Call
+	var rejects []Reject
 	for _, b := range w.batches {
 		calls = append(calls, b.Calls...)
 		rejects = append(rejects, b.Rejects...)

@@ -1,4 +1,4 @@
-package store_test
+package ingest
 
 import (
 	"context"
@@ -16,7 +16,6 @@ import (
 
 	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/shared/record"
-	"apigee-timescale/shared/store"
 )
 
 // ingestPool connects as a login in apigee_ingest, as the function does.
@@ -31,9 +30,9 @@ func ingestPool(t *testing.T, db *testkit.DB) *pgxpool.Pool {
 	return pool
 }
 
-func call(id, tenant string, at time.Time) store.Call {
+func testCall(id, tenant string, at time.Time) Call {
 	ms := int32(42)
-	return store.Call{
+	return Call{
 		Record: record.Record{
 			MessageID: id, ReceivedAt: at.UTC().Truncate(time.Millisecond),
 			Organization: "org", Environment: "prod", APIProxy: "orders-v1", Tenant: tenant,
@@ -44,26 +43,17 @@ func call(id, tenant string, at time.Time) store.Call {
 	}
 }
 
-func count(t *testing.T, db *testkit.DB, sql string, args ...any) int {
-	t.Helper()
-	var n int
-	if err := db.Admin.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return n
-}
-
 func TestWriteExactlyOnce(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
-		w := store.NewWriter(ingestPool(t, db))
+		w := NewWriter(ingestPool(t, db))
 		now := time.Now().UTC()
-		b := &store.Batch{Messages: 3, Calls: []store.Call{
-			call("m1", "tenant-a", now),
-			call("m2", "tenant-a", now.Add(-time.Minute)),
-			call("m2", "tenant-a", now.Add(-time.Minute)),     // the same call twice in one batch
-			call("m3", "tenant-b", now.Add(-40*24*time.Hour)), // late data: a day with no partition yet
-		}, Rejects: []store.Reject{{
+		b := &Batch{Messages: 3, Calls: []Call{
+			testCall("m1", "tenant-a", now),
+			testCall("m2", "tenant-a", now.Add(-time.Minute)),
+			testCall("m2", "tenant-a", now.Add(-time.Minute)),     // the same call twice in one batch
+			testCall("m3", "tenant-b", now.Add(-40*24*time.Hour)), // late data: a day with no partition yet
+		}, Rejects: []Reject{{
 			ReceivedAt: now, DedupeKey: "msg:x:0", Tenant: "tenant-a", Reason: "not_json",
 			Detail: "not JSON", Payload: []byte("{oops"), PubSubMessageID: "x",
 		}}}
@@ -113,30 +103,30 @@ func TestWriteExactlyOnce(t *testing.T) {
 
 func TestHashIsRecomputable(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)
-	a := []store.Call{call("a", "t", now), call("b", "t", now)}
-	h1 := store.HashCalls(7, a)
-	if h1 != store.HashCalls(7, a) {
+	a := []Call{testCall("a", "t", now), testCall("b", "t", now)}
+	h1 := HashCalls(7, a)
+	if h1 != HashCalls(7, a) {
 		t.Fatal("hash is not deterministic")
 	}
-	if h1 == store.HashCalls(8, a) {
+	if h1 == HashCalls(8, a) {
 		t.Fatal("hash ignores the batch id")
 	}
-	b := []store.Call{call("a", "t", now), call("b", "u", now)}
-	if h1 == store.HashCalls(7, b) {
+	b := []Call{testCall("a", "t", now), testCall("b", "u", now)}
+	if h1 == HashCalls(7, b) {
 		t.Fatal("hash ignores a changed tenant")
 	}
 }
 
 func TestConcurrentWritersSameMessages(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
-		w := store.NewWriter(ingestPool(t, db))
+		w := NewWriter(ingestPool(t, db))
 		now := time.Now().UTC()
-		var calls []store.Call
+		var calls []Call
 		for i := range 500 {
-			calls = append(calls, call(fmt.Sprintf("c%d", i), "tenant-a", now.Add(-time.Duration(i)*time.Second)))
+			calls = append(calls, testCall(fmt.Sprintf("c%d", i), "tenant-a", now.Add(-time.Duration(i)*time.Second)))
 		}
 		var wg sync.WaitGroup
-		results := make([]store.Result, 4)
+		results := make([]Result, 4)
 		errs := make([]error, 4)
 		for g := range 4 {
 			// Each writer holds the same calls in another order, as batches of
@@ -146,7 +136,7 @@ func TestConcurrentWritersSameMessages(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				results[g], errs[g] = w.Write(context.Background(), &store.Batch{Calls: mine, Messages: len(mine)})
+				results[g], errs[g] = w.Write(context.Background(), &Batch{Calls: mine, Messages: len(mine)})
 			}()
 		}
 		wg.Wait()
@@ -168,13 +158,13 @@ func TestConcurrentWritersSameMessages(t *testing.T) {
 
 func TestDataErrorIsClassified(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
-		w := store.NewWriter(ingestPool(t, db))
-		bad := call(strings.Repeat("x", 200), "tenant-a", time.Now()) // over the 128-byte CHECK
-		_, err := w.Write(context.Background(), &store.Batch{Calls: []store.Call{bad}})
-		if err == nil || !store.IsDataError(err) {
+		w := NewWriter(ingestPool(t, db))
+		bad := testCall(strings.Repeat("x", 200), "tenant-a", time.Now()) // over the 128-byte CHECK
+		_, err := w.Write(context.Background(), &Batch{Calls: []Call{bad}})
+		if err == nil || !IsDataError(err) {
 			t.Fatalf("got %v, want a data error", err)
 		}
-		if store.IsDataError(errors.New("connection refused")) || store.IsDataError(pgx.ErrNoRows) {
+		if IsDataError(errors.New("connection refused")) || IsDataError(pgx.ErrNoRows) {
 			t.Fatal("non-database errors classified as data errors")
 		}
 		if n := count(t, db, "SELECT count(*) FROM apigee.ingest_batches"); n != 0 {
@@ -188,14 +178,14 @@ func TestDataErrorIsClassified(t *testing.T) {
 // would repeat on every redelivery.
 func TestRejectWithUnstorableTextIsStored(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
-		w := store.NewWriter(ingestPool(t, db))
+		w := NewWriter(ingestPool(t, db))
 		bad := "a\x00b\xffc"
-		r := store.Reject{
+		r := Reject{
 			ReceivedAt: time.Now().UTC(), DedupeKey: "k" + bad, Tenant: "t" + bad, Reason: "bad_envelope",
 			Field: "f" + bad, Detail: "d" + bad, RecordIndex: -1, Payload: []byte(bad),
 			PubSubMessageID: "m" + bad, Subscription: "s" + bad, Attributes: map[string]string{"k" + bad: "v" + bad},
 		}
-		res, err := w.Write(context.Background(), &store.Batch{Rejects: []store.Reject{r}, Messages: 1})
+		res, err := w.Write(context.Background(), &Batch{Rejects: []Reject{r}, Messages: 1})
 		if err != nil {
 			t.Fatalf("write: %v", err)
 		}

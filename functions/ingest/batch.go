@@ -1,4 +1,4 @@
-// Package batcher is ingest's group commit: concurrent deliveries join one
+// The batch stage is ingest's group commit: concurrent deliveries join one
 // batch, which is written in one transaction when it reaches a row, byte or
 // time limit, and each delivery is answered only after its batch commits.
 //
@@ -7,7 +7,8 @@
 // the flushers (a few goroutines, each one transaction at a time) are busy,
 // so a slow database produces bigger batches rather than a longer queue of
 // small ones.
-package batcher
+
+package ingest
 
 import (
 	"context"
@@ -18,16 +19,15 @@ import (
 	"time"
 
 	"apigee-timescale/shared/record"
-	"apigee-timescale/shared/store"
 )
 
-// Writer writes one batch in one transaction; *store.Writer is one.
-type Writer interface {
-	Write(ctx context.Context, b *store.Batch) (store.Result, error)
+// BatchWriter writes one batch in one transaction; *Writer is one.
+type BatchWriter interface {
+	Write(ctx context.Context, b *Batch) (Result, error)
 }
 
-// Config bounds batches and the queue. Zero fields take the defaults.
-type Config struct {
+// BatchConfig bounds batches and the queue. Zero fields take the defaults.
+type BatchConfig struct {
 	// MaxRows flushes a batch once it holds this many rows (calls + rejects).
 	// Default 1000.
 	MaxRows int
@@ -52,10 +52,10 @@ type Config struct {
 	WriteTimeout time.Duration
 	// OnBatch, when set, is called after every batch attempt (for logging
 	// at the edge).
-	OnBatch func(Stats)
+	OnBatch func(BatchStats)
 }
 
-func (c Config) withDefaults() Config {
+func (c BatchConfig) withDefaults() BatchConfig {
 	def := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -75,9 +75,9 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Stats describes one written (or failed) batch.
-type Stats struct {
-	store.Result
+// BatchStats describes one written (or failed) batch.
+type BatchStats struct {
+	Result
 	Deliveries int
 	Rows       int
 	Bytes      int
@@ -93,8 +93,8 @@ type Stats struct {
 
 // Item is one delivery's share of a batch.
 type Item struct {
-	Calls   []store.Call
-	Rejects []store.Reject
+	Calls   []Call
+	Rejects []Reject
 	// Bytes is the delivery's input size, counted against MaxBytes and
 	// QueueBytes.
 	Bytes int
@@ -117,8 +117,8 @@ type pending struct {
 
 // Batcher is safe for concurrent use.
 type Batcher struct {
-	cfg Config
-	w   Writer
+	cfg BatchConfig
+	w   BatchWriter
 	in  chan *pending
 	out chan []*pending
 
@@ -132,8 +132,8 @@ type Batcher struct {
 	flushers  sync.WaitGroup
 }
 
-// New starts a batcher writing through w.
-func New(w Writer, cfg Config) *Batcher {
+// newBatcher starts a batcher writing through w.
+func newBatcher(w BatchWriter, cfg BatchConfig) *Batcher {
 	cfg = cfg.withDefaults()
 	b := &Batcher{
 		cfg: cfg,
@@ -296,8 +296,8 @@ func (b *Batcher) flush() {
 
 func (b *Batcher) write(batch []*pending) {
 	start := time.Now()
-	st := Stats{Deliveries: len(batch), Wait: start.Sub(batch[0].arrived)}
-	sb := &store.Batch{Messages: len(batch)}
+	st := BatchStats{Deliveries: len(batch), Wait: start.Sub(batch[0].arrived)}
+	sb := &Batch{Messages: len(batch)}
 	for _, p := range batch {
 		sb.Calls = append(sb.Calls, p.item.Calls...)
 		sb.Rejects = append(sb.Rejects, p.item.Rejects...)
@@ -306,7 +306,7 @@ func (b *Batcher) write(batch []*pending) {
 	st.Rows = len(sb.Calls) + len(sb.Rejects)
 
 	res, err := b.writeOnce(sb)
-	if err != nil && store.IsDataError(err) {
+	if err != nil && IsDataError(err) {
 		// One delivery's content broke the batch: write each delivery on its
 		// own so the others are not held hostage, and quarantine the rows the
 		// database refuses.
@@ -326,7 +326,7 @@ func (b *Batcher) write(batch []*pending) {
 	b.report(st)
 }
 
-func (b *Batcher) writeOnce(sb *store.Batch) (store.Result, error) {
+func (b *Batcher) writeOnce(sb *Batch) (Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.WriteTimeout)
 	defer cancel()
 	return b.w.Write(ctx, sb)
@@ -335,30 +335,30 @@ func (b *Batcher) writeOnce(sb *store.Batch) (store.Result, error) {
 // writeAlone writes one delivery; if the database refuses its rows, they are
 // quarantined with the database's reason instead, so the delivery can still
 // be acknowledged without losing anything.
-func (b *Batcher) writeAlone(it *Item) (store.Result, error) {
-	res, err := b.writeOnce(&store.Batch{Calls: it.Calls, Rejects: it.Rejects, Messages: 1})
-	if err == nil || !store.IsDataError(err) {
+func (b *Batcher) writeAlone(it *Item) (Result, error) {
+	res, err := b.writeOnce(&Batch{Calls: it.Calls, Rejects: it.Rejects, Messages: 1})
+	if err == nil || !IsDataError(err) {
 		return res, err
 	}
-	rejects := append([]store.Reject(nil), it.Rejects...)
+	rejects := append([]Reject(nil), it.Rejects...)
 	for i := range it.Calls {
 		rejects = append(rejects, dbRejected(&it.Calls[i], err))
 	}
-	return b.writeOnce(&store.Batch{Rejects: rejects, Messages: 1})
+	return b.writeOnce(&Batch{Rejects: rejects, Messages: 1})
 }
 
 // ReasonDBRejected marks rows that passed validation but that the database
 // refused (a constraint the validator does not know about).
 const ReasonDBRejected = "db_rejected"
 
-func dbRejected(c *store.Call, cause error) store.Reject {
+func dbRejected(c *Call, cause error) Reject {
 	payload, _ := json.Marshal(c.Record) // the normalised record: the raw bytes are not kept per row
 	at := c.PublishTime
 	if at.IsZero() {
 		at = c.ReceivedAt
 	}
 	detail := record.Clip(cause.Error(), 300)
-	return store.Reject{
+	return Reject{
 		ReceivedAt:      at,
 		DedupeKey:       "db:" + c.MessageID + ":" + c.ReceivedAt.UTC().Format(time.RFC3339Nano),
 		Tenant:          c.Tenant,
@@ -376,7 +376,7 @@ func (b *Batcher) finish(p *pending, err error) {
 	p.done <- err
 }
 
-func (b *Batcher) report(st Stats) {
+func (b *Batcher) report(st BatchStats) {
 	if b.cfg.OnBatch != nil {
 		b.cfg.OnBatch(st)
 	}

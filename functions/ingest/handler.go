@@ -15,10 +15,8 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
-	"apigee-timescale/functions/ingest/internal/batcher"
 	"apigee-timescale/shared/pushauth"
 	"apigee-timescale/shared/record"
-	"apigee-timescale/shared/store"
 )
 
 // Verifier checks a push request's OIDC token; *pushauth.Verifier is one.
@@ -30,11 +28,11 @@ type Verifier interface {
 // local stack can supply their own.
 type Deps struct {
 	// DB hands out connections that log in as a member of apigee_ingest.
-	DB store.Conns
-	// Writer, when set, writes the batches instead of a store.Writer over
+	DB Conns
+	// Writer, when set, writes the batches instead of a Writer over
 	// DB (the benchmark's database-less ceiling uses one that stores
 	// nothing).
-	Writer batcher.Writer
+	Writer BatchWriter
 	// Verifier, when nil, turns push authentication off.
 	Verifier Verifier
 	Logger   *slog.Logger
@@ -49,7 +47,7 @@ type Service struct {
 	limits   record.Limits
 	log      *slog.Logger
 	verifier Verifier
-	batcher  *batcher.Batcher
+	batcher  *Batcher
 	now      func() time.Time
 	// active counts requests between arrival and answer, so Shutdown can
 	// wait for their answers to be written.
@@ -62,7 +60,7 @@ func NewService(cfg Config, d Deps) (*Service, error) {
 		return nil, errors.New("ingest: no database")
 	}
 	if d.Writer == nil {
-		d.Writer = store.NewWriter(d.DB)
+		d.Writer = NewWriter(d.DB)
 	}
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
@@ -74,7 +72,7 @@ func NewService(cfg Config, d Deps) (*Service, error) {
 	s.limits.Now = d.Now
 	bc := cfg.Batch
 	bc.OnBatch = s.logBatch
-	s.batcher = batcher.New(d.Writer, bc)
+	s.batcher = newBatcher(d.Writer, bc)
 	if d.Verifier == nil {
 		s.log.Warn("push authentication is OFF: PUSH_AUDIENCE is not set, so any caller may write records")
 	}
@@ -177,7 +175,7 @@ func (s *Service) answer(err error) (int, string) {
 	switch {
 	case err == nil:
 		return http.StatusNoContent, ""
-	case errors.Is(err, batcher.ErrQueueFull):
+	case errors.Is(err, ErrQueueFull):
 		return http.StatusTooManyRequests, "ingest queue is full; retry later"
 	default:
 		s.log.Warn("delivery not stored; Pub/Sub will redeliver", "err", err.Error())
@@ -191,15 +189,15 @@ func (s *Service) submit(ctx context.Context, m message, size int) error {
 }
 
 // toItem splits a message into stored calls and quarantined rejects.
-func (s *Service) toItem(m message, size int) *batcher.Item {
-	it := &batcher.Item{Bytes: size}
+func (s *Service) toItem(m message, size int) *Item {
+	it := &Item{Bytes: size}
 	now := s.now().UTC()
 	rejectAt := m.PublishTime
 	if rejectAt.IsZero() {
 		rejectAt = now
 	}
 	reject := func(index int, reason, field, detail string, raw []byte) {
-		it.Rejects = append(it.Rejects, store.Reject{
+		it.Rejects = append(it.Rejects, Reject{
 			ReceivedAt:      rejectAt,
 			DedupeKey:       dedupeKey(m, index, raw),
 			Tenant:          rejectTenant(m.Attributes),
@@ -223,9 +221,9 @@ func (s *Service) toItem(m message, size int) *batcher.Item {
 		r := &p.Rejects[i]
 		reject(r.Index, r.Reason, r.Field, r.Detail, r.Raw)
 	}
-	it.Calls = make([]store.Call, len(p.Records))
+	it.Calls = make([]Call, len(p.Records))
 	for i := range p.Records {
-		it.Calls[i] = store.Call{Record: p.Records[i], PubSubMessageID: m.ID, PublishTime: m.PublishTime}
+		it.Calls[i] = Call{Record: p.Records[i], PubSubMessageID: m.ID, PublishTime: m.PublishTime}
 	}
 	return it
 }
@@ -254,7 +252,7 @@ func rejectTenant(attrs map[string]string) string {
 	return "unknown"
 }
 
-func (s *Service) logBatch(st batcher.Stats) {
+func (s *Service) logBatch(st BatchStats) {
 	attrs := []any{
 		"batch_id", st.BatchID,
 		"deliveries", st.Deliveries,

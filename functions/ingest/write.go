@@ -1,4 +1,4 @@
-// Package store writes ingest batches into the raw tables, exactly once per
+// The write stage writes ingest batches into the raw tables, exactly once per
 // API call: rows are copied into a per-connection temporary staging table
 // and moved into apigee.api_calls with INSERT … ON CONFLICT DO NOTHING, so a
 // redelivered message never makes a second row. In the same transaction it
@@ -9,7 +9,8 @@
 // COPY goes into the staging table rather than the hypertable because COPY
 // cannot skip conflicts, and because PostgreSQL refuses COPY FROM for roles
 // that row-level security applies to (the ingest role is one).
-package store
+
+package ingest
 
 import (
 	"context"
