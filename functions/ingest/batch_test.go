@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"apigee-timescale/shared/record"
@@ -153,7 +154,7 @@ func TestWriteErrorFailsEveryDelivery(t *testing.T) {
 }
 
 func TestDataErrorIsolatesTheCulprit(t *testing.T) {
-	dataErr := &pgconn.PgError{Code: "23514", Message: "violates check constraint"}
+	dataErr := &pgconn.PgError{Code: pgerrcode.CheckViolation, Message: "violates check constraint", TableName: "api_calls", ConstraintName: "api_calls_message_id_check"}
 	w := &fakeWriter{fail: func(b *Batch) error {
 		for _, c := range b.Calls {
 			if c.MessageID == "poison" {

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -147,7 +148,7 @@ func (w *Writer) writeRetrying(ctx context.Context, b *Batch) (Result, error) {
 
 func isTransient(err error) bool {
 	var pg *pgconn.PgError
-	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
+	return errors.As(err, &pg) && (pg.Code == pgerrcode.DeadlockDetected || pg.Code == pgerrcode.SerializationFailure)
 }
 
 func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
@@ -344,16 +345,20 @@ func (w *Writer) harden(ctx context.Context) error {
 // writing its messages one by one isolates the culprit.
 func IsDataError(err error) bool {
 	var pg *pgconn.PgError
-	if !errors.As(err, &pg) {
+	if !errors.As(err, &pg) || isNoPartition(err) {
 		return false
 	}
-	if isNoPartition(err) {
-		return false
-	}
-	return strings.HasPrefix(pg.Code, "22") || strings.HasPrefix(pg.Code, "23")
+	return pgerrcode.IsDataException(pg.Code) || pgerrcode.IsIntegrityConstraintViolation(pg.Code)
 }
 
+// isNoPartition reports a row that no partition of its table accepts: its
+// day's partition is missing (dropped by retention after this Writer cached
+// it). PostgreSQL reports that as a check_violation like a failed CHECK, but
+// without a constraint name (ExecFindPartition and the partition-constraint
+// check set only the table), whereas every CHECK, NOT NULL-on-domain and
+// domain violation names its constraint. That field is part of the error
+// protocol, unlike the message text, which is translated with lc_messages.
 func isNoPartition(err error) bool {
 	var pg *pgconn.PgError
-	return errors.As(err, &pg) && pg.Code == "23514" && strings.Contains(pg.Message, "no partition")
+	return errors.As(err, &pg) && pg.Code == pgerrcode.CheckViolation && pg.ConstraintName == "" && pg.TableName != ""
 }

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/deploy/local/testkit"
@@ -199,4 +201,53 @@ func TestRejectWithUnstorableTextIsStored(t *testing.T) {
 			t.Fatalf("cleaned reject not found as expected (%d rows)", n)
 		}
 	})
+}
+
+// A partition dropped after the Writer cached its day (retention) is
+// recognised from the error's fields, recreated, and the batch written.
+func TestDroppedPartitionIsRecreated(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		if count(t, db, "SELECT count(*) FROM apigee.settings WHERE key = 'storage' AND value = 'partitioned'") == 0 {
+			t.Skip("TimescaleDB creates chunks itself")
+		}
+		ctx := context.Background()
+		w := NewWriter(ingestPool(t, db))
+		at := time.Now().UTC().Add(-3 * 24 * time.Hour)
+		if _, err := w.Write(ctx, &Batch{Calls: []Call{testCall("p1", "tenant-a", at)}, Messages: 1}); err != nil {
+			t.Fatal(err)
+		}
+		part := "apigee_chunks.api_calls_" + at.Format("20060102")
+		if _, err := db.Admin.Exec(ctx, "DROP TABLE "+part); err != nil {
+			t.Fatal(err)
+		}
+		res, err := w.Write(ctx, &Batch{Calls: []Call{testCall("p2", "tenant-a", at)}, Messages: 1})
+		if err != nil || res.Inserted != 1 {
+			t.Fatalf("after dropping %s: %+v, %v; want the partition recreated and 1 row inserted", part, res, err)
+		}
+	})
+}
+
+func TestErrorClassification(t *testing.T) {
+	tests := []struct {
+		name              string
+		err               error
+		data, noPartition bool
+	}{
+		{"no partition for the row", &pgconn.PgError{Code: pgerrcode.CheckViolation, TableName: "api_calls"}, false, true},
+		{"CHECK constraint", &pgconn.PgError{Code: pgerrcode.CheckViolation, TableName: "api_calls", ConstraintName: "api_calls_message_id_check"}, true, false},
+		{"bad text", &pgconn.PgError{Code: pgerrcode.CharacterNotInRepertoire}, true, false},
+		{"not null", fmt.Errorf("wrapped: %w", &pgconn.PgError{Code: pgerrcode.NotNullViolation, TableName: "api_calls"}), true, false},
+		{"deadlock", &pgconn.PgError{Code: pgerrcode.DeadlockDetected}, false, false},
+		{"connection refused", errors.New("connection refused"), false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := IsDataError(tt.err); got != tt.data {
+				t.Errorf("IsDataError = %v, want %v", got, tt.data)
+			}
+			if got := isNoPartition(tt.err); got != tt.noPartition {
+				t.Errorf("isNoPartition = %v, want %v", got, tt.noPartition)
+			}
+		})
+	}
 }
