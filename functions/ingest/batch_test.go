@@ -46,11 +46,11 @@ func (f *fakeWriter) stored() (batches, calls, rejects int) {
 	return len(f.batches), calls, rejects
 }
 
-func testItem(id string) *Item {
-	return &Item{Calls: []Call{{Record: record.Record{MessageID: id}}}, Bytes: 100}
+func testDelivery(id string) *delivery {
+	return &delivery{Calls: []Call{{Record: record.Record{MessageID: id}}}, Bytes: 100, src: source{messageID: "ps-" + id}}
 }
 
-func submitAll(t *testing.T, b *Batcher, n int) []error {
+func submitAll(t *testing.T, b *batcher, n int) []error {
 	t.Helper()
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -58,7 +58,7 @@ func submitAll(t *testing.T, b *Batcher, n int) []error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = b.Submit(context.Background(), testItem("m"))
+			errs[i] = b.Submit(context.Background(), testDelivery("m"))
 		}()
 	}
 	wg.Wait()
@@ -109,7 +109,7 @@ func TestSubmitAnswersOnlyAfterCommit(t *testing.T) {
 	b := newBatcher(w, BatchConfig{MaxWait: time.Millisecond})
 	defer b.Close(context.Background())
 	start := time.Now()
-	if err := b.Submit(context.Background(), testItem("a")); err != nil {
+	if err := b.Submit(context.Background(), testDelivery("a")); err != nil {
 		t.Fatal(err)
 	}
 	if time.Since(start) < 100*time.Millisecond {
@@ -175,7 +175,7 @@ func TestDataErrorIsolatesTheCulprit(t *testing.T) {
 			if i == 0 {
 				id = "poison"
 			}
-			errs[i] = b.Submit(context.Background(), testItem(id))
+			errs[i] = b.Submit(context.Background(), testDelivery(id))
 		}()
 	}
 	wg.Wait()
@@ -195,6 +195,11 @@ func TestDataErrorIsolatesTheCulprit(t *testing.T) {
 			if r.Reason != ReasonDBRejected || len(r.Payload) == 0 {
 				t.Fatalf("quarantined %+v, want reason %s with the record", r, ReasonDBRejected)
 			}
+			// The same key as any other reject of that message and position,
+			// so a redelivery is quarantined once.
+			if r.DedupeKey != "msg:ps-poison:0" || r.RecordIndex != 0 {
+				t.Fatalf("quarantined as %q (record %d), want msg:ps-poison:0", r.DedupeKey, r.RecordIndex)
+			}
 		}
 	}
 }
@@ -206,7 +211,7 @@ func TestCloseDrainsThenRefuses(t *testing.T) {
 	errs := make([]error, 50)
 	for i := range 50 {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = b.Submit(context.Background(), testItem("x")) }()
+		go func() { defer wg.Done(); errs[i] = b.Submit(context.Background(), testDelivery("x")) }()
 	}
 	time.Sleep(20 * time.Millisecond) // let them queue
 	if err := b.Close(context.Background()); err != nil {
@@ -228,7 +233,7 @@ func TestCloseDrainsThenRefuses(t *testing.T) {
 	if ok == 0 {
 		t.Fatal("nothing queued before Close was written")
 	}
-	if err := b.Submit(context.Background(), testItem("late")); !errors.Is(err, ErrClosed) {
+	if err := b.Submit(context.Background(), testDelivery("late")); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: %v, want ErrClosed", err)
 	}
 }

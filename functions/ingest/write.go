@@ -42,26 +42,9 @@ type Call struct {
 	record.Record
 	PubSubMessageID string
 	PublishTime     time.Time // zero when unknown
-}
-
-// Reject is one piece of input that failed validation, kept with its reason.
-type Reject struct {
-	// ReceivedAt is the message's publish time when known (stable across
-	// redeliveries), else when ingest saw it.
-	ReceivedAt time.Time
-	// DedupeKey identifies the input across redeliveries: the Pub/Sub message
-	// id and record index, or a hash of the payload when there is no id.
-	DedupeKey       string
-	Tenant          string
-	Reason          string
-	Field           string
-	Detail          string
-	RecordIndex     int
-	Payload         []byte
-	PubSubMessageID string
-	Subscription    string
-	PublishTime     time.Time
-	Attributes      map[string]string
+	// index is the record's position in its message, for the dedupe key of
+	// a quarantine row should the database refuse it.
+	index int
 }
 
 // Batch is what one transaction writes.
@@ -85,6 +68,9 @@ type Result struct {
 	MinReceived, MaxReceived time.Time
 	// NewDay is true when the batch wrote into a day this Writer had not seen.
 	NewDay bool
+	// Retries counts the attempts the database aborted (deadlock,
+	// serialization failure, a partition gone) before this one committed.
+	Retries int
 }
 
 // Writer writes batches. It is safe for concurrent use.
@@ -108,6 +94,7 @@ func (w *Writer) Write(ctx context.Context, b *Batch) (Result, error) {
 		return Result{}, err
 	}
 	res, err := w.writeRetrying(ctx, b)
+	retries := res.Retries
 	if err != nil && isNoPartition(err) {
 		// A partition dropped by retention since it was cached: forget every
 		// day and try once more.
@@ -118,6 +105,7 @@ func (w *Writer) Write(ctx context.Context, b *Batch) (Result, error) {
 			return Result{}, err
 		}
 		res, err = w.writeRetrying(ctx, b)
+		res.Retries += retries + 1
 	}
 	if err != nil {
 		return Result{}, err
@@ -141,6 +129,7 @@ func (w *Writer) writeRetrying(ctx context.Context, b *Batch) (Result, error) {
 	for i := 1; ; i++ {
 		res, err := w.write(ctx, b)
 		if err == nil || i == attempts || !isTransient(err) {
+			res.Retries = i - 1
 			return res, err
 		}
 	}
@@ -154,13 +143,13 @@ func isTransient(err error) bool {
 func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	conn, err := w.db.Acquire(ctx)
 	if err != nil {
-		return Result{}, fmt.Errorf("store: acquire: %w", err)
+		return Result{}, fmt.Errorf("write: acquire: %w", err)
 	}
 	defer conn.Release()
 
 	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return Result{}, fmt.Errorf("store: begin: %w", err)
+		return Result{}, fmt.Errorf("write: begin: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // after Commit this is a no-op
 
@@ -171,7 +160,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	start.Queue(createStageSQL)
 	start.Queue("SELECT nextval('apigee.ingest_batch_id_seq')").QueryRow(func(r pgx.Row) error { return r.Scan(&res.BatchID) })
 	if err := tx.SendBatch(ctx, start).Close(); err != nil {
-		return Result{}, fmt.Errorf("store: start batch: %w", err)
+		return Result{}, fmt.Errorf("write: start batch: %w", err)
 	}
 
 	inserted, err := copyCalls(ctx, tx, res.BatchID, b.Calls)
@@ -206,10 +195,10 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 			min_received_at, max_received_at, rows_sha256)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		res.BatchID, res.Inserted, res.Duplicates, res.Rejected, b.Messages, minR, maxR, res.SHA256[:]); err != nil {
-		return Result{}, fmt.Errorf("store: batch row: %w", err)
+		return Result{}, fmt.Errorf("write: batch row: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return Result{}, fmt.Errorf("store: commit: %w", err)
+		return Result{}, fmt.Errorf("write: commit: %w", err)
 	}
 	return res, nil
 }
@@ -223,14 +212,14 @@ func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]C
 	}
 	n, err := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, &callRows{calls: calls, batchID: batchID})
 	if err != nil {
-		return nil, fmt.Errorf("store: copy: %w", err)
+		return nil, fmt.Errorf("write: copy: %w", err)
 	}
 	if int(n) != len(calls) {
-		return nil, fmt.Errorf("store: copy: staged %d of %d rows", n, len(calls))
+		return nil, fmt.Errorf("write: copy: staged %d of %d rows", n, len(calls))
 	}
 	rows, err := tx.Query(ctx, moveSQL, batchID)
 	if err != nil {
-		return nil, fmt.Errorf("store: insert: %w", err)
+		return nil, fmt.Errorf("write: insert: %w", err)
 	}
 	type key struct {
 		id string
@@ -246,17 +235,17 @@ func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]C
 		var at time.Time
 		if err := rows.Scan(&id, &at); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("store: insert: %w", err)
+			return nil, fmt.Errorf("write: insert: %w", err)
 		}
 		i, ok := index[key{id, at.UnixMicro()}]
 		if !ok {
 			rows.Close()
-			return nil, fmt.Errorf("store: insert returned unknown key %q", id)
+			return nil, fmt.Errorf("write: insert returned unknown key %q", id)
 		}
 		inserted = append(inserted, calls[i])
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: insert: %w", err)
+		return nil, fmt.Errorf("write: insert: %w", err)
 	}
 	sort.Slice(inserted, func(a, b int) bool {
 		if inserted[a].MessageID != inserted[b].MessageID {
@@ -282,7 +271,7 @@ func insertRejects(ctx context.Context, tx pgx.Tx, batchID int64, rejects []Reje
 	cols := rejectColumns(rejects)
 	tag, err := tx.Exec(ctx, insertRejectsSQL, append(cols, batchID)...)
 	if err != nil {
-		return 0, fmt.Errorf("store: quarantine: %w", err)
+		return 0, fmt.Errorf("write: quarantine: %w", err)
 	}
 	return int(tag.RowsAffected()), nil
 }
@@ -313,11 +302,11 @@ func (w *Writer) ensureDays(ctx context.Context, b *Batch) ([]string, error) {
 	}
 	conn, err := w.db.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("store: acquire: %w", err)
+		return nil, fmt.Errorf("write: acquire: %w", err)
 	}
 	defer conn.Release()
 	if _, err := conn.Exec(ctx, "SELECT apigee.ensure_partitions(d, d) FROM unnest($1::date[]) AS d", missing); err != nil {
-		return nil, fmt.Errorf("store: ensure partitions: %w", err)
+		return nil, fmt.Errorf("write: ensure partitions: %w", err)
 	}
 	w.mu.Lock()
 	for _, d := range missing {
@@ -330,11 +319,11 @@ func (w *Writer) ensureDays(ctx context.Context, b *Batch) ([]string, error) {
 func (w *Writer) harden(ctx context.Context) error {
 	conn, err := w.db.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("store: acquire: %w", err)
+		return fmt.Errorf("write: acquire: %w", err)
 	}
 	defer conn.Release()
 	if _, err := conn.Exec(ctx, "SELECT apigee.harden_chunks()"); err != nil {
-		return fmt.Errorf("store: harden chunks: %w", err)
+		return fmt.Errorf("write: harden chunks: %w", err)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -176,29 +177,39 @@ func TestDataErrorIsClassified(t *testing.T) {
 }
 
 // The quarantine takes whatever it is given: text PostgreSQL refuses (NUL,
-// invalid UTF-8) in any reject field is cleaned, not a batch failure that
-// would repeat on every redelivery.
+// invalid UTF-8) in any reject field is cleaned on the way in (the envelope
+// decoder, the quarantine constructor), not a batch failure that would
+// repeat on every redelivery.
 func TestRejectWithUnstorableTextIsStored(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		w := NewWriter(ingestPool(t, db))
-		bad := "a\x00b\xffc"
-		r := Reject{
-			ReceivedAt: time.Now().UTC(), DedupeKey: "k" + bad, Tenant: "t" + bad, Reason: "bad_envelope",
-			Field: "f" + bad, Detail: "d" + bad, RecordIndex: -1, Payload: []byte(bad),
-			PubSubMessageID: "m" + bad, Subscription: "s" + bad, Attributes: map[string]string{"k" + bad: "v" + bad},
+		bad := `a\u0000b` + "\xff" + `c` // as JSON text
+		body := `{"message":{"data":"e30=","messageId":"m` + bad + `","publishTime":"p` + bad +
+			`","attributes":{"k` + bad + `":"v` + bad + `","tenant":"t` + bad + `"}},"subscription":"s` + bad + `"}`
+		m := decodePush(http.Header{}, []byte(body))
+		if m.bad == nil {
+			t.Fatal("a publish time that is not RFC 3339 was accepted")
 		}
-		res, err := w.Write(context.Background(), &Batch{Rejects: []Reject{r}, Messages: 1})
+		src := sourceOf(&m, time.Now())
+		c := testCall("c1", "tenant-a", time.Now())
+		c.index = 3
+		rejects := []Reject{src.reject(*m.bad, ""), src.dbRejected(&c, errors.New("refused: d\x00\xff"))}
+		res, err := w.Write(context.Background(), &Batch{Rejects: rejects, Messages: 1})
 		if err != nil {
 			t.Fatalf("write: %v", err)
 		}
-		if res.Rejected != 1 {
-			t.Fatalf("%d rejects stored, want 1", res.Rejected)
+		if res.Rejected != 2 {
+			t.Fatalf("%d rejects stored, want 2", res.Rejected)
 		}
 		const want = "ab\uFFFDc"
-		if n := count(t, db, `SELECT count(*) FROM apigee.ingest_rejects WHERE dedupe_key = 'k'||$1 AND tenant = 't'||$1
-			AND field = 'f'||$1 AND detail = 'd'||$1 AND pubsub_message_id = 'm'||$1 AND subscription = 's'||$1
-			AND attributes = jsonb_build_object('k'||$1, 'v'||$1) AND payload = $2`, want, []byte(bad)); n != 1 {
+		if n := count(t, db, `SELECT count(*) FROM apigee.ingest_rejects WHERE dedupe_key = 'msg:m'||$1||':-1' AND tenant = 't'||$1
+			AND detail LIKE '%: p'||$1 AND pubsub_message_id = 'm'||$1 AND subscription = 's'||$1
+			AND attributes = jsonb_build_object('k'||$1, 'v'||$1, 'tenant', 't'||$1) AND payload = $2`, want, []byte(body)); n != 1 {
 			t.Fatalf("cleaned reject not found as expected (%d rows)", n)
+		}
+		if n := count(t, db, `SELECT count(*) FROM apigee.ingest_rejects WHERE dedupe_key = 'msg:m'||$1||':3' AND tenant = 'tenant-a'
+			AND reason = 'db_rejected' AND detail = 'refused: d'||$2 AND record_index = 3`, want, "\uFFFD"); n != 1 {
+			t.Fatalf("cleaned database reject not found as expected (%d rows)", n)
 		}
 	})
 }
