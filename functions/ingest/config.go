@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"apigee-timescale/functions/ingest/internal/batcher"
 	"apigee-timescale/shared/record"
 )
 
@@ -27,7 +26,7 @@ type Config struct {
 	// INGEST_BATCH_MAX_WAIT, INGEST_QUEUE_MAX_ROWS, INGEST_QUEUE_MAX_BYTES,
 	// INGEST_FLUSHERS, INGEST_WRITE_TIMEOUT): group commit limits; defaults
 	// 1000 rows, 4 MiB, 5ms, 20000 rows, 64 MiB, 2 flushers, 20s.
-	Batch batcher.Config
+	Batch BatchConfig
 
 	// RequestTimeout (INGEST_REQUEST_TIMEOUT, default 9s): a delivery not
 	// committed by then is answered 503 (Pub/Sub redelivers; writes are

@@ -20,22 +20,17 @@ type message struct {
 	Subscription    string
 	DeliveryAttempt int
 	Data            []byte
-	// bad is set when the delivery itself is malformed; Data is then empty
-	// and the raw body is quarantined with bad's reason.
-	bad *badDelivery
+	// bad is set when the delivery itself is malformed: Data is then empty
+	// and the raw body is quarantined whole (Index -1) with bad's reason.
+	// The text fields above are storable (see metaString) whatever the
+	// input, as the stored calls and rejects need them to be.
+	bad *record.Reject
 }
 
-type badDelivery struct {
-	Reason, Detail string
-	Raw            []byte
+// refuse marks m as a malformed delivery whose raw bytes are quarantined.
+func (m *message) refuse(reason, detail string, raw []byte) {
+	m.bad = &record.Reject{Index: -1, Reason: reason, Detail: detail, Raw: raw}
 }
-
-// Reasons for deliveries that are not even a readable Pub/Sub message.
-const (
-	ReasonBadEnvelope      = "bad_envelope"
-	ReasonBadBase64        = "bad_base64"
-	ReasonDeliveryTooLarge = "delivery_too_large"
-)
 
 // envelopeParsers decode wrapped push envelopes. encoding/json's reflective
 // Unmarshal cost about 18 µs of a ~160 µs request on the single-record push
@@ -50,10 +45,6 @@ var envelopeParsers fastjson.ParserPool
 // legacy field names). isEnvelope is false when body is JSON but has no
 // message object: such a body is records posted directly.
 func decodeWrapped(body []byte) (m message, isEnvelope bool) {
-	bad := func(reason, detail string) (message, bool) {
-		m.bad = &badDelivery{reason, detail, body}
-		return m, true
-	}
 	p := envelopeParsers.Get()
 	defer envelopeParsers.Put(p)
 	// The parser bounds nesting depth (fastjson.MaxDepth) but is lenient about
@@ -65,7 +56,8 @@ func decodeWrapped(body []byte) (m message, isEnvelope bool) {
 		err = fastjson.ValidateBytes(body)
 	}
 	if err != nil {
-		return bad(ReasonBadEnvelope, "push envelope is not valid JSON: "+shorten(err.Error()))
+		m.refuse(ReasonBadEnvelope, "push envelope is not valid JSON: "+shorten(err.Error()), body)
+		return m, true
 	}
 	if env.Type() != fastjson.TypeObject {
 		return message{}, false
@@ -75,28 +67,41 @@ func decodeWrapped(body []byte) (m message, isEnvelope bool) {
 		return message{}, false
 	}
 	if em.Type() != fastjson.TypeObject {
-		return bad(ReasonBadEnvelope, "message is a JSON "+em.Type().String()+", not an object")
+		m.refuse(ReasonBadEnvelope, "message is a JSON "+em.Type().String()+", not an object", body)
+		return m, true
 	}
-	// Strings point into the pooled parser's buffer: every one kept is
-	// copied (metaString does).
-	var ok bool
-	str := func(v *fastjson.Value, name string) (string, bool) {
+	if m.readMetadata(env, em, body) {
+		m.readData(em.Get("data"), body)
+	}
+	return m, true
+}
+
+// readMetadata reads the envelope's ids, subscription, delivery attempt,
+// attributes and publish time; false (with m.bad set) when one has the
+// wrong type. Strings point into the pooled parser's buffer: every one kept
+// is copied (metaString does).
+func (m *message) readMetadata(env, em *fastjson.Value, body []byte) bool {
+	ok := true
+	str := func(v *fastjson.Value, name string) string {
 		s, good := metaString(v)
-		if !good {
-			m.bad = &badDelivery{ReasonBadEnvelope, name + " is a JSON " + v.Type().String() + ", not a string", body}
+		if !good && ok {
+			ok = false
+			m.refuse(ReasonBadEnvelope, name+" is a JSON "+v.Type().String()+", not a string", body)
 		}
-		return s, good
+		return s
 	}
-	var id, id2, pt, pt2 string
-	if id, ok = str(em.Get("messageId"), "message.messageId"); !ok {
-		return m, true
+	// Fields are read in this order, and the first bad one is reported.
+	id := str(em.Get("messageId"), "message.messageId")
+	if !ok {
+		return false
 	}
-	if id2, ok = str(em.Get("message_id"), "message.message_id"); !ok {
-		return m, true
+	id2 := str(em.Get("message_id"), "message.message_id")
+	if !ok {
+		return false
 	}
 	m.ID = first(id, id2)
-	if m.Subscription, ok = str(env.Get("subscription"), "subscription"); !ok {
-		return m, true
+	if m.Subscription = str(env.Get("subscription"), "subscription"); !ok {
+		return false
 	}
 	if a := env.Get("deliveryAttempt"); a != nil {
 		// Informational only: an odd value is ignored rather than holding a
@@ -105,49 +110,66 @@ func decodeWrapped(body []byte) (m message, isEnvelope bool) {
 			m.DeliveryAttempt = n
 		}
 	}
-	if attrs := em.Get("attributes"); attrs != nil && attrs.Type() != fastjson.TypeNull {
-		o, err := attrs.Object()
+	if !m.readAttributes(em.Get("attributes"), body) {
+		return false
+	}
+	pt := str(em.Get("publishTime"), "message.publishTime")
+	if !ok {
+		return false
+	}
+	pt2 := str(em.Get("publish_time"), "message.publish_time")
+	if !ok {
+		return false
+	}
+	if pt = first(pt, pt2); pt != "" {
+		at, err := time.Parse(time.RFC3339Nano, pt)
 		if err != nil {
-			return bad(ReasonBadEnvelope, "message.attributes is a JSON "+attrs.Type().String()+", not an object")
-		}
-		m.Attributes = make(map[string]string, o.Len())
-		var badKey string
-		o.Visit(func(k []byte, v *fastjson.Value) {
-			s, good := metaString(v)
-			if !good && badKey == "" {
-				badKey = record.Storable(string(k))
-			}
-			m.Attributes[record.Storable(string(k))] = s
-		})
-		if badKey != "" {
-			return bad(ReasonBadEnvelope, "message.attributes."+shorten(badKey)+" is not a string")
-		}
-	}
-	if pt, ok = str(em.Get("publishTime"), "message.publishTime"); !ok {
-		return m, true
-	}
-	if pt2, ok = str(em.Get("publish_time"), "message.publish_time"); !ok {
-		return m, true
-	}
-	if t := first(pt, pt2); t != "" {
-		at, err := time.Parse(time.RFC3339Nano, t)
-		if err != nil {
-			return bad(ReasonBadEnvelope, "message.publishTime is not RFC 3339: "+shorten(t))
+			m.refuse(ReasonBadEnvelope, "message.publishTime is not RFC 3339: "+shorten(pt), body)
+			return false
 		}
 		m.PublishTime = at.UTC()
 	}
-	data := em.Get("data")
+	return true
+}
+
+func (m *message) readAttributes(attrs *fastjson.Value, body []byte) bool {
+	if attrs == nil || attrs.Type() == fastjson.TypeNull {
+		return true
+	}
+	o, err := attrs.Object()
+	if err != nil {
+		m.refuse(ReasonBadEnvelope, "message.attributes is a JSON "+attrs.Type().String()+", not an object", body)
+		return false
+	}
+	m.Attributes = make(map[string]string, o.Len())
+	var badKey string
+	o.Visit(func(k []byte, v *fastjson.Value) {
+		s, good := metaString(v)
+		if !good && badKey == "" {
+			badKey = record.Storable(string(k))
+		}
+		m.Attributes[record.Storable(string(k))] = s
+	})
+	if badKey != "" {
+		m.refuse(ReasonBadEnvelope, "message.attributes."+shorten(badKey)+" is not a string", body)
+		return false
+	}
+	return true
+}
+
+func (m *message) readData(data *fastjson.Value, body []byte) {
 	if data == nil || data.Type() == fastjson.TypeNull {
-		return bad(ReasonBadEnvelope, "message.data is missing")
+		m.refuse(ReasonBadEnvelope, "message.data is missing", body)
+		return
 	}
 	b64, err := data.StringBytes()
 	if err != nil {
-		return bad(ReasonBadEnvelope, "message.data is a JSON "+data.Type().String()+", not a string")
+		m.refuse(ReasonBadEnvelope, "message.data is a JSON "+data.Type().String()+", not a string", body)
+		return
 	}
 	if m.Data, err = decodeBase64(b64); err != nil {
-		return bad(ReasonBadBase64, "message.data is not base64: "+shorten(err.Error()))
+		m.refuse(ReasonBadBase64, "message.data is not base64: "+shorten(err.Error()), body)
 	}
-	return m, true
 }
 
 // metaString reads an optional string field: absent and null are "", any

@@ -132,24 +132,7 @@ func TestBadInputIsQuarantined(t *testing.T) {
 				if code := post(t, s, tt.body, nil); code != http.StatusNoContent {
 					t.Fatalf("status %d, want 204 (poison input is acknowledged)", code)
 				}
-				rows, err := db.Admin.Query(context.Background(),
-					"SELECT reason, coalesce(field, ''), detail, octet_length(payload) FROM apigee.ingest_rejects ORDER BY ingested_at DESC, record_index LIMIT $1", tt.wantRejects)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer rows.Close()
-				n := 0
-				for rows.Next() {
-					var reason, field, detail string
-					var size int
-					if err := rows.Scan(&reason, &field, &detail, &size); err != nil {
-						t.Fatal(err)
-					}
-					if reason != tt.reason || field != tt.field || detail == "" || size == 0 {
-						t.Fatalf("quarantined as %s/%q (%q, %d bytes), want %s/%q with detail and payload", reason, field, detail, size, tt.reason, tt.field)
-					}
-					n++
-				}
+				n := checkLatestRejects(t, db, tt.wantRejects, tt.reason, tt.field)
 				if after := count(t, db, "SELECT count(*) FROM apigee.ingest_rejects"); after-before != tt.wantRejects || n != tt.wantRejects {
 					t.Fatalf("%d new rejects, want %d", after-before, tt.wantRejects)
 				}
@@ -181,6 +164,31 @@ func TestBadInputIsQuarantined(t *testing.T) {
 			}
 		})
 	})
+}
+
+// checkLatestRejects checks that the n latest rejects have the reason and
+// field, a detail and a payload, and returns how many there are.
+func checkLatestRejects(t *testing.T, db *testkit.DB, n int, wantReason, wantField string) int {
+	t.Helper()
+	rows, err := db.Admin.Query(context.Background(),
+		"SELECT reason, coalesce(field, ''), detail, octet_length(payload) FROM apigee.ingest_rejects ORDER BY ingested_at DESC, record_index LIMIT $1", n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := 0
+	for rows.Next() {
+		var reason, field, detail string
+		var size int
+		if err := rows.Scan(&reason, &field, &detail, &size); err != nil {
+			t.Fatal(err)
+		}
+		if reason != wantReason || field != wantField || detail == "" || size == 0 {
+			t.Fatalf("quarantined as %s/%q (%q, %d bytes), want %s/%q with detail and payload", reason, field, detail, size, wantReason, wantField)
+		}
+		got++
+	}
+	return got
 }
 
 // deliverConcurrently posts every body with at most workers in flight and

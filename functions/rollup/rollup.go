@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -283,7 +284,7 @@ func (r *Runner) batchLimit() int {
 // the same oversized batch would fail on every run for ever.
 func shrink(ctx context.Context, err error, limit int) (int, bool) {
 	var pg *pgconn.PgError
-	if ctx.Err() != nil || limit <= 1 || !errors.As(err, &pg) || pg.Code != "57014" {
+	if ctx.Err() != nil || limit <= 1 || !errors.As(err, &pg) || pg.Code != pgerrcode.QueryCanceled {
 		return 0, false
 	}
 	return limit / 2, true

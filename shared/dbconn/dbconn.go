@@ -22,6 +22,7 @@ import (
 
 	"cloud.google.com/go/cloudsqlconn"
 	secretmanager "cloud.google.com/go/secretmanager/apiv1"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -402,5 +403,5 @@ func IsAuthError(err error) bool {
 	if !errors.As(err, &pgErr) {
 		return false
 	}
-	return pgErr.Code == "28P01" || pgErr.Code == "28000"
+	return pgErr.Code == pgerrcode.InvalidPassword || pgErr.Code == pgerrcode.InvalidAuthorizationSpecification
 }

@@ -54,7 +54,6 @@ import (
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/migrations"
 	"apigee-timescale/shared/record"
-	"apigee-timescale/shared/store"
 )
 
 var (
@@ -468,8 +467,8 @@ func benchFloor(data [][]byte) (result, error) {
 // inserted.
 type discard struct{}
 
-func (discard) Write(_ context.Context, b *store.Batch) (store.Result, error) {
-	return store.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
+func (discard) Write(_ context.Context, b *ingest.Batch) (ingest.Result, error) {
+	return ingest.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
 }
 
 // benchNoDB is (3) with the database write replaced by discard: decoding,

@@ -1,4 +1,4 @@
-// Package batcher is ingest's group commit: concurrent deliveries join one
+// The batch stage is ingest's group commit: concurrent deliveries join one
 // batch, which is written in one transaction when it reaches a row, byte or
 // time limit, and each delivery is answered only after its batch commits.
 //
@@ -7,27 +7,25 @@
 // the flushers (a few goroutines, each one transaction at a time) are busy,
 // so a slow database produces bigger batches rather than a longer queue of
 // small ones.
-package batcher
+
+package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
-
-	"apigee-timescale/shared/record"
-	"apigee-timescale/shared/store"
 )
 
-// Writer writes one batch in one transaction; *store.Writer is one.
-type Writer interface {
-	Write(ctx context.Context, b *store.Batch) (store.Result, error)
+// BatchWriter writes one batch in one transaction; *Writer is one.
+type BatchWriter interface {
+	Write(ctx context.Context, b *Batch) (Result, error)
 }
 
-// Config bounds batches and the queue. Zero fields take the defaults.
-type Config struct {
+// BatchConfig bounds batches and the queue. Zero fields take the defaults.
+type BatchConfig struct {
 	// MaxRows flushes a batch once it holds this many rows (calls + rejects).
 	// Default 1000.
 	MaxRows int
@@ -50,12 +48,15 @@ type Config struct {
 	Flushers int
 	// WriteTimeout bounds one batch's transaction. Default 20 s.
 	WriteTimeout time.Duration
+	// LogInterval is how often the batch log's Info summary is written.
+	// Default 10 s.
+	LogInterval time.Duration
 	// OnBatch, when set, is called after every batch attempt (for logging
 	// at the edge).
-	OnBatch func(Stats)
+	OnBatch func(BatchStats)
 }
 
-func (c Config) withDefaults() Config {
+func (c BatchConfig) withDefaults() BatchConfig {
 	def := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -72,53 +73,83 @@ func (c Config) withDefaults() Config {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 20 * time.Second
 	}
+	if c.LogInterval <= 0 {
+		c.LogInterval = 10 * time.Second
+	}
 	return c
 }
 
-// Stats describes one written (or failed) batch.
-type Stats struct {
-	store.Result
+// BatchStats describes one written (or failed) batch.
+type BatchStats struct {
+	// Result is the transaction's; for a split batch, the sum over its
+	// deliveries' transactions (BatchID and SHA256 are then zero).
+	Result
 	Deliveries int
 	Rows       int
 	Bytes      int
 	// Wait is how long the oldest delivery waited before the write began.
 	Wait time.Duration
-	// Write is how long the transaction took.
+	// Write is how long the transaction took (all of them, when split).
 	Write time.Duration
 	// Split is true when the batch failed on its content and its deliveries
-	// were written one by one.
-	Split bool
-	Err   error
+	// were written one by one; Err is then the batch's error, and Failed
+	// counts the deliveries that could not be stored even alone.
+	Split  bool
+	Failed int
+	Err    error
+	// Reasons counts the batch's rejects by reason.
+	Reasons map[string]int
 }
 
-// Item is one delivery's share of a batch.
-type Item struct {
-	Calls   []store.Call
-	Rejects []store.Reject
+// add sums the result of one delivery written alone into a split batch.
+func (st *BatchStats) add(r Result, err error) {
+	if err != nil {
+		st.Failed++
+		return
+	}
+	st.Inserted += r.Inserted
+	st.Duplicates += r.Duplicates
+	st.Rejected += r.Rejected
+	st.Retries += r.Retries
+	st.NewDay = st.NewDay || r.NewDay
+	if r.Inserted > 0 && (st.MinReceived.IsZero() || r.MinReceived.Before(st.MinReceived)) {
+		st.MinReceived = r.MinReceived
+	}
+	if r.MaxReceived.After(st.MaxReceived) {
+		st.MaxReceived = r.MaxReceived
+	}
+}
+
+// delivery is one delivery's share of a batch.
+type delivery struct {
+	Calls   []Call
+	Rejects []Reject
 	// Bytes is the delivery's input size, counted against MaxBytes and
 	// QueueBytes.
 	Bytes int
+	// src keys and dates the rejects the database may yet cause.
+	src source
 }
 
-func (it *Item) rows() int { return len(it.Calls) + len(it.Rejects) }
+func (d *delivery) rows() int { return len(d.Calls) + len(d.Rejects) }
 
 var (
 	// ErrQueueFull: too much is accepted but not committed; answer 429.
-	ErrQueueFull = errors.New("batcher: queue full")
+	ErrQueueFull = errors.New("batch: queue full")
 	// ErrClosed: the batcher is shutting down; answer 503.
-	ErrClosed = errors.New("batcher: closed")
+	ErrClosed = errors.New("batch: closed")
 )
 
 type pending struct {
-	item    *Item
+	item    *delivery
 	arrived time.Time
 	done    chan error
 }
 
-// Batcher is safe for concurrent use.
-type Batcher struct {
-	cfg Config
-	w   Writer
+// batcher is safe for concurrent use.
+type batcher struct {
+	cfg BatchConfig
+	w   BatchWriter
 	in  chan *pending
 	out chan []*pending
 
@@ -132,10 +163,10 @@ type Batcher struct {
 	flushers  sync.WaitGroup
 }
 
-// New starts a batcher writing through w.
-func New(w Writer, cfg Config) *Batcher {
+// newBatcher starts a batcher writing through w.
+func newBatcher(w BatchWriter, cfg BatchConfig) *batcher {
 	cfg = cfg.withDefaults()
-	b := &Batcher{
+	b := &batcher{
 		cfg: cfg,
 		w:   w,
 		in:  make(chan *pending, 1024),
@@ -154,7 +185,7 @@ func New(w Writer, cfg Config) *Batcher {
 // error means the item may or may not be stored (a timeout can race the
 // commit): the caller must not acknowledge, and redelivery is safe because
 // writes are idempotent.
-func (b *Batcher) Submit(ctx context.Context, item *Item) error {
+func (b *batcher) Submit(ctx context.Context, item *delivery) error {
 	if err := b.reserve(item); err != nil {
 		return err
 	}
@@ -165,17 +196,17 @@ func (b *Batcher) Submit(ctx context.Context, item *Item) error {
 	case <-ctx.Done():
 		b.submits.Done()
 		b.release(item)
-		return fmt.Errorf("batcher: enqueue: %w", ctx.Err())
+		return fmt.Errorf("batch: enqueue: %w", ctx.Err())
 	}
 	select {
 	case err := <-p.done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("batcher: waiting for commit: %w", ctx.Err())
+		return fmt.Errorf("batch: waiting for commit: %w", ctx.Err())
 	}
 }
 
-func (b *Batcher) reserve(item *Item) error {
+func (b *batcher) reserve(item *delivery) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -193,7 +224,7 @@ func (b *Batcher) reserve(item *Item) error {
 	return nil
 }
 
-func (b *Batcher) release(item *Item) {
+func (b *batcher) release(item *delivery) {
 	b.mu.Lock()
 	b.queueRows -= item.rows()
 	b.queueBytes -= item.Bytes
@@ -201,7 +232,7 @@ func (b *Batcher) release(item *Item) {
 }
 
 // Queued reports the rows and bytes accepted but not yet committed.
-func (b *Batcher) Queued() (rows, bytes int) {
+func (b *batcher) Queued() (rows, bytes int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.queueRows, b.queueBytes
@@ -209,7 +240,7 @@ func (b *Batcher) Queued() (rows, bytes int) {
 
 // Close stops accepting deliveries, writes what is queued and waits for the
 // flushers, or until ctx ends.
-func (b *Batcher) Close(ctx context.Context) error {
+func (b *batcher) Close(ctx context.Context) error {
 	b.mu.Lock()
 	already := b.closed
 	b.closed = true
@@ -230,14 +261,14 @@ func (b *Batcher) Close(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("batcher: close: %w", ctx.Err())
+		return fmt.Errorf("batch: close: %w", ctx.Err())
 	}
 }
 
 // collect forms batches. While every flusher is busy it keeps adding to the
 // current batch up to the size limits, which is what makes group commit
 // adapt to the database's speed.
-func (b *Batcher) collect() {
+func (b *batcher) collect() {
 	defer b.collector.Done()
 	defer close(b.out)
 	var (
@@ -287,96 +318,89 @@ func (b *Batcher) collect() {
 	}
 }
 
-func (b *Batcher) flush() {
+func (b *batcher) flush() {
 	defer b.flushers.Done()
 	for batch := range b.out {
 		b.write(batch)
 	}
 }
 
-func (b *Batcher) write(batch []*pending) {
+func (b *batcher) write(batch []*pending) {
 	start := time.Now()
-	st := Stats{Deliveries: len(batch), Wait: start.Sub(batch[0].arrived)}
-	sb := &store.Batch{Messages: len(batch)}
+	st := BatchStats{Deliveries: len(batch), Wait: start.Sub(batch[0].arrived)}
+	wb := &Batch{Messages: len(batch)}
 	for _, p := range batch {
-		sb.Calls = append(sb.Calls, p.item.Calls...)
-		sb.Rejects = append(sb.Rejects, p.item.Rejects...)
+		wb.Calls = append(wb.Calls, p.item.Calls...)
+		wb.Rejects = append(wb.Rejects, p.item.Rejects...)
 		st.Bytes += p.item.Bytes
 	}
-	st.Rows = len(sb.Calls) + len(sb.Rejects)
+	st.Rows = len(wb.Calls) + len(wb.Rejects)
+	st.Reasons = countReasons(st.Reasons, wb.Rejects)
 
-	res, err := b.writeOnce(sb)
-	if err != nil && store.IsDataError(err) {
+	res, err := b.writeOnce(wb)
+	if err != nil && IsDataError(err) {
 		// One delivery's content broke the batch: write each delivery on its
 		// own so the others are not held hostage, and quarantine the rows the
 		// database refuses.
-		st.Split = true
+		st.Split, st.Err = true, err
 		for _, p := range batch {
-			_, perr := b.writeAlone(p.item)
+			r, refused, perr := b.writeAlone(p.item)
+			st.add(r, perr)
+			st.Reasons = countReasons(st.Reasons, refused)
 			b.finish(p, perr)
 		}
-		st.Write, st.Err = time.Since(start), err
+		st.Write = time.Since(start)
 		b.report(st)
 		return
 	}
 	st.Result, st.Write, st.Err = res, time.Since(start), err
+	if err != nil {
+		st.Failed = len(batch)
+	}
 	for _, p := range batch {
 		b.finish(p, err)
 	}
 	b.report(st)
 }
 
-func (b *Batcher) writeOnce(sb *store.Batch) (store.Result, error) {
+func countReasons(m map[string]int, rejects []Reject) map[string]int {
+	for i := range rejects {
+		if m == nil {
+			m = map[string]int{}
+		}
+		m[rejects[i].Reason]++
+	}
+	return m
+}
+
+func (b *batcher) writeOnce(wb *Batch) (Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.WriteTimeout)
 	defer cancel()
-	return b.w.Write(ctx, sb)
+	return b.w.Write(ctx, wb)
 }
 
 // writeAlone writes one delivery; if the database refuses its rows, they are
-// quarantined with the database's reason instead, so the delivery can still
-// be acknowledged without losing anything.
-func (b *Batcher) writeAlone(it *Item) (store.Result, error) {
-	res, err := b.writeOnce(&store.Batch{Calls: it.Calls, Rejects: it.Rejects, Messages: 1})
-	if err == nil || !store.IsDataError(err) {
-		return res, err
+// quarantined with the database's reason instead (and returned as refused),
+// so the delivery can still be acknowledged without losing anything.
+func (b *batcher) writeAlone(d *delivery) (Result, []Reject, error) {
+	res, err := b.writeOnce(&Batch{Calls: d.Calls, Rejects: d.Rejects, Messages: 1})
+	if err == nil || !IsDataError(err) {
+		return res, nil, err
 	}
-	rejects := append([]store.Reject(nil), it.Rejects...)
-	for i := range it.Calls {
-		rejects = append(rejects, dbRejected(&it.Calls[i], err))
+	refused := make([]Reject, len(d.Calls))
+	for i := range d.Calls {
+		refused[i] = d.src.dbRejected(&d.Calls[i], err)
 	}
-	return b.writeOnce(&store.Batch{Rejects: rejects, Messages: 1})
+	res, err = b.writeOnce(&Batch{Rejects: append(slices.Clip(d.Rejects), refused...), Messages: 1})
+	return res, refused, err
 }
 
-// ReasonDBRejected marks rows that passed validation but that the database
-// refused (a constraint the validator does not know about).
-const ReasonDBRejected = "db_rejected"
-
-func dbRejected(c *store.Call, cause error) store.Reject {
-	payload, _ := json.Marshal(c.Record) // the normalised record: the raw bytes are not kept per row
-	at := c.PublishTime
-	if at.IsZero() {
-		at = c.ReceivedAt
-	}
-	detail := record.Clip(cause.Error(), 300)
-	return store.Reject{
-		ReceivedAt:      at,
-		DedupeKey:       "db:" + c.MessageID + ":" + c.ReceivedAt.UTC().Format(time.RFC3339Nano),
-		Tenant:          c.Tenant,
-		Reason:          ReasonDBRejected,
-		Detail:          detail,
-		RecordIndex:     -1,
-		Payload:         payload,
-		PubSubMessageID: c.PubSubMessageID,
-		PublishTime:     c.PublishTime,
-	}
-}
-
-func (b *Batcher) finish(p *pending, err error) {
+func (b *batcher) finish(p *pending, err error) {
 	b.release(p.item)
 	p.done <- err
 }
 
-func (b *Batcher) report(st Stats) {
+func (b *batcher) report(st BatchStats) {
 	if b.cfg.OnBatch != nil {
 		b.cfg.OnBatch(st)
 	}

@@ -1,4 +1,4 @@
-package store_test
+package ingest
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/deploy/local/testkit"
-	"apigee-timescale/shared/store"
 )
 
 // BenchmarkWrite writes batches of 80 rows (what 256 concurrent
@@ -18,7 +17,7 @@ import (
 // CPU per row when the server runs on this machine (read from /proc):
 // the difference between the two sizes is the fixed cost of a batch.
 //
-//	go test -run '^$' -bench BenchmarkWrite -benchtime 20000x ./shared/store/
+//	go test -run '^$' -bench BenchmarkWrite -benchtime 20000x ./functions/ingest/
 func BenchmarkWrite(b *testing.B) {
 	for _, size := range []int{80, 1000} {
 		b.Run(fmt.Sprintf("rows=%d", size), func(b *testing.B) {
@@ -38,17 +37,17 @@ func BenchmarkWrite(b *testing.B) {
 			if err := pool.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 				b.Fatal(err)
 			}
-			w := store.NewWriter(pool)
+			w := NewWriter(pool)
 			now := time.Now().UTC()
-			calls := make([]store.Call, b.N)
+			calls := make([]Call, b.N)
 			for i := range calls {
-				calls[i] = call(fmt.Sprintf("bench-%d", i), "tenant-a", now.Add(-time.Duration(i%60)*time.Second))
+				calls[i] = testCall(fmt.Sprintf("bench-%d", i), "tenant-a", now.Add(-time.Duration(i%60)*time.Second))
 			}
 			cpu0, cpuOK := testkit.BackendCPU(pid)
 			b.ResetTimer()
 			for lo := 0; lo < b.N; lo += size {
 				batch := calls[lo:min(lo+size, b.N)]
-				if _, err := w.Write(context.Background(), &store.Batch{Calls: batch, Messages: len(batch)}); err != nil {
+				if _, err := w.Write(context.Background(), &Batch{Calls: batch, Messages: len(batch)}); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -1,4 +1,4 @@
-package batcher
+package ingest
 
 import (
 	"context"
@@ -7,33 +7,33 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"apigee-timescale/shared/record"
-	"apigee-timescale/shared/store"
 )
 
 // fakeWriter records batches; fail decides per batch whether to fail.
 type fakeWriter struct {
 	mu      sync.Mutex
-	batches []*store.Batch
+	batches []*Batch
 	delay   time.Duration
-	fail    func(*store.Batch) error
+	fail    func(*Batch) error
 }
 
-func (f *fakeWriter) Write(ctx context.Context, b *store.Batch) (store.Result, error) {
+func (f *fakeWriter) Write(ctx context.Context, b *Batch) (Result, error) {
 	if f.delay > 0 {
 		time.Sleep(f.delay)
 	}
 	if f.fail != nil {
 		if err := f.fail(b); err != nil {
-			return store.Result{}, err
+			return Result{}, err
 		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.batches = append(f.batches, b)
-	return store.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
+	return Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
 }
 
 func (f *fakeWriter) stored() (batches, calls, rejects int) {
@@ -46,11 +46,11 @@ func (f *fakeWriter) stored() (batches, calls, rejects int) {
 	return len(f.batches), calls, rejects
 }
 
-func item(id string) *Item {
-	return &Item{Calls: []store.Call{{Record: record.Record{MessageID: id}}}, Bytes: 100}
+func testDelivery(id string) *delivery {
+	return &delivery{Calls: []Call{{Record: record.Record{MessageID: id}}}, Bytes: 100, src: source{messageID: "ps-" + id}}
 }
 
-func submitAll(t *testing.T, b *Batcher, n int) []error {
+func submitAll(t *testing.T, b *batcher, n int) []error {
 	t.Helper()
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -58,7 +58,7 @@ func submitAll(t *testing.T, b *Batcher, n int) []error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = b.Submit(context.Background(), item("m"))
+			errs[i] = b.Submit(context.Background(), testDelivery("m"))
 		}()
 	}
 	wg.Wait()
@@ -68,19 +68,19 @@ func submitAll(t *testing.T, b *Batcher, n int) []error {
 func TestGroupCommit(t *testing.T) {
 	tests := []struct {
 		name        string
-		cfg         Config
+		cfg         BatchConfig
 		n           int
 		maxBatches  int
 		wantBatches int // exact when > 0
 	}{
-		{"concurrent deliveries share batches", Config{MaxWait: 50 * time.Millisecond, Flushers: 1}, 200, 10, 0},
-		{"row limit splits batches", Config{MaxRows: 10, MaxWait: time.Second, Flushers: 1}, 100, 0, 10},
-		{"byte limit splits batches", Config{MaxBytes: 1000, MaxWait: time.Second, Flushers: 1}, 100, 0, 10},
+		{"concurrent deliveries share batches", BatchConfig{MaxWait: 50 * time.Millisecond, Flushers: 1}, 200, 10, 0},
+		{"row limit splits batches", BatchConfig{MaxRows: 10, MaxWait: time.Second, Flushers: 1}, 100, 0, 10},
+		{"byte limit splits batches", BatchConfig{MaxBytes: 1000, MaxWait: time.Second, Flushers: 1}, 100, 0, 10},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := &fakeWriter{delay: 5 * time.Millisecond}
-			b := New(w, tt.cfg)
+			b := newBatcher(w, tt.cfg)
 			defer b.Close(context.Background())
 			for _, err := range submitAll(t, b, tt.n) {
 				if err != nil {
@@ -106,10 +106,10 @@ func TestGroupCommit(t *testing.T) {
 
 func TestSubmitAnswersOnlyAfterCommit(t *testing.T) {
 	w := &fakeWriter{delay: 100 * time.Millisecond}
-	b := New(w, Config{MaxWait: time.Millisecond})
+	b := newBatcher(w, BatchConfig{MaxWait: time.Millisecond})
 	defer b.Close(context.Background())
 	start := time.Now()
-	if err := b.Submit(context.Background(), item("a")); err != nil {
+	if err := b.Submit(context.Background(), testDelivery("a")); err != nil {
 		t.Fatal(err)
 	}
 	if time.Since(start) < 100*time.Millisecond {
@@ -122,7 +122,7 @@ func TestSubmitAnswersOnlyAfterCommit(t *testing.T) {
 
 func TestQueueFull(t *testing.T) {
 	w := &fakeWriter{delay: 300 * time.Millisecond}
-	b := New(w, Config{MaxRows: 1, QueueRows: 5, MaxWait: time.Millisecond, Flushers: 1})
+	b := newBatcher(w, BatchConfig{MaxRows: 1, QueueRows: 5, MaxWait: time.Millisecond, Flushers: 1})
 	defer b.Close(context.Background())
 	errs := submitAll(t, b, 20)
 	full := 0
@@ -143,8 +143,8 @@ func TestQueueFull(t *testing.T) {
 
 func TestWriteErrorFailsEveryDelivery(t *testing.T) {
 	down := errors.New("connection refused")
-	w := &fakeWriter{fail: func(*store.Batch) error { return down }}
-	b := New(w, Config{MaxWait: 20 * time.Millisecond})
+	w := &fakeWriter{fail: func(*Batch) error { return down }}
+	b := newBatcher(w, BatchConfig{MaxWait: 20 * time.Millisecond})
 	defer b.Close(context.Background())
 	for _, err := range submitAll(t, b, 10) {
 		if !errors.Is(err, down) {
@@ -154,8 +154,8 @@ func TestWriteErrorFailsEveryDelivery(t *testing.T) {
 }
 
 func TestDataErrorIsolatesTheCulprit(t *testing.T) {
-	dataErr := &pgconn.PgError{Code: "23514", Message: "violates check constraint"}
-	w := &fakeWriter{fail: func(b *store.Batch) error {
+	dataErr := &pgconn.PgError{Code: pgerrcode.CheckViolation, Message: "violates check constraint", TableName: "api_calls", ConstraintName: "api_calls_message_id_check"}
+	w := &fakeWriter{fail: func(b *Batch) error {
 		for _, c := range b.Calls {
 			if c.MessageID == "poison" {
 				return dataErr
@@ -163,7 +163,7 @@ func TestDataErrorIsolatesTheCulprit(t *testing.T) {
 		}
 		return nil
 	}}
-	b := New(w, Config{MaxWait: 50 * time.Millisecond})
+	b := newBatcher(w, BatchConfig{MaxWait: 50 * time.Millisecond})
 	defer b.Close(context.Background())
 	var wg sync.WaitGroup
 	errs := make([]error, 6)
@@ -175,7 +175,7 @@ func TestDataErrorIsolatesTheCulprit(t *testing.T) {
 			if i == 0 {
 				id = "poison"
 			}
-			errs[i] = b.Submit(context.Background(), item(id))
+			errs[i] = b.Submit(context.Background(), testDelivery(id))
 		}()
 	}
 	wg.Wait()
@@ -195,18 +195,23 @@ func TestDataErrorIsolatesTheCulprit(t *testing.T) {
 			if r.Reason != ReasonDBRejected || len(r.Payload) == 0 {
 				t.Fatalf("quarantined %+v, want reason %s with the record", r, ReasonDBRejected)
 			}
+			// The same key as any other reject of that message and position,
+			// so a redelivery is quarantined once.
+			if r.DedupeKey != "msg:ps-poison:0" || r.RecordIndex != 0 {
+				t.Fatalf("quarantined as %q (record %d), want msg:ps-poison:0", r.DedupeKey, r.RecordIndex)
+			}
 		}
 	}
 }
 
 func TestCloseDrainsThenRefuses(t *testing.T) {
 	w := &fakeWriter{delay: 50 * time.Millisecond}
-	b := New(w, Config{MaxWait: 200 * time.Millisecond})
+	b := newBatcher(w, BatchConfig{MaxWait: 200 * time.Millisecond})
 	var wg sync.WaitGroup
 	errs := make([]error, 50)
 	for i := range 50 {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = b.Submit(context.Background(), item("x")) }()
+		go func() { defer wg.Done(); errs[i] = b.Submit(context.Background(), testDelivery("x")) }()
 	}
 	time.Sleep(20 * time.Millisecond) // let them queue
 	if err := b.Close(context.Background()); err != nil {
@@ -228,7 +233,7 @@ func TestCloseDrainsThenRefuses(t *testing.T) {
 	if ok == 0 {
 		t.Fatal("nothing queued before Close was written")
 	}
-	if err := b.Submit(context.Background(), item("late")); !errors.Is(err, ErrClosed) {
+	if err := b.Submit(context.Background(), testDelivery("late")); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: %v, want ErrClosed", err)
 	}
 }

@@ -1,11 +1,9 @@
-package store
+package ingest
 
 import (
 	"encoding/json"
 	"net/netip"
 	"time"
-
-	"apigee-timescale/shared/record"
 )
 
 // stageColumns are the columns ingest writes, in COPY order. ingested_at
@@ -150,11 +148,11 @@ func rejectColumns(rs []Reject) []any {
 	for i := range rs {
 		r := &rs[i]
 		at[i] = r.ReceivedAt
-		key[i] = record.Storable(r.DedupeKey)
-		tenant[i] = record.Storable(r.Tenant)
-		reason[i] = record.Storable(r.Reason)
-		field[i] = nullString(record.Storable(r.Field))
-		detail[i] = record.Storable(r.Detail)
+		key[i] = r.DedupeKey
+		tenant[i] = r.Tenant
+		reason[i] = r.Reason
+		field[i] = nullString(r.Field)
+		detail[i] = r.Detail
 		index[i] = int32(r.RecordIndex)
 		payload[i] = r.Payload
 		if payload[i] == nil {
@@ -162,33 +160,12 @@ func rejectColumns(rs []Reject) []any {
 		}
 		h := sha256Sum(r.Payload)
 		sum[i] = h[:]
-		msgID[i] = nullString(record.Storable(r.PubSubMessageID))
-		sub[i] = nullString(record.Storable(r.Subscription))
+		msgID[i] = nullString(r.PubSubMessageID)
+		sub[i] = nullString(r.Subscription)
 		pub[i] = nullTime(r.PublishTime)
-		attrs[i] = jsonAttributes(storableMap(r.Attributes))
+		attrs[i] = jsonAttributes(r.Attributes)
 	}
 	return []any{at, key, tenant, reason, field, detail, index, payload, sum, msgID, sub, pub, attrs}
-}
-
-// storableMap applies record.Storable to keys and values: the quarantine
-// must take whatever it is given, or a poison delivery would fail its batch
-// on every redelivery.
-func storableMap(m map[string]string) map[string]string {
-	clean := true
-	for k, v := range m {
-		if record.Storable(k) != k || record.Storable(v) != v {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return m
-	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[record.Storable(k)] = record.Storable(v)
-	}
-	return out
 }
 
 func nullString(s string) *string {

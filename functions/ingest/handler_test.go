@@ -2,25 +2,24 @@ package ingest
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
-
-	"apigee-timescale/shared/store"
 )
 
 // recordingWriter keeps what it is asked to write, storing nothing.
 type recordingWriter struct {
 	mu      sync.Mutex
-	batches []*store.Batch
+	batches []*Batch
 }
 
-func (w *recordingWriter) Write(_ context.Context, b *store.Batch) (store.Result, error) {
+func (w *recordingWriter) Write(_ context.Context, b *Batch) (Result, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.batches = append(w.batches, b)
-	return store.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
+	return Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
 }
 
 // Deps.Writer replaces the database: the HTTP path decodes, validates and
@@ -43,8 +42,8 @@ func TestServiceWithInjectedWriter(t *testing.T) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var calls []store.Call
-	var rejects []store.Reject
+	var calls []Call
+	var rejects []Reject
 	for _, b := range w.batches {
 		calls = append(calls, b.Calls...)
 		rejects = append(rejects, b.Rejects...)
@@ -57,5 +56,29 @@ func TestServiceWithInjectedWriter(t *testing.T) {
 	}
 	if _, err := NewService(cfg, Deps{}); err == nil {
 		t.Fatal("NewService without a database or a writer succeeded")
+	}
+}
+
+// Each call remembers its position in the message, counting the rejects
+// between, for the dedupe key of a database reject.
+func TestCallsKeepTheirIndex(t *testing.T) {
+	cfg, err := configFrom(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewService(cfg, Deps{Writer: &recordingWriter{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	now := time.Now().UTC()
+	data := "not json\n" + rec("r1", now) + "\n{\"schema\":1}\n" + rec("r3", now) + "\n" + rec("r4", now)
+	d := s.toDelivery(message{ID: "ps-9", Data: []byte(data)}, len(data))
+	var got []int
+	for _, c := range d.Calls {
+		got = append(got, c.index)
+	}
+	if fmt.Sprint(got) != "[1 3 4]" || len(d.Rejects) != 2 || d.Rejects[1].DedupeKey != "msg:ps-9:2" {
+		t.Fatalf("call indexes %v, rejects %+v; want [1 3 4] and rejects 0 and 2", got, d.Rejects)
 	}
 }

@@ -2,23 +2,18 @@ package ingest
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
-	"apigee-timescale/functions/ingest/internal/batcher"
 	"apigee-timescale/shared/pushauth"
 	"apigee-timescale/shared/record"
-	"apigee-timescale/shared/store"
 )
 
 // Verifier checks a push request's OIDC token; *pushauth.Verifier is one.
@@ -30,11 +25,11 @@ type Verifier interface {
 // local stack can supply their own.
 type Deps struct {
 	// DB hands out connections that log in as a member of apigee_ingest.
-	DB store.Conns
-	// Writer, when set, writes the batches instead of a store.Writer over
+	DB Conns
+	// Writer, when set, writes the batches instead of a Writer over
 	// DB (the benchmark's database-less ceiling uses one that stores
 	// nothing).
-	Writer batcher.Writer
+	Writer BatchWriter
 	// Verifier, when nil, turns push authentication off.
 	Verifier Verifier
 	Logger   *slog.Logger
@@ -49,7 +44,8 @@ type Service struct {
 	limits   record.Limits
 	log      *slog.Logger
 	verifier Verifier
-	batcher  *batcher.Batcher
+	batcher  *batcher
+	batchLog *batchLog
 	now      func() time.Time
 	// active counts requests between arrival and answer, so Shutdown can
 	// wait for their answers to be written.
@@ -62,7 +58,7 @@ func NewService(cfg Config, d Deps) (*Service, error) {
 		return nil, errors.New("ingest: no database")
 	}
 	if d.Writer == nil {
-		d.Writer = store.NewWriter(d.DB)
+		d.Writer = NewWriter(d.DB)
 	}
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
@@ -72,18 +68,22 @@ func NewService(cfg Config, d Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, limits: cfg.Limits(), log: d.Logger, verifier: d.Verifier, now: d.Now}
 	s.limits.Now = d.Now
-	bc := cfg.Batch
-	bc.OnBatch = s.logBatch
-	s.batcher = batcher.New(d.Writer, bc)
+	bc := cfg.Batch.withDefaults()
+	s.batchLog = newBatchLog(s.log, bc.LogInterval)
+	bc.OnBatch = s.batchLog.batch
+	s.batcher = newBatcher(d.Writer, bc)
 	if d.Verifier == nil {
 		s.log.Warn("push authentication is OFF: PUSH_AUDIENCE is not set, so any caller may write records")
 	}
 	return s, nil
 }
 
-// Close stops accepting deliveries and commits what is queued, within ctx.
+// Close stops accepting deliveries and commits what is queued, within ctx,
+// then logs the summary of the last interval.
 func (s *Service) Close(ctx context.Context) error {
-	return s.batcher.Close(ctx)
+	err := s.batcher.Close(ctx)
+	s.batchLog.close()
+	return err
 }
 
 // Shutdown is Close, then waits (within ctx) until every request in flight
@@ -138,8 +138,8 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case len(body) > s.cfg.MaxBodyBytes:
 		m = decodeUnwrapped(r.Header, nil)
-		m.bad = &badDelivery{ReasonDeliveryTooLarge,
-			fmt.Sprintf("delivery is larger than %d bytes; first 64 KiB kept", s.cfg.MaxBodyBytes), body[:min(len(body), 64<<10)]}
+		m.refuse(ReasonDeliveryTooLarge, fmt.Sprintf("delivery is larger than %d bytes; first 64 KiB kept", s.cfg.MaxBodyBytes),
+			body[:min(len(body), 64<<10)])
 	default:
 		m = decodePush(r.Header, body)
 	}
@@ -162,10 +162,10 @@ func (s *Service) HandleEvent(ctx context.Context, e event.Event) error {
 	defer cancel()
 	m, ok := decodeWrapped(e.Data())
 	if !ok {
-		m = message{bad: &badDelivery{ReasonBadEnvelope, "CloudEvent data has no message", e.Data()}}
+		m.refuse(ReasonBadEnvelope, "CloudEvent data has no message", e.Data())
 	}
 	if m.ID == "" {
-		m.ID = e.ID()
+		m.ID = record.Storable(e.ID())
 	}
 	if err := s.submit(ctx, m, len(e.Data())); err != nil {
 		return fmt.Errorf("ingest: %w", err)
@@ -177,7 +177,7 @@ func (s *Service) answer(err error) (int, string) {
 	switch {
 	case err == nil:
 		return http.StatusNoContent, ""
-	case errors.Is(err, batcher.ErrQueueFull):
+	case errors.Is(err, ErrQueueFull):
 		return http.StatusTooManyRequests, "ingest queue is full; retry later"
 	default:
 		s.log.Warn("delivery not stored; Pub/Sub will redeliver", "err", err.Error())
@@ -187,91 +187,30 @@ func (s *Service) answer(err error) (int, string) {
 
 // submit validates a message and waits until its records are committed.
 func (s *Service) submit(ctx context.Context, m message, size int) error {
-	return s.batcher.Submit(ctx, s.toItem(m, size))
+	return s.batcher.Submit(ctx, s.toDelivery(m, size))
 }
 
-// toItem splits a message into stored calls and quarantined rejects.
-func (s *Service) toItem(m message, size int) *batcher.Item {
-	it := &batcher.Item{Bytes: size}
-	now := s.now().UTC()
-	rejectAt := m.PublishTime
-	if rejectAt.IsZero() {
-		rejectAt = now
-	}
-	reject := func(index int, reason, field, detail string, raw []byte) {
-		it.Rejects = append(it.Rejects, store.Reject{
-			ReceivedAt:      rejectAt,
-			DedupeKey:       dedupeKey(m, index, raw),
-			Tenant:          rejectTenant(m.Attributes),
-			Reason:          reason,
-			Field:           field,
-			Detail:          detail,
-			RecordIndex:     index,
-			Payload:         raw,
-			PubSubMessageID: m.ID,
-			Subscription:    m.Subscription,
-			PublishTime:     m.PublishTime,
-			Attributes:      m.Attributes,
-		})
-	}
+// toDelivery splits a message into stored calls and quarantined rejects.
+func (s *Service) toDelivery(m message, size int) *delivery {
+	d := &delivery{Bytes: size, src: sourceOf(&m, s.now())}
 	if m.bad != nil {
-		reject(-1, m.bad.Reason, "", m.bad.Detail, m.bad.Raw)
-		return it
+		d.Rejects = []Reject{d.src.reject(*m.bad, "")}
+		return d
 	}
 	p := record.Parse(m.Data, s.limits)
 	for i := range p.Rejects {
-		r := &p.Rejects[i]
-		reject(r.Index, r.Reason, r.Field, r.Detail, r.Raw)
+		d.Rejects = append(d.Rejects, d.src.reject(p.Rejects[i], ""))
 	}
-	it.Calls = make([]store.Call, len(p.Records))
+	d.Calls = make([]Call, len(p.Records))
+	// Every position in the message holds a record or a reject, in order:
+	// a record's index is the next one no reject holds.
+	index, r := 0, 0
 	for i := range p.Records {
-		it.Calls[i] = store.Call{Record: p.Records[i], PubSubMessageID: m.ID, PublishTime: m.PublishTime}
+		for ; r < len(p.Rejects) && p.Rejects[r].Index == index; r++ {
+			index++
+		}
+		d.Calls[i] = Call{Record: p.Records[i], PubSubMessageID: m.ID, PublishTime: m.PublishTime, index: index}
+		index++
 	}
-	return it
-}
-
-// dedupeKey identifies a reject across redeliveries: Pub/Sub keeps the
-// message id, so the id and the record's index within the message do; a
-// delivery without an id falls back to a hash of the rejected bytes.
-func dedupeKey(m message, index int, raw []byte) string {
-	idx := strconv.Itoa(index)
-	if m.ID != "" {
-		return "msg:" + m.ID + ":" + idx
-	}
-	sum := sha256.Sum256(raw)
-	return "sha256:" + hex.EncodeToString(sum[:]) + ":" + idx
-}
-
-// rejectTenant picks the tenant a reject is visible to: the message's
-// tenant or organization attribute (the Apigee shared flow sets them).
-func rejectTenant(attrs map[string]string) string {
-	if t := attrs["tenant"]; t != "" {
-		return t
-	}
-	if o := attrs["organization"]; o != "" {
-		return o
-	}
-	return "unknown"
-}
-
-func (s *Service) logBatch(st batcher.Stats) {
-	attrs := []any{
-		"batch_id", st.BatchID,
-		"deliveries", st.Deliveries,
-		"rows", st.Rows,
-		"inserted", st.Inserted,
-		"duplicates", st.Duplicates,
-		"rejected", st.Rejected,
-		"bytes", st.Bytes,
-		"wait_ms", st.Wait.Milliseconds(),
-		"write_ms", st.Write.Milliseconds(),
-	}
-	switch {
-	case st.Split:
-		s.log.Warn("batch refused by the database; deliveries written one by one", append(attrs, "err", st.Err.Error())...)
-	case st.Err != nil:
-		s.log.Error("batch failed", append(attrs, "err", st.Err.Error())...)
-	default:
-		s.log.Info("batch committed", attrs...)
-	}
+	return d
 }

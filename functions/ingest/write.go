@@ -1,4 +1,4 @@
-// Package store writes ingest batches into the raw tables, exactly once per
+// The write stage writes ingest batches into the raw tables, exactly once per
 // API call: rows are copied into a per-connection temporary staging table
 // and moved into apigee.api_calls with INSERT … ON CONFLICT DO NOTHING, so a
 // redelivered message never makes a second row. In the same transaction it
@@ -9,7 +9,8 @@
 // COPY goes into the staging table rather than the hypertable because COPY
 // cannot skip conflicts, and because PostgreSQL refuses COPY FROM for roles
 // that row-level security applies to (the ingest role is one).
-package store
+
+package ingest
 
 import (
 	"context"
@@ -21,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -40,26 +42,9 @@ type Call struct {
 	record.Record
 	PubSubMessageID string
 	PublishTime     time.Time // zero when unknown
-}
-
-// Reject is one piece of input that failed validation, kept with its reason.
-type Reject struct {
-	// ReceivedAt is the message's publish time when known (stable across
-	// redeliveries), else when ingest saw it.
-	ReceivedAt time.Time
-	// DedupeKey identifies the input across redeliveries: the Pub/Sub message
-	// id and record index, or a hash of the payload when there is no id.
-	DedupeKey       string
-	Tenant          string
-	Reason          string
-	Field           string
-	Detail          string
-	RecordIndex     int
-	Payload         []byte
-	PubSubMessageID string
-	Subscription    string
-	PublishTime     time.Time
-	Attributes      map[string]string
+	// index is the record's position in its message, for the dedupe key of
+	// a quarantine row should the database refuse it.
+	index int
 }
 
 // Batch is what one transaction writes.
@@ -83,6 +68,9 @@ type Result struct {
 	MinReceived, MaxReceived time.Time
 	// NewDay is true when the batch wrote into a day this Writer had not seen.
 	NewDay bool
+	// Retries counts the attempts the database aborted (deadlock,
+	// serialization failure, a partition gone) before this one committed.
+	Retries int
 }
 
 // Writer writes batches. It is safe for concurrent use.
@@ -106,6 +94,7 @@ func (w *Writer) Write(ctx context.Context, b *Batch) (Result, error) {
 		return Result{}, err
 	}
 	res, err := w.writeRetrying(ctx, b)
+	retries := res.Retries
 	if err != nil && isNoPartition(err) {
 		// A partition dropped by retention since it was cached: forget every
 		// day and try once more.
@@ -116,6 +105,7 @@ func (w *Writer) Write(ctx context.Context, b *Batch) (Result, error) {
 			return Result{}, err
 		}
 		res, err = w.writeRetrying(ctx, b)
+		res.Retries += retries + 1
 	}
 	if err != nil {
 		return Result{}, err
@@ -139,6 +129,7 @@ func (w *Writer) writeRetrying(ctx context.Context, b *Batch) (Result, error) {
 	for i := 1; ; i++ {
 		res, err := w.write(ctx, b)
 		if err == nil || i == attempts || !isTransient(err) {
+			res.Retries = i - 1
 			return res, err
 		}
 	}
@@ -146,19 +137,19 @@ func (w *Writer) writeRetrying(ctx context.Context, b *Batch) (Result, error) {
 
 func isTransient(err error) bool {
 	var pg *pgconn.PgError
-	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
+	return errors.As(err, &pg) && (pg.Code == pgerrcode.DeadlockDetected || pg.Code == pgerrcode.SerializationFailure)
 }
 
 func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	conn, err := w.db.Acquire(ctx)
 	if err != nil {
-		return Result{}, fmt.Errorf("store: acquire: %w", err)
+		return Result{}, fmt.Errorf("write: acquire: %w", err)
 	}
 	defer conn.Release()
 
 	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return Result{}, fmt.Errorf("store: begin: %w", err)
+		return Result{}, fmt.Errorf("write: begin: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // after Commit this is a no-op
 
@@ -169,7 +160,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	start.Queue(createStageSQL)
 	start.Queue("SELECT nextval('apigee.ingest_batch_id_seq')").QueryRow(func(r pgx.Row) error { return r.Scan(&res.BatchID) })
 	if err := tx.SendBatch(ctx, start).Close(); err != nil {
-		return Result{}, fmt.Errorf("store: start batch: %w", err)
+		return Result{}, fmt.Errorf("write: start batch: %w", err)
 	}
 
 	inserted, err := copyCalls(ctx, tx, res.BatchID, b.Calls)
@@ -204,10 +195,10 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 			min_received_at, max_received_at, rows_sha256)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		res.BatchID, res.Inserted, res.Duplicates, res.Rejected, b.Messages, minR, maxR, res.SHA256[:]); err != nil {
-		return Result{}, fmt.Errorf("store: batch row: %w", err)
+		return Result{}, fmt.Errorf("write: batch row: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return Result{}, fmt.Errorf("store: commit: %w", err)
+		return Result{}, fmt.Errorf("write: commit: %w", err)
 	}
 	return res, nil
 }
@@ -221,14 +212,14 @@ func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]C
 	}
 	n, err := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, &callRows{calls: calls, batchID: batchID})
 	if err != nil {
-		return nil, fmt.Errorf("store: copy: %w", err)
+		return nil, fmt.Errorf("write: copy: %w", err)
 	}
 	if int(n) != len(calls) {
-		return nil, fmt.Errorf("store: copy: staged %d of %d rows", n, len(calls))
+		return nil, fmt.Errorf("write: copy: staged %d of %d rows", n, len(calls))
 	}
 	rows, err := tx.Query(ctx, moveSQL, batchID)
 	if err != nil {
-		return nil, fmt.Errorf("store: insert: %w", err)
+		return nil, fmt.Errorf("write: insert: %w", err)
 	}
 	type key struct {
 		id string
@@ -244,17 +235,17 @@ func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]C
 		var at time.Time
 		if err := rows.Scan(&id, &at); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("store: insert: %w", err)
+			return nil, fmt.Errorf("write: insert: %w", err)
 		}
 		i, ok := index[key{id, at.UnixMicro()}]
 		if !ok {
 			rows.Close()
-			return nil, fmt.Errorf("store: insert returned unknown key %q", id)
+			return nil, fmt.Errorf("write: insert returned unknown key %q", id)
 		}
 		inserted = append(inserted, calls[i])
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: insert: %w", err)
+		return nil, fmt.Errorf("write: insert: %w", err)
 	}
 	sort.Slice(inserted, func(a, b int) bool {
 		if inserted[a].MessageID != inserted[b].MessageID {
@@ -280,7 +271,7 @@ func insertRejects(ctx context.Context, tx pgx.Tx, batchID int64, rejects []Reje
 	cols := rejectColumns(rejects)
 	tag, err := tx.Exec(ctx, insertRejectsSQL, append(cols, batchID)...)
 	if err != nil {
-		return 0, fmt.Errorf("store: quarantine: %w", err)
+		return 0, fmt.Errorf("write: quarantine: %w", err)
 	}
 	return int(tag.RowsAffected()), nil
 }
@@ -311,11 +302,11 @@ func (w *Writer) ensureDays(ctx context.Context, b *Batch) ([]string, error) {
 	}
 	conn, err := w.db.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("store: acquire: %w", err)
+		return nil, fmt.Errorf("write: acquire: %w", err)
 	}
 	defer conn.Release()
 	if _, err := conn.Exec(ctx, "SELECT apigee.ensure_partitions(d, d) FROM unnest($1::date[]) AS d", missing); err != nil {
-		return nil, fmt.Errorf("store: ensure partitions: %w", err)
+		return nil, fmt.Errorf("write: ensure partitions: %w", err)
 	}
 	w.mu.Lock()
 	for _, d := range missing {
@@ -328,11 +319,11 @@ func (w *Writer) ensureDays(ctx context.Context, b *Batch) ([]string, error) {
 func (w *Writer) harden(ctx context.Context) error {
 	conn, err := w.db.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("store: acquire: %w", err)
+		return fmt.Errorf("write: acquire: %w", err)
 	}
 	defer conn.Release()
 	if _, err := conn.Exec(ctx, "SELECT apigee.harden_chunks()"); err != nil {
-		return fmt.Errorf("store: harden chunks: %w", err)
+		return fmt.Errorf("write: harden chunks: %w", err)
 	}
 	return nil
 }
@@ -343,16 +334,20 @@ func (w *Writer) harden(ctx context.Context) error {
 // writing its messages one by one isolates the culprit.
 func IsDataError(err error) bool {
 	var pg *pgconn.PgError
-	if !errors.As(err, &pg) {
+	if !errors.As(err, &pg) || isNoPartition(err) {
 		return false
 	}
-	if isNoPartition(err) {
-		return false
-	}
-	return strings.HasPrefix(pg.Code, "22") || strings.HasPrefix(pg.Code, "23")
+	return pgerrcode.IsDataException(pg.Code) || pgerrcode.IsIntegrityConstraintViolation(pg.Code)
 }
 
+// isNoPartition reports a row that no partition of its table accepts: its
+// day's partition is missing (dropped by retention after this Writer cached
+// it). PostgreSQL reports that as a check_violation like a failed CHECK, but
+// without a constraint name (ExecFindPartition and the partition-constraint
+// check set only the table), whereas every CHECK, NOT NULL-on-domain and
+// domain violation names its constraint. That field is part of the error
+// protocol, unlike the message text, which is translated with lc_messages.
 func isNoPartition(err error) bool {
 	var pg *pgconn.PgError
-	return errors.As(err, &pg) && pg.Code == "23514" && strings.Contains(pg.Message, "no partition")
+	return errors.As(err, &pg) && pg.Code == pgerrcode.CheckViolation && pg.ConstraintName == "" && pg.TableName != ""
 }

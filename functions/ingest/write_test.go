@@ -1,0 +1,264 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"apigee-timescale/deploy/local/testkit"
+	"apigee-timescale/shared/record"
+)
+
+// ingestPool connects as a login in apigee_ingest, as the function does.
+func ingestPool(t *testing.T, db *testkit.DB) *pgxpool.Pool {
+	t.Helper()
+	_, dsn := db.Login(t, "apigee_ingest")
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+func testCall(id, tenant string, at time.Time) Call {
+	ms := int32(42)
+	return Call{
+		Record: record.Record{
+			MessageID: id, ReceivedAt: at.UTC().Truncate(time.Millisecond),
+			Organization: "org", Environment: "prod", APIProxy: "orders-v1", Tenant: tenant,
+			RequestVerb: "GET", RequestPath: "/orders", ResponseStatusCode: 200, TotalResponseTime: &ms,
+			Attributes: map[string]string{"k": "v"},
+		},
+		PubSubMessageID: "ps-" + id,
+	}
+}
+
+func TestWriteExactlyOnce(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		ctx := context.Background()
+		w := NewWriter(ingestPool(t, db))
+		now := time.Now().UTC()
+		b := &Batch{Messages: 3, Calls: []Call{
+			testCall("m1", "tenant-a", now),
+			testCall("m2", "tenant-a", now.Add(-time.Minute)),
+			testCall("m2", "tenant-a", now.Add(-time.Minute)),     // the same call twice in one batch
+			testCall("m3", "tenant-b", now.Add(-40*24*time.Hour)), // late data: a day with no partition yet
+		}, Rejects: []Reject{{
+			ReceivedAt: now, DedupeKey: "msg:x:0", Tenant: "tenant-a", Reason: "not_json",
+			Detail: "not JSON", Payload: []byte("{oops"), PubSubMessageID: "x",
+		}}}
+		res, err := w.Write(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Inserted != 3 || res.Duplicates != 1 || res.Rejected != 1 {
+			t.Fatalf("first write: %+v, want 3 inserted, 1 duplicate, 1 rejected", res)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.api_calls"); n != 3 {
+			t.Fatalf("%d rows, want 3", n)
+		}
+		// Minutes touched, for the rollup: one per distinct minute inserted.
+		if n := count(t, db, "SELECT count(DISTINCT bucket_start) FROM apigee.rollup_invalidations WHERE batch_id = $1", res.BatchID); n != 3 {
+			t.Fatalf("%d invalidated minutes, want 3", n)
+		}
+		var sum []byte
+		var inserted, dups int
+		if err := db.Admin.QueryRow(ctx, "SELECT rows_sha256, rows_inserted, rows_duplicate FROM apigee.ingest_batches WHERE batch_id = $1", res.BatchID).Scan(&sum, &inserted, &dups); err != nil {
+			t.Fatal(err)
+		}
+		if string(sum) != string(res.SHA256[:]) || inserted != 3 || dups != 1 {
+			t.Fatalf("batch row: %x %d %d, want %x 3 1", sum, inserted, dups, res.SHA256)
+		}
+
+		// Redelivery of everything: nothing new.
+		again, err := w.Write(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again.Inserted != 0 || again.Duplicates != 4 || again.Rejected != 0 {
+			t.Fatalf("redelivery: %+v, want 0 inserted, 4 duplicates, 0 rejected", again)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.api_calls"); n != 3 {
+			t.Fatalf("%d rows after redelivery, want 3", n)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.ingest_rejects"); n != 1 {
+			t.Fatalf("%d rejects after redelivery, want 1", n)
+		}
+		var attrs string
+		if err := db.Admin.QueryRow(ctx, "SELECT attributes::text FROM apigee.api_calls WHERE message_id = 'm1'").Scan(&attrs); err != nil || attrs != `{"k": "v"}` {
+			t.Fatalf("attributes %q (err %v)", attrs, err)
+		}
+	})
+}
+
+func TestHashIsRecomputable(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)
+	a := []Call{testCall("a", "t", now), testCall("b", "t", now)}
+	h1 := HashCalls(7, a)
+	if h1 != HashCalls(7, a) {
+		t.Fatal("hash is not deterministic")
+	}
+	if h1 == HashCalls(8, a) {
+		t.Fatal("hash ignores the batch id")
+	}
+	b := []Call{testCall("a", "t", now), testCall("b", "u", now)}
+	if h1 == HashCalls(7, b) {
+		t.Fatal("hash ignores a changed tenant")
+	}
+}
+
+func TestConcurrentWritersSameMessages(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		w := NewWriter(ingestPool(t, db))
+		now := time.Now().UTC()
+		var calls []Call
+		for i := range 500 {
+			calls = append(calls, testCall(fmt.Sprintf("c%d", i), "tenant-a", now.Add(-time.Duration(i)*time.Second)))
+		}
+		var wg sync.WaitGroup
+		results := make([]Result, 4)
+		errs := make([]error, 4)
+		for g := range 4 {
+			// Each writer holds the same calls in another order, as batches of
+			// redelivered messages do: they must neither deadlock nor double-insert.
+			mine := slices.Clone(calls)
+			rand.New(rand.NewPCG(uint64(g), 1)).Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[g], errs[g] = w.Write(context.Background(), &Batch{Calls: mine, Messages: len(mine)})
+			}()
+		}
+		wg.Wait()
+		total := 0
+		for g := range 4 {
+			if errs[g] != nil {
+				t.Fatal(errs[g])
+			}
+			total += results[g].Inserted
+		}
+		if total != 500 {
+			t.Fatalf("writers inserted %d rows in all, want 500", total)
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.api_calls"); n != 500 {
+			t.Fatalf("%d rows, want 500", n)
+		}
+	})
+}
+
+func TestDataErrorIsClassified(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		w := NewWriter(ingestPool(t, db))
+		bad := testCall(strings.Repeat("x", 200), "tenant-a", time.Now()) // over the 128-byte CHECK
+		_, err := w.Write(context.Background(), &Batch{Calls: []Call{bad}})
+		if err == nil || !IsDataError(err) {
+			t.Fatalf("got %v, want a data error", err)
+		}
+		if IsDataError(errors.New("connection refused")) || IsDataError(pgx.ErrNoRows) {
+			t.Fatal("non-database errors classified as data errors")
+		}
+		if n := count(t, db, "SELECT count(*) FROM apigee.ingest_batches"); n != 0 {
+			t.Fatalf("failed batch left %d batch rows", n)
+		}
+	})
+}
+
+// The quarantine takes whatever it is given: text PostgreSQL refuses (NUL,
+// invalid UTF-8) in any reject field is cleaned on the way in (the envelope
+// decoder, the quarantine constructor), not a batch failure that would
+// repeat on every redelivery.
+func TestRejectWithUnstorableTextIsStored(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		w := NewWriter(ingestPool(t, db))
+		bad := `a\u0000b` + "\xff" + `c` // as JSON text
+		body := `{"message":{"data":"e30=","messageId":"m` + bad + `","publishTime":"p` + bad +
+			`","attributes":{"k` + bad + `":"v` + bad + `","tenant":"t` + bad + `"}},"subscription":"s` + bad + `"}`
+		m := decodePush(http.Header{}, []byte(body))
+		if m.bad == nil {
+			t.Fatal("a publish time that is not RFC 3339 was accepted")
+		}
+		src := sourceOf(&m, time.Now())
+		c := testCall("c1", "tenant-a", time.Now())
+		c.index = 3
+		rejects := []Reject{src.reject(*m.bad, ""), src.dbRejected(&c, errors.New("refused: d\x00\xff"))}
+		res, err := w.Write(context.Background(), &Batch{Rejects: rejects, Messages: 1})
+		if err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		if res.Rejected != 2 {
+			t.Fatalf("%d rejects stored, want 2", res.Rejected)
+		}
+		const want = "ab\uFFFDc"
+		if n := count(t, db, `SELECT count(*) FROM apigee.ingest_rejects WHERE dedupe_key = 'msg:m'||$1||':-1' AND tenant = 't'||$1
+			AND detail LIKE '%: p'||$1 AND pubsub_message_id = 'm'||$1 AND subscription = 's'||$1
+			AND attributes = jsonb_build_object('k'||$1, 'v'||$1, 'tenant', 't'||$1) AND payload = $2`, want, []byte(body)); n != 1 {
+			t.Fatalf("cleaned reject not found as expected (%d rows)", n)
+		}
+		if n := count(t, db, `SELECT count(*) FROM apigee.ingest_rejects WHERE dedupe_key = 'msg:m'||$1||':3' AND tenant = 'tenant-a'
+			AND reason = 'db_rejected' AND detail = 'refused: d'||$2 AND record_index = 3`, want, "\uFFFD"); n != 1 {
+			t.Fatalf("cleaned database reject not found as expected (%d rows)", n)
+		}
+	})
+}
+
+// A partition dropped after the Writer cached its day (retention) is
+// recognised from the error's fields, recreated, and the batch written.
+func TestDroppedPartitionIsRecreated(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		if count(t, db, "SELECT count(*) FROM apigee.settings WHERE key = 'storage' AND value = 'partitioned'") == 0 {
+			t.Skip("TimescaleDB creates chunks itself")
+		}
+		ctx := context.Background()
+		w := NewWriter(ingestPool(t, db))
+		at := time.Now().UTC().Add(-3 * 24 * time.Hour)
+		if _, err := w.Write(ctx, &Batch{Calls: []Call{testCall("p1", "tenant-a", at)}, Messages: 1}); err != nil {
+			t.Fatal(err)
+		}
+		part := "apigee_chunks.api_calls_" + at.Format("20060102")
+		if _, err := db.Admin.Exec(ctx, "DROP TABLE "+part); err != nil {
+			t.Fatal(err)
+		}
+		res, err := w.Write(ctx, &Batch{Calls: []Call{testCall("p2", "tenant-a", at)}, Messages: 1})
+		if err != nil || res.Inserted != 1 {
+			t.Fatalf("after dropping %s: %+v, %v; want the partition recreated and 1 row inserted", part, res, err)
+		}
+	})
+}
+
+func TestErrorClassification(t *testing.T) {
+	tests := []struct {
+		name              string
+		err               error
+		data, noPartition bool
+	}{
+		{"no partition for the row", &pgconn.PgError{Code: pgerrcode.CheckViolation, TableName: "api_calls"}, false, true},
+		{"CHECK constraint", &pgconn.PgError{Code: pgerrcode.CheckViolation, TableName: "api_calls", ConstraintName: "api_calls_message_id_check"}, true, false},
+		{"bad text", &pgconn.PgError{Code: pgerrcode.CharacterNotInRepertoire}, true, false},
+		{"not null", fmt.Errorf("wrapped: %w", &pgconn.PgError{Code: pgerrcode.NotNullViolation, TableName: "api_calls"}), true, false},
+		{"deadlock", &pgconn.PgError{Code: pgerrcode.DeadlockDetected}, false, false},
+		{"connection refused", errors.New("connection refused"), false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := IsDataError(tt.err); got != tt.data {
+				t.Errorf("IsDataError = %v, want %v", got, tt.data)
+			}
+			if got := isNoPartition(tt.err); got != tt.noPartition {
+				t.Errorf("isNoPartition = %v, want %v", got, tt.noPartition)
+			}
+		})
+	}
+}
