@@ -176,11 +176,12 @@ func ParseRecord(raw []byte, lim Limits) (Record, *Reject) {
 	if v.kind != kindObject {
 		return Record{}, notObject(raw, v)
 	}
-	r, rej := p.record(raw, &p.loc, true)
-	if rej != nil {
+	var r Record
+	if rej := p.record(raw, &p.loc, true, &r); rej != nil {
 		rej.Raw = raw
+		return Record{}, rej
 	}
-	return r, rej
+	return r, nil
 }
 
 // scanItem validates the value at b[i]; an object's members are located in
@@ -237,9 +238,9 @@ func Parse(data []byte, lim Limits) Parsed {
 		case v.kind != kindObject:
 			rej = notObject(raw, v)
 		default:
-			var r Record
-			if r, rej = p.record(data, &p.loc, true); rej == nil {
-				out.Records = append(out.Records, r)
+			out.Records = append(out.Records, Record{})
+			if rej = p.record(data, &p.loc, true, &out.Records[len(out.Records)-1]); rej != nil {
+				out.Records = out.Records[:len(out.Records)-1]
 			}
 		}
 		if rej != nil {
