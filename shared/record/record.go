@@ -1,10 +1,11 @@
 // Package record decodes, validates and normalises apigee.call.v1 records
-// (see shared/design/record-v1.md), the JSON objects Apigee publishes to
-// Pub/Sub for every API call. It is the hot path of ingest, so it scans the
-// JSON itself instead of unmarshalling into maps; JSONSchema is the same
-// contract in machine-readable form for other tools.
+// (FORMAT.md in this directory), the JSON objects Apigee publishes to
+// Pub/Sub for every API call. The field table in table.go declares every
+// field once. It is the hot path of ingest, so it scans the JSON itself
+// instead of unmarshalling into maps; JSONSchema is the same contract in
+// machine-readable form for other tools.
 //
-// Beyond the design document: lengths are counted in UTF-8 bytes; a key that
+// Rules worth knowing: lengths are counted in UTF-8 bytes; a key that
 // appears twice in an object is rejected (first-wins and last-wins parsers
 // would disagree on, say, tenant); every string, unknown fields included,
 // must be storable by PostgreSQL (valid UTF-8, no NUL, no lone surrogate);
@@ -79,7 +80,7 @@ type Limits struct {
 // defaultMinReceivedAt: no Apigee call predates it; epoch seconds read as milliseconds (1970) do.
 var defaultMinReceivedAt = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// DefaultLimits returns the limits of the record-v1 design.
+// DefaultLimits returns the limits FORMAT.md states.
 func DefaultLimits() Limits {
 	return Limits{
 		MaxRecordBytes:  1 << 20,
