@@ -135,6 +135,42 @@ const (
 	numTooLarge
 )
 
+// splitNumber splits an unsigned JSON number token into its digits before
+// and after the decimal point and its exponent, which saturates: any larger
+// exponent decides the same way.
+func splitNumber(tok []byte) (intPart, frac []byte, exp int) {
+	i := 0
+	for i < len(tok) && tok[i] >= '0' && tok[i] <= '9' {
+		i++
+	}
+	intPart = tok[:i]
+	if i < len(tok) && tok[i] == '.' {
+		j := i + 1
+		for j < len(tok) && tok[j] >= '0' && tok[j] <= '9' {
+			j++
+		}
+		frac = tok[i+1 : j]
+		i = j
+	}
+	if i < len(tok) && (tok[i] == 'e' || tok[i] == 'E') {
+		i++
+		expNeg := false
+		if tok[i] == '+' || tok[i] == '-' {
+			expNeg = tok[i] == '-'
+			i++
+		}
+		for ; i < len(tok); i++ {
+			if exp < 1e6 {
+				exp = exp*10 + int(tok[i]-'0')
+			}
+		}
+		if expNeg {
+			exp = -exp
+		}
+	}
+	return intPart, frac, exp
+}
+
 // jsonUint returns the value of a JSON number token that must denote a
 // non-negative integer. Like JSON Schema's "integer", 200.0 and 2e2 count as
 // 200. The exact decimal arithmetic (no float64) keeps int64 sizes exact and
@@ -144,37 +180,7 @@ func jsonUint(tok []byte) (uint64, numErr) {
 	if neg {
 		tok = tok[1:]
 	}
-	i := 0
-	for i < len(tok) && tok[i] >= '0' && tok[i] <= '9' {
-		i++
-	}
-	intPart := tok[:i]
-	var frac []byte
-	if i < len(tok) && tok[i] == '.' {
-		j := i + 1
-		for j < len(tok) && tok[j] >= '0' && tok[j] <= '9' {
-			j++
-		}
-		frac = tok[i+1 : j]
-		i = j
-	}
-	exp := 0
-	if i < len(tok) && (tok[i] == 'e' || tok[i] == 'E') {
-		i++
-		expNeg := false
-		if tok[i] == '+' || tok[i] == '-' {
-			expNeg = tok[i] == '-'
-			i++
-		}
-		for ; i < len(tok); i++ {
-			if exp < 1e6 { // saturate: any larger exponent decides the same way
-				exp = exp*10 + int(tok[i]-'0')
-			}
-		}
-		if expNeg {
-			exp = -exp
-		}
-	}
+	intPart, frac, exp := splitNumber(tok)
 	nd := len(intPart) + len(frac)
 	digit := func(k int) byte {
 		if k < len(intPart) {
