@@ -327,6 +327,9 @@ func (s *splitter) item(v val) {
 		s.out.Records = append(s.out.Records, Record{})
 		if rej = p.record(s.data, &p.loc, true, &s.out.Records[len(s.out.Records)-1]); rej != nil {
 			s.out.Records = s.out.Records[:len(s.out.Records)-1]
+			if len(s.out.Records) == 0 {
+				s.out.Records = nil // as when no record was ever accepted
+			}
 		}
 	}
 	if rej != nil {
