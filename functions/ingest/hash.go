@@ -13,7 +13,8 @@ import (
 // it later from the rows WHERE batch_id = id.
 //
 // The encoding is one bracketed, comma-separated list per row, in
-// stageColumns order, rows sorted by (message_id, received_at), each row
+// stageColumns order (the field table's columns by ordinal, then the
+// message's), rows sorted by (message_id, received_at), each row
 // followed by "\n", the whole prefixed by the batch id as 8 big-endian
 // bytes. Values: strings and timestamps quoted as Go's strconv.Quote does
 // (fast, and unambiguous), timestamps as RFC 3339 UTC with microseconds,

@@ -2,34 +2,47 @@ package ingest
 
 import (
 	"encoding/json"
-	"net/netip"
+	"strings"
 	"time"
+
+	"apigee-timescale/shared/record"
 )
 
-// stageColumns are the columns ingest writes, in COPY order. ingested_at
-// takes its default.
-var stageColumns = []string{
-	"received_at", "message_id", "tenant", "organization", "environment", "apiproxy",
-	"apiproxy_revision", "proxy_basepath", "request_verb", "request_path",
-	"response_status_code", "target_response_code", "total_response_time", "target_response_time",
-	"request_size", "response_size", "client_ip", "useragent", "target_host", "fault_name", "is_error",
-	"developer_app", "developer_email", "api_product", "client_id",
-	"identity_subject", "identity_issuer", "identity_email", "identity_auth", "identity_scopes",
-	"attributes", "extra", "pubsub_message_id", "publish_time", "batch_id",
+// recordColumns are the columns filled from a Record, in the column order
+// of apigee.api_calls; the message's own columns follow them. Together they
+// are the COPY order and the order of the canonical hash (hash.go), so
+// neither may change for rows already stored. ingested_at takes its default.
+var recordColumns = record.Columns()
+
+var messageColumns = []struct{ name, sqlType string }{
+	{"pubsub_message_id", "text"}, {"publish_time", "timestamptz"}, {"batch_id", "bigint"},
 }
 
-// The staging table is declared column by column (not LIKE apigee.api_calls)
-// because the ingest role may not read the raw table's definition-bearing
-// columns. ON COMMIT DELETE ROWS empties it after every batch.
-const createStageSQL = `CREATE TEMP TABLE IF NOT EXISTS apigee_stage_calls (
-	received_at timestamptz, message_id text, tenant text, organization text, environment text, apiproxy text,
-	apiproxy_revision integer, proxy_basepath text, request_verb text, request_path text,
-	response_status_code smallint, target_response_code smallint, total_response_time integer, target_response_time integer,
-	request_size bigint, response_size bigint, client_ip inet, useragent text, target_host text, fault_name text, is_error boolean,
-	developer_app text, developer_email text, api_product text, client_id text,
-	identity_subject text, identity_issuer text, identity_email text, identity_auth text, identity_scopes text[],
-	attributes jsonb, extra jsonb, pubsub_message_id text, publish_time timestamptz, batch_id bigint
-) ON COMMIT DELETE ROWS`
+var stageColumns = func() []string {
+	var cols []string
+	for _, f := range recordColumns {
+		cols = append(cols, f.Column)
+	}
+	for _, c := range messageColumns {
+		cols = append(cols, c.name)
+	}
+	return cols
+}()
+
+// createStageSQL declares the staging table column by column (not LIKE
+// apigee.api_calls) because the ingest role may not read the raw table's
+// definition-bearing columns. ON COMMIT DELETE ROWS empties it after every
+// batch.
+var createStageSQL = func() string {
+	var cols []string
+	for _, f := range recordColumns {
+		cols = append(cols, f.Column+" "+f.SQLType)
+	}
+	for _, c := range messageColumns {
+		cols = append(cols, c.name+" "+c.sqlType)
+	}
+	return "CREATE TEMP TABLE IF NOT EXISTS apigee_stage_calls (\n\t" + strings.Join(cols, ", ") + "\n) ON COMMIT DELETE ROWS"
+}()
 
 // moveSQL inserts the staged rows that are new, records the minutes they
 // touched for functions/rollup, and returns their keys. Duplicates within
@@ -49,16 +62,7 @@ WITH ins AS (
 )
 SELECT message_id, received_at FROM ins`
 
-var columnList = func() string {
-	s := ""
-	for i, c := range stageColumns {
-		if i > 0 {
-			s += ", "
-		}
-		s += c
-	}
-	return s
-}()
+var columnList = strings.Join(stageColumns, ", ")
 
 // insertRejectsSQL takes one array per column ($1–$13) and the batch id ($14).
 const insertRejectsSQL = `
@@ -89,41 +93,11 @@ func (c *callRows) Values() ([]any, error) {
 		c.row = make([]any, len(stageColumns))
 	}
 	v := c.row
-	v[0] = r.ReceivedAt
-	v[1] = r.MessageID
-	v[2] = r.Tenant
-	v[3] = r.Organization
-	v[4] = r.Environment
-	v[5] = r.APIProxy
-	v[6] = r.APIProxyRevision
-	v[7] = nullString(r.ProxyBasepath)
-	v[8] = r.RequestVerb
-	v[9] = r.RequestPath
-	v[10] = r.ResponseStatusCode
-	v[11] = r.TargetResponseCode
-	v[12] = r.TotalResponseTime
-	v[13] = r.TargetResponseTime
-	v[14] = r.RequestSize
-	v[15] = r.ResponseSize
-	v[16] = nullAddr(r.ClientIP)
-	v[17] = nullString(r.UserAgent)
-	v[18] = nullString(r.TargetHost)
-	v[19] = nullString(r.FaultName)
-	v[20] = r.IsError
-	v[21] = nullString(r.DeveloperApp)
-	v[22] = nullString(r.DeveloperEmail)
-	v[23] = nullString(r.APIProduct)
-	v[24] = nullString(r.ClientID)
-	v[25] = nullString(r.Identity.Subject)
-	v[26] = nullString(r.Identity.Issuer)
-	v[27] = nullString(r.Identity.Email)
-	v[28] = nullString(r.Identity.Auth)
-	v[29] = nullStrings(r.Identity.Scopes)
-	v[30] = jsonAttributes(r.Attributes)
-	v[31] = jsonExtra(r.Extra)
-	v[32] = nullString(r.PubSubMessageID)
-	v[33] = nullTime(r.PublishTime)
-	v[34] = c.batchID
+	for i := range recordColumns {
+		v[i] = recordColumns[i].Value(&r.Record)
+	}
+	n := len(recordColumns)
+	v[n], v[n+1], v[n+2] = nullString(r.PubSubMessageID), nullTime(r.PublishTime), c.batchID
 	return v, nil
 }
 
@@ -175,13 +149,6 @@ func nullString(s string) *string {
 	return &s
 }
 
-func nullStrings(s []string) []string {
-	if len(s) == 0 {
-		return nil
-	}
-	return s
-}
-
 func nullTime(t time.Time) *time.Time {
 	if t.IsZero() {
 		return nil
@@ -189,30 +156,10 @@ func nullTime(t time.Time) *time.Time {
 	return &t
 }
 
-func nullAddr(a netip.Addr) any {
-	if !a.IsValid() {
-		return nil
-	}
-	return a
-}
-
 func jsonAttributes(m map[string]string) []byte {
 	if len(m) == 0 {
 		return nil
 	}
 	b, _ := json.Marshal(m) // a map of strings always marshals
-	return b
-}
-
-func jsonExtra(m map[string]json.RawMessage) []byte {
-	if len(m) == 0 {
-		return nil
-	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		// Extra holds raw JSON the decoder validated; a failure here is a bug,
-		// but losing the extra fields beats losing the row.
-		return nil
-	}
 	return b
 }

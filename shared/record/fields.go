@@ -11,156 +11,6 @@ import (
 	"unicode/utf8"
 )
 
-type fieldID uint8
-
-// The order is the order of validation: a record with several problems is
-// rejected for the first, so the same input always gets the same Reject.
-const (
-	fSchema fieldID = iota
-	fMessageID
-	fReceivedAt
-	fOrganization
-	fEnvironment
-	fAPIProxy
-	fAPIProxyRevision
-	fProxyBasepath
-	fRequestVerb
-	fRequestPath
-	fResponseStatusCode
-	fTargetResponseCode
-	fTotalResponseTime
-	fTargetResponseTime
-	fRequestSize
-	fResponseSize
-	fClientIP
-	fUserAgent
-	fTargetHost
-	fFaultName
-	fIsError
-	fDeveloperApp
-	fDeveloperEmail
-	fAPIProduct
-	fClientID
-	fTenant
-	fIdentity
-	fAttributes
-	numFields
-	fUnknown = numFields
-)
-
-var fieldNames = [numFields]string{
-	fSchema:             "schema",
-	fMessageID:          "message_id",
-	fReceivedAt:         "received_at",
-	fOrganization:       "organization",
-	fEnvironment:        "environment",
-	fAPIProxy:           "apiproxy",
-	fAPIProxyRevision:   "apiproxy_revision",
-	fProxyBasepath:      "proxy_basepath",
-	fRequestVerb:        "request_verb",
-	fRequestPath:        "request_path",
-	fResponseStatusCode: "response_status_code",
-	fTargetResponseCode: "target_response_code",
-	fTotalResponseTime:  "total_response_time",
-	fTargetResponseTime: "target_response_time",
-	fRequestSize:        "request_size",
-	fResponseSize:       "response_size",
-	fClientIP:           "client_ip",
-	fUserAgent:          "useragent",
-	fTargetHost:         "target_host",
-	fFaultName:          "fault_name",
-	fIsError:            "is_error",
-	fDeveloperApp:       "developer_app",
-	fDeveloperEmail:     "developer_email",
-	fAPIProduct:         "api_product",
-	fClientID:           "client_id",
-	fTenant:             "tenant",
-	fIdentity:           "identity",
-	fAttributes:         "attributes",
-}
-
-// lookupField avoids a map: a switch on string(b) compiles to comparisons
-// without converting (allocating) the key.
-func lookupField(b []byte) fieldID {
-	switch string(b) {
-	case "schema":
-		return fSchema
-	case "message_id":
-		return fMessageID
-	case "received_at":
-		return fReceivedAt
-	case "organization":
-		return fOrganization
-	case "environment":
-		return fEnvironment
-	case "apiproxy":
-		return fAPIProxy
-	case "apiproxy_revision":
-		return fAPIProxyRevision
-	case "proxy_basepath":
-		return fProxyBasepath
-	case "request_verb":
-		return fRequestVerb
-	case "request_path":
-		return fRequestPath
-	case "response_status_code":
-		return fResponseStatusCode
-	case "target_response_code":
-		return fTargetResponseCode
-	case "total_response_time":
-		return fTotalResponseTime
-	case "target_response_time":
-		return fTargetResponseTime
-	case "request_size":
-		return fRequestSize
-	case "response_size":
-		return fResponseSize
-	case "client_ip":
-		return fClientIP
-	case "useragent":
-		return fUserAgent
-	case "target_host":
-		return fTargetHost
-	case "fault_name":
-		return fFaultName
-	case "is_error":
-		return fIsError
-	case "developer_app":
-		return fDeveloperApp
-	case "developer_email":
-		return fDeveloperEmail
-	case "api_product":
-		return fAPIProduct
-	case "client_id":
-		return fClientID
-	case "tenant":
-		return fTenant
-	case "identity":
-		return fIdentity
-	case "attributes":
-		return fAttributes
-	}
-	return fUnknown
-}
-
-// Limits of the record-v1 design, in UTF-8 bytes.
-const (
-	maxMessageID     = 128
-	maxName          = 128 // organization, environment, tenant
-	maxAPIProxy      = 255
-	maxBasepath      = 1024
-	maxVerb          = 32
-	maxPath          = 2048
-	maxUserAgent     = 512
-	maxHost          = 255 // target_host, fault_name
-	maxAttributes    = 32
-	maxExtraDepth    = 64
-	maxExtraNumber   = 256  // characters of one number in an unknown field
-	maxExtraExponent = 1000 // |exponent| of such a number
-	maxStatus        = 599
-	snippetBytes     = 64
-)
-
 var sprintf = fmt.Sprintf
 
 type parser struct {
@@ -176,13 +26,23 @@ type parser struct {
 
 type kv struct{ key, value val }
 
-// optNums backs all optional numeric pointers of one Record with a single
-// allocation.
+// optNums backs the optional numbers and the boolean of one Record with a
+// single allocation; TestOptNumsFitTheTable keeps the arrays large enough.
 type optNums struct {
-	revision, totalTime, targetTime int32
-	targetCode                      int16
-	reqSize, respSize               int64
-	isError                         bool
+	i16           [1]int16
+	i32           [3]int32
+	i64           [2]int64
+	b             bool
+	n16, n32, n64 uint8
+}
+
+// get returns n, allocating it into *slot on first use.
+func (n *optNums) get(slot **optNums) *optNums {
+	if n == nil {
+		n = new(optNums)
+		*slot = n
+	}
+	return n
 }
 
 func invalid(field, format string, args ...any) *Reject {
@@ -275,6 +135,42 @@ const (
 	numTooLarge
 )
 
+// splitNumber splits an unsigned JSON number token into its digits before
+// and after the decimal point and its exponent, which saturates: any larger
+// exponent decides the same way.
+func splitNumber(tok []byte) (intPart, frac []byte, exp int) {
+	i := 0
+	for i < len(tok) && tok[i] >= '0' && tok[i] <= '9' {
+		i++
+	}
+	intPart = tok[:i]
+	if i < len(tok) && tok[i] == '.' {
+		j := i + 1
+		for j < len(tok) && tok[j] >= '0' && tok[j] <= '9' {
+			j++
+		}
+		frac = tok[i+1 : j]
+		i = j
+	}
+	if i < len(tok) && (tok[i] == 'e' || tok[i] == 'E') {
+		i++
+		expNeg := false
+		if tok[i] == '+' || tok[i] == '-' {
+			expNeg = tok[i] == '-'
+			i++
+		}
+		for ; i < len(tok); i++ {
+			if exp < 1e6 {
+				exp = exp*10 + int(tok[i]-'0')
+			}
+		}
+		if expNeg {
+			exp = -exp
+		}
+	}
+	return intPart, frac, exp
+}
+
 // jsonUint returns the value of a JSON number token that must denote a
 // non-negative integer. Like JSON Schema's "integer", 200.0 and 2e2 count as
 // 200. The exact decimal arithmetic (no float64) keeps int64 sizes exact and
@@ -284,37 +180,7 @@ func jsonUint(tok []byte) (uint64, numErr) {
 	if neg {
 		tok = tok[1:]
 	}
-	i := 0
-	for i < len(tok) && tok[i] >= '0' && tok[i] <= '9' {
-		i++
-	}
-	intPart := tok[:i]
-	var frac []byte
-	if i < len(tok) && tok[i] == '.' {
-		j := i + 1
-		for j < len(tok) && tok[j] >= '0' && tok[j] <= '9' {
-			j++
-		}
-		frac = tok[i+1 : j]
-		i = j
-	}
-	exp := 0
-	if i < len(tok) && (tok[i] == 'e' || tok[i] == 'E') {
-		i++
-		expNeg := false
-		if tok[i] == '+' || tok[i] == '-' {
-			expNeg = tok[i] == '-'
-			i++
-		}
-		for ; i < len(tok); i++ {
-			if exp < 1e6 { // saturate: any larger exponent decides the same way
-				exp = exp*10 + int(tok[i]-'0')
-			}
-		}
-		if expNeg {
-			exp = -exp
-		}
-	}
+	intPart, frac, exp := splitNumber(tok)
 	nd := len(intPart) + len(frac)
 	digit := func(k int) byte {
 		if k < len(intPart) {
@@ -495,232 +361,235 @@ func (p *parser) note(b []byte, k, v val, m *located) {
 		return
 	}
 	if m.f[id].present() && m.dup == "" {
-		m.dup = fieldNames[id]
+		m.dup = fields[id].Key
 	}
 	m.f[id] = v
 }
 
-// record validates the record whose members collect has located; when
-// logEntry is set, the object may also be a Cloud Logging LogEntry.
-func (p *parser) record(b []byte, m *located, logEntry bool) (Record, *Reject) {
-	if m.badKey != nil {
-		return Record{}, m.badKey
+// fSchema is the first field: nothing else is read from a record of
+// another version.
+const fSchema fieldID = 0
+
+// defaults maps a field with a Default to the field it takes its value from.
+var defaults = func() (d [numFields]fieldID) {
+	for i, f := range fields {
+		d[i] = fUnknown
+		for j, g := range fields[:i] {
+			if f.Default != "" && g.Key == f.Default {
+				d[i] = fieldID(j)
+			}
+		}
 	}
-	f := &m.f
-	if logEntry && !f[fSchema].present() {
-		// A LogEntry: an object without "schema" but with "jsonPayload",
-		// which is the record.
-		switch {
-		case m.payloads > 1:
-			return Record{}, invalid("jsonPayload", "the key jsonPayload appears more than once")
-		case m.payloads == 1 && m.payload.kind != kindObject:
-			return Record{}, invalid("jsonPayload", "the LogEntry's jsonPayload must be an object, got %s", m.payload.kind)
-		case m.payloads == 1:
-			var pm located
-			p.collect(b, m.payload.start, 0, &pm) // cannot fail: scanned already
-			return p.record(b, &pm, false)
-		case m.text && m.logName:
-			return Record{}, &Reject{Reason: ReasonMissingField, Field: "jsonPayload",
-				Detail: "the LogEntry has a textPayload; the record must be its jsonPayload (give the MessageLogging policy's message contentType application/json)"}
+	return d
+}()
+
+// record validates the record whose members collect has located; when
+// logEntry is set, the object may also be a Cloud Logging LogEntry. It
+// decodes into r, which must be zero, and leaves r undefined on a reject.
+// (The caller's r, not a local one: the table's setters would move a local
+// Record to the heap, one allocation per record.)
+func (p *parser) record(b []byte, m *located, logEntry bool, r *Record) *Reject {
+	if m.badKey != nil {
+		return m.badKey
+	}
+	if logEntry && !m.f[fSchema].present() {
+		if rej, done := p.logEntry(b, m, r); done {
+			return rej
 		}
 	}
 	if m.dup != "" {
 		// A parser differential (first vs last wins) on a field like
 		// tenant, the row-level security key, is a security bug.
-		return Record{}, invalid(m.dup, "the key %s appears more than once", m.dup)
+		return invalid(m.dup, "the key %s appears more than once", m.dup)
 	}
-	if v := f[fSchema]; v.absent() {
-		return Record{}, p.missing("schema", v)
-	} else if v.kind != kindString {
-		return Record{}, invalid("schema", "schema must be the string %q, got %s", SchemaV1, v.kind)
-	} else if string(b[v.start:v.end]) != `"`+SchemaV1+`"` {
-		s, rej := p.text(b, v, "schema", 0, true)
-		if rej != nil {
-			return Record{}, rej
-		}
-		if string(s) != SchemaV1 {
-			return Record{}, &Reject{Reason: ReasonUnknownSchema, Field: "schema",
-				Detail: sprintf("schema %s is not %s", p.token(b, v), SchemaV1)}
+	var nums *optNums
+	for id := range fieldID(numFields) {
+		if rej := p.field(b, id, m, r, &nums); rej != nil {
+			return rej
 		}
 	}
+	return nil
+}
 
-	var r Record
+// logEntry handles an object without "schema": a LogEntry whose
+// jsonPayload is the record. done is false when it is not one.
+func (p *parser) logEntry(b []byte, m *located, r *Record) (rej *Reject, done bool) {
+	switch {
+	case m.payloads > 1:
+		return invalid("jsonPayload", "the key jsonPayload appears more than once"), true
+	case m.payloads == 1 && m.payload.kind != kindObject:
+		return invalid("jsonPayload", "the LogEntry's jsonPayload must be an object, got %s", m.payload.kind), true
+	case m.payloads == 1:
+		var pm located
+		p.collect(b, m.payload.start, 0, &pm) // cannot fail: scanned already
+		return p.record(b, &pm, false, r), true
+	case m.text && m.logName:
+		return &Reject{Reason: ReasonMissingField, Field: "jsonPayload",
+			Detail: "the LogEntry has a textPayload; the record must be its jsonPayload (give the MessageLogging policy's message contentType application/json)"}, true
+	}
+	return nil, false
+}
+
+// field validates fields[id] and stores it in r.
+func (p *parser) field(b []byte, id fieldID, m *located, r *Record, nums **optNums) *Reject {
+	f := &fields[id]
+	v := m.f[id]
+	var s string
 	var rej *Reject
-	var s []byte
-	if s, rej = p.text(b, f[fMessageID], "message_id", maxMessageID, true); rej != nil {
-		return Record{}, rej
+	switch f.Kind {
+	case KindSchema:
+		return p.schema(b, v)
+	case KindText:
+		if s, rej = p.str(b, v, f.Key, f.Max, f.Required, f.intern); s == "" && rej == nil && defaults[id] != fUnknown {
+			s = *fields[defaults[id]].ref(r).(*string)
+		}
+	case KindMessageID:
+		s, rej = p.messageID(b, v, f)
+	case KindTime:
+		var t time.Time
+		t, rej = p.receivedAt(b, v)
+		*f.ref(r).(*time.Time) = t
+		return rej
+	case KindInt:
+		return p.integer(b, v, f, r, nums)
+	case KindVerb:
+		s, rej = p.verb(b, v, f)
+	case KindPath:
+		s, rej = p.path(b, v, f)
+	case KindIP:
+		var a netip.Addr
+		a, rej = p.clientIP(b, v, f)
+		*f.ref(r).(*netip.Addr) = a
+		return rej
+	case KindUserAgent:
+		s, rej = p.userAgent(b, v, f)
+	case KindBool:
+		return p.boolean(b, v, f, r, nums)
+	case KindObject:
+		return p.object(b, id, v, m)
+	case KindAuth:
+		s, rej = p.auth(b, v, f)
+	case KindScopes:
+		var scopes []string
+		scopes, rej = p.scopes(b, v, f)
+		*f.ref(r).(*[]string) = scopes
+		return rej
+	case KindAttributes:
+		var attrs map[string]string
+		attrs, rej = p.attributes(b, v, f)
+		*f.ref(r).(*map[string]string) = attrs
+		return rej
+	case KindExtra:
+		var extra map[string]json.RawMessage
+		extra, rej = p.extra(b)
+		*f.ref(r).(*map[string]json.RawMessage) = extra
+		return rej
+	}
+	if rej == nil {
+		*f.ref(r).(*string) = s
+	}
+	return rej
+}
+
+func (p *parser) schema(b []byte, v val) *Reject {
+	const name = "schema"
+	switch {
+	case v.absent():
+		return p.missing(name, v)
+	case v.kind != kindString:
+		return invalid(name, "schema must be the string %q, got %s", SchemaV1, v.kind)
+	case string(b[v.start:v.end]) == `"`+SchemaV1+`"`:
+		return nil
+	}
+	s, rej := p.text(b, v, name, 0, true)
+	if rej != nil {
+		return rej
+	}
+	if string(s) != SchemaV1 {
+		return &Reject{Reason: ReasonUnknownSchema, Field: name,
+			Detail: sprintf("schema %s is not %s", p.token(b, v), SchemaV1)}
+	}
+	return nil
+}
+
+func (p *parser) messageID(b []byte, v val, f *Field) (string, *Reject) {
+	s, rej := p.text(b, v, f.Key, f.Max, f.Required)
+	if rej != nil {
+		return "", rej
 	}
 	for _, c := range string(s) {
 		if unicode.IsControl(c) {
-			return Record{}, invalid("message_id", "message_id %s contains a control character", p.token(b, f[fMessageID]))
+			return "", invalid(f.Key, "%s %s contains a control character", f.Key, p.token(b, v))
 		}
 	}
-	r.MessageID = string(s)
-	if r.ReceivedAt, rej = p.receivedAt(b, f[fReceivedAt]); rej != nil {
-		return Record{}, rej
-	}
-	if r.Organization, rej = p.str(b, f[fOrganization], "organization", maxName, true, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.Environment, rej = p.str(b, f[fEnvironment], "environment", maxName, true, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.APIProxy, rej = p.str(b, f[fAPIProxy], "apiproxy", maxAPIProxy, true, true); rej != nil {
-		return Record{}, rej
-	}
+	return string(s), nil
+}
 
-	var nums *optNums
-	num := func() *optNums {
-		if nums == nil {
-			nums = new(optNums)
-		}
-		return nums
+// integer stores a numeric field; the optional ones point into nums, one
+// allocation for all of a record's.
+func (p *parser) integer(b []byte, v val, f *Field, r *Record, nums **optNums) *Reject {
+	u, ok, rej := p.uint(b, v, f.Key, uint64(f.Max), f.Required)
+	if rej != nil || !ok {
+		return rej
 	}
-	u, ok, rej := p.uint(b, f[fAPIProxyRevision], "apiproxy_revision", math.MaxInt32, false)
-	if rej != nil {
-		return Record{}, rej
+	switch x := f.ref(r).(type) {
+	case *int16:
+		*x = int16(u)
+	case **int16:
+		n := (*nums).get(nums)
+		*x = &n.i16[n.n16]
+		**x, n.n16 = int16(u), n.n16+1
+	case **int32:
+		n := (*nums).get(nums)
+		*x = &n.i32[n.n32]
+		**x, n.n32 = int32(u), n.n32+1
+	case **int64:
+		n := (*nums).get(nums)
+		*x = &n.i64[n.n64]
+		**x, n.n64 = int64(u), n.n64+1
 	}
-	if ok {
-		n := num()
-		n.revision = int32(u)
-		r.APIProxyRevision = &n.revision
+	return nil
+}
+
+func (p *parser) boolean(b []byte, v val, f *Field, r *Record, nums **optNums) *Reject {
+	if v.absent() {
+		return nil
 	}
-	if r.ProxyBasepath, rej = p.str(b, f[fProxyBasepath], "proxy_basepath", maxBasepath, false, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.RequestVerb, rej = p.verb(b, f[fRequestVerb]); rej != nil {
-		return Record{}, rej
-	}
-	if r.RequestPath, rej = p.path(b, f[fRequestPath]); rej != nil {
-		return Record{}, rej
-	}
-	if u, _, rej = p.uint(b, f[fResponseStatusCode], "response_status_code", maxStatus, true); rej != nil {
-		return Record{}, rej
-	}
-	r.ResponseStatusCode = int16(u)
-	if u, ok, rej = p.uint(b, f[fTargetResponseCode], "target_response_code", maxStatus, false); rej != nil {
-		return Record{}, rej
-	} else if ok {
-		n := num()
-		n.targetCode = int16(u)
-		r.TargetResponseCode = &n.targetCode
-	}
-	if u, ok, rej = p.uint(b, f[fTotalResponseTime], "total_response_time", math.MaxInt32, false); rej != nil {
-		return Record{}, rej
-	} else if ok {
-		n := num()
-		n.totalTime = int32(u)
-		r.TotalResponseTime = &n.totalTime
-	}
-	if u, ok, rej = p.uint(b, f[fTargetResponseTime], "target_response_time", math.MaxInt32, false); rej != nil {
-		return Record{}, rej
-	} else if ok {
-		n := num()
-		n.targetTime = int32(u)
-		r.TargetResponseTime = &n.targetTime
-	}
-	if u, ok, rej = p.uint(b, f[fRequestSize], "request_size", math.MaxInt64, false); rej != nil {
-		return Record{}, rej
-	} else if ok {
-		n := num()
-		n.reqSize = int64(u)
-		r.RequestSize = &n.reqSize
-	}
-	if u, ok, rej = p.uint(b, f[fResponseSize], "response_size", math.MaxInt64, false); rej != nil {
-		return Record{}, rej
-	} else if ok {
-		n := num()
-		n.respSize = int64(u)
-		r.ResponseSize = &n.respSize
-	}
-	if r.ClientIP, rej = p.clientIP(b, f[fClientIP]); rej != nil {
-		return Record{}, rej
-	}
-	if s, rej = p.text(b, f[fUserAgent], "useragent", 0, false); rej != nil {
-		if s, rej = lenientText(b, f[fUserAgent], rej); rej != nil {
-			return Record{}, rej
+	var s []byte
+	var rej *Reject
+	if v.kind == kindString {
+		if s, rej = p.text(b, v, f.Key, 0, false); rej != nil {
+			return rej
 		}
 	}
-	if len(s) > maxUserAgent {
-		// A client controls its User-Agent; an over-long one must not
-		// cost the record of its call.
-		n := maxUserAgent
-		for !utf8.RuneStart(s[n]) {
-			n--
-		}
-		s = s[:n]
+	var e bool
+	switch {
+	case v.kind == kindTrue || v.kind == kindString && string(s) == "true":
+		e = true
+	case v.kind == kindFalse || v.kind == kindString && string(s) == "false":
+	default:
+		return invalid(f.Key, "%s %s must be true, false, \"true\" or \"false\"", f.Key, p.token(b, v))
 	}
-	if s != nil {
-		r.UserAgent = p.internString(s)
-	}
-	if r.TargetHost, rej = p.str(b, f[fTargetHost], "target_host", maxHost, false, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.FaultName, rej = p.str(b, f[fFaultName], "fault_name", maxHost, false, true); rej != nil {
-		return Record{}, rej
-	}
-	if v := f[fIsError]; !v.absent() {
-		var e bool
-		if v.kind == kindString {
-			if s, rej = p.text(b, v, "is_error", 0, false); rej != nil {
-				return Record{}, rej
-			}
-		}
-		switch {
-		case v.kind == kindTrue || v.kind == kindString && string(s) == "true":
-			e = true
-		case v.kind == kindFalse || v.kind == kindString && string(s) == "false":
-		default:
-			return Record{}, invalid("is_error", "is_error %s must be true, false, \"true\" or \"false\"", p.token(b, v))
-		}
-		n := num()
-		n.isError = e
-		r.IsError = &n.isError
-	}
-	if r.DeveloperApp, rej = p.str(b, f[fDeveloperApp], "developer_app", 0, false, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.DeveloperEmail, rej = p.str(b, f[fDeveloperEmail], "developer_email", 0, false, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.APIProduct, rej = p.str(b, f[fAPIProduct], "api_product", 0, false, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.ClientID, rej = p.str(b, f[fClientID], "client_id", 0, false, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.Tenant, rej = p.str(b, f[fTenant], "tenant", maxName, false, true); rej != nil {
-		return Record{}, rej
-	}
-	if r.Tenant == "" {
-		r.Tenant = r.Organization
-	}
-	if r.Identity, rej = p.identity(b, f[fIdentity]); rej != nil {
-		return Record{}, rej
-	}
-	if r.Attributes, rej = p.attributes(b, f[fAttributes]); rej != nil {
-		return Record{}, rej
-	}
-	if r.Extra, rej = p.extra(b); rej != nil {
-		return Record{}, rej
-	}
-	return r, nil
+	n := (*nums).get(nums)
+	n.b = e
+	*f.ref(r).(**bool) = &n.b
+	return nil
 }
 
 func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
-func (p *parser) verb(b []byte, v val) (string, *Reject) {
-	s, rej := p.text(b, v, "request_verb", 0, true)
+func (p *parser) verb(b []byte, v val, f *Field) (string, *Reject) {
+	s, rej := p.text(b, v, f.Key, 0, f.Required)
 	if rej != nil {
 		return "", rej
 	}
-	if len(s) > maxVerb {
-		return "", invalid("request_verb", "request_verb is %d bytes long, the limit is %d", len(s), maxVerb)
+	if len(s) > f.Max {
+		return "", invalid(f.Key, "%s is %d bytes long, the limit is %d", f.Key, len(s), f.Max)
 	}
 	upper := true
 	for _, c := range s {
 		if !isLetter(c) {
-			return "", invalid("request_verb", "request_verb %s must consist of letters only", p.token(b, v))
+			return "", invalid(f.Key, "%s %s must consist of letters only", f.Key, p.token(b, v))
 		}
 		upper = upper && c <= 'Z'
 	}
@@ -746,8 +615,8 @@ func (p *parser) verb(b []byte, v val) (string, *Reject) {
 	return strings.ToUpper(string(s)), nil
 }
 
-func (p *parser) path(b []byte, v val) (string, *Reject) {
-	s, rej := p.text(b, v, "request_path", 0, true)
+func (p *parser) path(b []byte, v val, f *Field) (string, *Reject) {
+	s, rej := p.text(b, v, f.Key, 0, f.Required)
 	if rej != nil {
 		return "", rej
 	}
@@ -761,143 +630,142 @@ func (p *parser) path(b []byte, v val) (string, *Reject) {
 		}
 	}
 	if len(s) == 0 {
-		return "", invalid("request_path", "request_path %s has no path before its query string", p.token(b, v))
+		return "", invalid(f.Key, "%s %s has no path before its query string", f.Key, p.token(b, v))
 	}
-	if len(s) > maxPath {
-		return "", invalid("request_path", "request_path is %d bytes long without its query string, the limit is %d", len(s), maxPath)
+	if len(s) > f.Max {
+		return "", invalid(f.Key, "%s is %d bytes long without its query string, the limit is %d", f.Key, len(s), f.Max)
 	}
 	return string(s), nil
 }
 
-func (p *parser) clientIP(b []byte, v val) (netip.Addr, *Reject) {
-	s, rej := p.text(b, v, "client_ip", 0, false)
+func (p *parser) clientIP(b []byte, v val, f *Field) (netip.Addr, *Reject) {
+	s, rej := p.text(b, v, f.Key, 0, false)
 	if rej != nil || s == nil {
 		return netip.Addr{}, rej
 	}
 	a, err := netip.ParseAddr(string(s))
 	if err != nil || a.Zone() != "" {
-		return netip.Addr{}, invalid("client_ip", "client_ip %s is not an IPv4 or IPv6 address", p.token(b, v))
+		return netip.Addr{}, invalid(f.Key, "%s %s is not an IPv4 or IPv6 address", f.Key, p.token(b, v))
 	}
 	return a.Unmap(), nil
 }
 
-func (p *parser) identity(b []byte, v val) (Identity, *Reject) {
-	var id Identity
+func (p *parser) userAgent(b []byte, v val, f *Field) (string, *Reject) {
+	s, rej := p.text(b, v, f.Key, 0, false)
+	if rej != nil {
+		if s, rej = lenientText(b, v, rej); rej != nil {
+			return "", rej
+		}
+	}
+	if len(s) > f.Max {
+		// A client controls its User-Agent; an over-long one must not
+		// cost the record of its call.
+		n := f.Max
+		for !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n]
+	}
+	if s == nil {
+		return "", nil
+	}
+	return p.internString(s), nil
+}
+
+// object locates the members of the object field obj for the fields that
+// follow it; unknown members are ignored.
+func (p *parser) object(b []byte, obj fieldID, v val, m *located) *Reject {
+	name := fields[obj].Key
 	if v.absent() {
-		return id, nil
+		return nil
 	}
 	if v.kind != kindObject {
-		return id, invalid("identity", "identity must be an object, got %s", v.kind)
+		return invalid(name, "%s must be an object, got %s", name, v.kind)
 	}
-	const (
-		subject = iota
-		issuer
-		email
-		auth
-		scopes
-		n
-	)
-	names := [n]string{"identity.subject", "identity.issuer", "identity.email", "identity.auth", "identity.scopes"}
-	var f [n]val
-	m := newMembers(b, v)
+	mem := newMembers(b, v)
 	for {
-		k, x, ok := m.next()
+		k, x, ok := mem.next()
 		if !ok {
-			break
+			return nil
 		}
 		key, buf, err := unquote(b, k, p.buf)
 		p.buf = buf
 		if err != nil {
-			continue // not a name we know; unknown members are ignored
+			continue // not a name we know
 		}
-		i := -1
-		switch string(key) {
-		case "subject":
-			i = subject
-		case "issuer":
-			i = issuer
-		case "email":
-			i = email
-		case "auth":
-			i = auth
-		case "scopes":
-			i = scopes
-		}
-		if i < 0 {
+		id := lookupMember(obj, key)
+		if id == fUnknown {
 			continue
 		}
-		if f[i].present() {
-			return id, invalid(names[i], "the key %s appears more than once", names[i])
+		if m.f[id].present() {
+			return invalid(fields[id].Key, "the key %s appears more than once", fields[id].Key)
 		}
-		f[i] = x
+		m.f[id] = x
 	}
-	var rej *Reject
-	if id.Subject, rej = p.str(b, f[subject], names[subject], 0, false, false); rej != nil {
-		return id, rej
-	}
-	if id.Issuer, rej = p.str(b, f[issuer], names[issuer], 0, false, true); rej != nil {
-		return id, rej
-	}
-	if id.Email, rej = p.str(b, f[email], names[email], 0, false, false); rej != nil {
-		return id, rej
-	}
-	if x := f[auth]; !x.absent() {
-		var s []byte
-		if x.kind == kindString {
-			if s, rej = p.text(b, x, names[auth], 0, false); rej != nil {
-				return id, rej
-			}
-		}
-		switch string(s) {
-		case "oauth2":
-			id.Auth = "oauth2"
-		case "jwt":
-			id.Auth = "jwt"
-		case "apikey":
-			id.Auth = "apikey"
-		case "none":
-			id.Auth = "none"
-		default:
-			return id, invalid(names[auth], "identity.auth %s must be one of oauth2, jwt, apikey, none", p.token(b, x))
-		}
-	}
-	x := f[scopes]
-	switch {
-	case x.absent():
-	case x.kind == kindString:
-		// Apigee's scope variables are OAuth scope strings, space-delimited.
-		s, rej := p.text(b, x, names[scopes], 0, false)
-		if rej != nil {
-			return id, rej
-		}
-		if fields := strings.Fields(string(s)); len(fields) > 0 {
-			id.Scopes = fields
-		}
-	case x.kind == kindArray:
-		e := newElements(b, x)
-		for {
-			el, ok := e.next()
-			if !ok {
-				break
-			}
-			if el.kind != kindString {
-				return id, invalid(names[scopes], "identity.scopes must hold strings, got %s", el.kind)
-			}
-			s, rej := p.text(b, el, names[scopes], 0, false)
-			if rej != nil {
-				return id, rej
-			}
-			if len(s) > 0 {
-				id.Scopes = append(id.Scopes, p.internString(s))
-			}
-		}
-	default:
-		return id, invalid(names[scopes], "identity.scopes must be an array of strings or a space-delimited string, got %s", x.kind)
-	}
-	return id, nil
 }
 
-func (p *parser) attributes(b []byte, v val) (map[string]string, *Reject) {
+func (p *parser) auth(b []byte, v val, f *Field) (string, *Reject) {
+	if v.absent() {
+		return "", nil
+	}
+	var s []byte
+	if v.kind == kindString {
+		var rej *Reject
+		if s, rej = p.text(b, v, f.Key, 0, false); rej != nil {
+			return "", rej
+		}
+	}
+	switch string(s) {
+	case "oauth2":
+		return "oauth2", nil
+	case "jwt":
+		return "jwt", nil
+	case "apikey":
+		return "apikey", nil
+	case "none":
+		return "none", nil
+	}
+	return "", invalid(f.Key, "%s %s must be one of oauth2, jwt, apikey, none", f.Key, p.token(b, v))
+}
+
+func (p *parser) scopes(b []byte, v val, f *Field) ([]string, *Reject) {
+	switch {
+	case v.absent():
+		return nil, nil
+	case v.kind == kindString:
+		// Apigee's scope variables are OAuth scope strings, space-delimited.
+		s, rej := p.text(b, v, f.Key, 0, false)
+		if rej != nil {
+			return nil, rej
+		}
+		if scopes := strings.Fields(string(s)); len(scopes) > 0 {
+			return scopes, nil
+		}
+		return nil, nil
+	case v.kind != kindArray:
+		return nil, invalid(f.Key, "%s must be an array of strings or a space-delimited string, got %s", f.Key, v.kind)
+	}
+	var scopes []string
+	e := newElements(b, v)
+	for {
+		el, ok := e.next()
+		if !ok {
+			return scopes, nil
+		}
+		if el.kind != kindString {
+			return nil, invalid(f.Key, "%s must hold strings, got %s", f.Key, el.kind)
+		}
+		s, rej := p.text(b, el, f.Key, 0, false)
+		if rej != nil {
+			return nil, rej
+		}
+		if len(s) > 0 {
+			scopes = append(scopes, p.internString(s))
+		}
+	}
+}
+
+func (p *parser) attributes(b []byte, v val, f *Field) (map[string]string, *Reject) {
 	if v.absent() {
 		return nil, nil
 	}
@@ -929,8 +797,8 @@ func (p *parser) attributes(b []byte, v val) (map[string]string, *Reject) {
 		if _, dup := attrs[ks]; dup {
 			return nil, invalid("attributes", "the attributes key %s appears more than once", p.token(b, k))
 		}
-		if len(attrs) == maxAttributes {
-			return nil, invalid("attributes", "attributes has more than %d keys", maxAttributes)
+		if len(attrs) == f.Max {
+			return nil, invalid("attributes", "attributes has more than %d keys", f.Max)
 		}
 		attrs[ks] = p.internString(val)
 	}

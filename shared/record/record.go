@@ -1,10 +1,11 @@
 // Package record decodes, validates and normalises apigee.call.v1 records
-// (see shared/design/record-v1.md), the JSON objects Apigee publishes to
-// Pub/Sub for every API call. It is the hot path of ingest, so it scans the
-// JSON itself instead of unmarshalling into maps; JSONSchema is the same
-// contract in machine-readable form for other tools.
+// (FORMAT.md in this directory), the JSON objects Apigee publishes to
+// Pub/Sub for every API call. The field table in table.go declares every
+// field once. It is the hot path of ingest, so it scans the JSON itself
+// instead of unmarshalling into maps; JSONSchema is the same contract in
+// machine-readable form for other tools.
 //
-// Beyond the design document: lengths are counted in UTF-8 bytes; a key that
+// Rules worth knowing: lengths are counted in UTF-8 bytes; a key that
 // appears twice in an object is rejected (first-wins and last-wins parsers
 // would disagree on, say, tenant); every string, unknown fields included,
 // must be storable by PostgreSQL (valid UTF-8, no NUL, no lone surrogate);
@@ -79,7 +80,7 @@ type Limits struct {
 // defaultMinReceivedAt: no Apigee call predates it; epoch seconds read as milliseconds (1970) do.
 var defaultMinReceivedAt = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// DefaultLimits returns the limits of the record-v1 design.
+// DefaultLimits returns the limits FORMAT.md states.
 func DefaultLimits() Limits {
 	return Limits{
 		MaxRecordBytes:  1 << 20,
@@ -176,11 +177,12 @@ func ParseRecord(raw []byte, lim Limits) (Record, *Reject) {
 	if v.kind != kindObject {
 		return Record{}, notObject(raw, v)
 	}
-	r, rej := p.record(raw, &p.loc, true)
-	if rej != nil {
+	var r Record
+	if rej := p.record(raw, &p.loc, true, &r); rej != nil {
 		rej.Raw = raw
+		return Record{}, rej
 	}
-	return r, rej
+	return r, nil
 }
 
 // scanItem validates the value at b[i]; an object's members are located in
@@ -214,122 +216,145 @@ func notObject(raw []byte, v val) *Reject {
 // at the next line that starts with '{' or '['.
 func Parse(data []byte, lim Limits) Parsed {
 	lim = lim.withDefaults()
-	whole := func(reason, detail string) Parsed {
-		return Parsed{Rejects: []Reject{{Index: -1, Reason: reason, Detail: detail, Raw: data}}}
-	}
 	if len(data) > lim.MaxMessageBytes {
-		return whole(ReasonMessageTooLarge, sprintf("the message is %d bytes, the limit is %d", len(data), lim.MaxMessageBytes))
+		return whole(data, ReasonMessageTooLarge, sprintf("the message is %d bytes, the limit is %d", len(data), lim.MaxMessageBytes))
 	}
-	p := parser{lim: &lim, now: lim.Now()}
-	var out Parsed
-	n := 0              // records seen, valid or not
-	wellFormed := false // some item was syntactically valid JSON
-	work := 0           // bytes scanned in the stream, to keep error recovery linear
-	item := func(v val) {
-		if n == 1 { // a batch: share the strings that repeat from record to record
-			p.intern = make(map[string]string, 64)
-		}
-		raw := data[v.start:v.end]
-		var rej *Reject
-		switch {
-		case len(raw) > lim.MaxRecordBytes:
-			rej = p.tooLarge(raw)
-		case v.kind != kindObject:
-			rej = notObject(raw, v)
-		default:
-			var r Record
-			if r, rej = p.record(data, &p.loc, true); rej == nil {
-				out.Records = append(out.Records, r)
-			}
-		}
-		if rej != nil {
-			rej.Index, rej.Raw = n, raw
-			out.Rejects = append(out.Rejects, *rej)
-		}
-		n++
-	}
-	garbage := func(start, end int, err *syntaxError) {
-		for end > start && isWS(data[end-1]) {
-			end--
-		}
-		if start == end {
-			// An array cut off after a ',' or an element: quarantine
-			// the last byte, so that Raw is never empty.
-			for start > 0 && isWS(data[start-1]) {
-				start--
-			}
-			start--
-		}
-		out.Rejects = append(out.Rejects, Reject{Index: n, Reason: ReasonNotJSON, Detail: err.Error(), Raw: data[start:end]})
-		n++
-	}
-
+	s := splitter{p: parser{lim: &lim, now: lim.Now()}, data: data}
 	i := skipWS(data, trimBOM(data))
 	if i == len(data) {
-		return whole(ReasonEmptyMessage, "the message holds no records")
+		return whole(data, ReasonEmptyMessage, "the message holds no records")
 	}
-	for i < len(data) && n <= lim.MaxRecords {
-		if data[i] != '[' {
-			v, err := p.scanItem(data, i, 0)
-			if err != nil {
-				// Resume right after the broken line, unless rescanning
-				// what the failed scan covered has cost too much already.
-				from := i
-				if work += err.off - i; work > 4*len(data) {
-					from = err.off
-				}
-				next := resync(data, i, from)
-				garbage(i, next, err)
-				i = next
-				continue
-			}
-			work += v.end - i
-			wellFormed = true
-			item(v)
-			i = skipWS(data, v.end)
-			continue
-		}
-		// An array: its elements are records. A syntax error inside it
-		// leaves no reliable place to resume, so the rest of the message
-		// becomes one reject.
-		j := skipWS(data, i+1)
-		if j < len(data) && data[j] == ']' {
-			wellFormed = true
-			i = skipWS(data, j+1)
-			continue
-		}
-		for n <= lim.MaxRecords {
-			v, err := p.scanItem(data, j, 1)
-			if err != nil {
-				garbage(j, len(data), err)
-				i = len(data)
-				break
-			}
-			wellFormed = true
-			item(v)
-			j = skipWS(data, v.end)
-			if j < len(data) && data[j] == ',' {
-				j = skipWS(data, j+1)
-				continue
-			}
-			if j < len(data) && data[j] == ']' {
-				i = skipWS(data, j+1)
-				break
-			}
-			garbage(j, len(data), unexpected(data, j, "expected ',' or ']' in an array"))
-			i = len(data)
-			break
+	for i < len(data) && s.n <= lim.MaxRecords {
+		if data[i] == '[' {
+			i = s.array(i)
+		} else {
+			i = s.object(i)
 		}
 	}
 	switch {
-	case n > lim.MaxRecords:
-		return whole(ReasonTooManyRecords, sprintf("the message holds more than %d records", lim.MaxRecords))
-	case !wellFormed:
-		return whole(ReasonNotJSON, out.Rejects[0].Detail)
-	case n == 0:
-		return whole(ReasonEmptyMessage, "the message holds no records (an empty JSON array)")
+	case s.n > lim.MaxRecords:
+		return whole(data, ReasonTooManyRecords, sprintf("the message holds more than %d records", lim.MaxRecords))
+	case !s.wellFormed:
+		return whole(data, ReasonNotJSON, s.out.Rejects[0].Detail)
+	case s.n == 0:
+		return whole(data, ReasonEmptyMessage, "the message holds no records (an empty JSON array)")
 	}
-	return out
+	return s.out
+}
+
+// whole rejects the whole message once.
+func whole(data []byte, reason, detail string) Parsed {
+	return Parsed{Rejects: []Reject{{Index: -1, Reason: reason, Detail: detail, Raw: data}}}
+}
+
+// splitter is Parse's state while it walks one message.
+type splitter struct {
+	p          parser
+	data       []byte
+	out        Parsed
+	n          int  // records seen, valid or not
+	wellFormed bool // some item was syntactically valid JSON
+	work       int  // bytes scanned in the stream, to keep error recovery linear
+}
+
+// object reads the item at data[i], not an array, and returns where the
+// next one starts.
+func (s *splitter) object(i int) int {
+	v, err := s.p.scanItem(s.data, i, 0)
+	if err != nil {
+		// Resume right after the broken line, unless rescanning what
+		// the failed scan covered has cost too much already.
+		from := i
+		if s.work += err.off - i; s.work > 4*len(s.data) {
+			from = err.off
+		}
+		next := resync(s.data, i, from)
+		s.garbage(i, next, err)
+		return next
+	}
+	s.work += v.end - i
+	s.wellFormed = true
+	s.item(v)
+	return skipWS(s.data, v.end)
+}
+
+// array reads the array at data[i], whose elements are records. A syntax
+// error inside it leaves no reliable place to resume, so the rest of the
+// message becomes one reject.
+func (s *splitter) array(i int) int {
+	data := s.data
+	j := skipWS(data, i+1)
+	if j < len(data) && data[j] == ']' {
+		s.wellFormed = true
+		return skipWS(data, j+1)
+	}
+	for s.n <= s.p.lim.MaxRecords {
+		v, err := s.p.scanItem(data, j, 1)
+		if err != nil {
+			s.garbage(j, len(data), err)
+			return len(data)
+		}
+		s.wellFormed = true
+		s.item(v)
+		j = skipWS(data, v.end)
+		if j < len(data) && data[j] == ',' {
+			j = skipWS(data, j+1)
+			continue
+		}
+		if j < len(data) && data[j] == ']' {
+			return skipWS(data, j+1)
+		}
+		s.garbage(j, len(data), unexpected(data, j, "expected ',' or ']' in an array"))
+		return len(data)
+	}
+	return i // too many records: Parse stops
+}
+
+// item judges one syntactically valid item.
+func (s *splitter) item(v val) {
+	p := &s.p
+	if s.n == 1 { // a batch: share the strings that repeat from record to record
+		p.intern = make(map[string]string, 64)
+	}
+	raw := s.data[v.start:v.end]
+	var rej *Reject
+	switch {
+	case len(raw) > p.lim.MaxRecordBytes:
+		rej = p.tooLarge(raw)
+	case v.kind != kindObject:
+		rej = notObject(raw, v)
+	default:
+		s.out.Records = append(s.out.Records, Record{})
+		if rej = p.record(s.data, &p.loc, true, &s.out.Records[len(s.out.Records)-1]); rej != nil {
+			s.out.Records = s.out.Records[:len(s.out.Records)-1]
+			if len(s.out.Records) == 0 {
+				s.out.Records = nil // as when no record was ever accepted
+			}
+		}
+	}
+	if rej != nil {
+		rej.Index, rej.Raw = s.n, raw
+		s.out.Rejects = append(s.out.Rejects, *rej)
+	}
+	s.n++
+}
+
+// garbage rejects data[start:end], which is not JSON.
+func (s *splitter) garbage(start, end int, err *syntaxError) {
+	data := s.data
+	for end > start && isWS(data[end-1]) {
+		end--
+	}
+	if start == end {
+		// An array cut off after a ',' or an element: quarantine the
+		// last byte, so that Raw is never empty.
+		for start > 0 && isWS(data[start-1]) {
+			start--
+		}
+		start--
+	}
+	s.out.Rejects = append(s.out.Rejects, Reject{Index: s.n, Reason: ReasonNotJSON, Detail: err.Error(), Raw: data[start:end]})
+	s.n++
 }
 
 // resync finds where to resume after a syntax error in the value starting

@@ -206,12 +206,12 @@ func TestSchemaFieldsMatchValidator(t *testing.T) {
 		props = append(props, k)
 	}
 	slices.Sort(props)
-	goFields := slices.Sorted(slices.Values(fieldNames[:]))
+	goFields := slices.Sorted(slices.Values(topLevelKeys()))
 	if !slices.Equal(props, goFields) {
 		t.Errorf("schema properties %v\n!= Go fields %v", props, goFields)
 	}
 	var goRequired []string
-	for _, f := range fieldNames {
+	for _, f := range topLevelKeys() {
 		m := minimalRecord()
 		delete(m, f)
 		raw, _ := json.Marshal(m)
