@@ -405,35 +405,3 @@ func TestOversizedDeliveryIsQuarantined(t *testing.T) {
 		})
 	}
 }
-
-func TestConfigFromEnv(t *testing.T) {
-	tests := []struct {
-		name    string
-		env     map[string]string
-		wantErr string
-	}{
-		{"defaults", nil, ""},
-		{"tuned", map[string]string{"INGEST_BATCH_MAX_ROWS": "500", "INGEST_BATCH_MAX_WAIT": "5ms"}, ""},
-		{"bad number", map[string]string{"INGEST_BATCH_MAX_ROWS": "lots"}, "INGEST_BATCH_MAX_ROWS"},
-		{"bad duration", map[string]string{"INGEST_REQUEST_TIMEOUT": "10"}, "INGEST_REQUEST_TIMEOUT"},
-		{"service account without audience", map[string]string{"PUSH_SERVICE_ACCOUNT": "a@b"}, "PUSH_AUDIENCE"},
-		{"queue smaller than a batch", map[string]string{"INGEST_QUEUE_MAX_ROWS": "10"}, "INGEST_QUEUE_MAX_ROWS"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, err := configFrom(func(k string) string { return tt.env[k] })
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				if c.Batch.MaxRows <= 0 || c.RequestTimeout <= 0 {
-					t.Fatalf("defaults not applied: %+v", c)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("got %v, want an error naming %s", err, tt.wantErr)
-			}
-		})
-	}
-}
