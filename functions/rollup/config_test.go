@@ -35,7 +35,9 @@ func TestConfigFromEnv(t *testing.T) {
 				a.MinLatencyDeltaMS == DefaultAnomalyMinLatencyDeltaMS && c == DefaultConfig()
 		}, ""},
 		{"values are trimmed", map[string]string{"RAW_RETENTION": " 45d\t", "ANOMALY_Z": " 4 ", "ALERT_TOPIC": " projects/p/topics/a "},
-			func(c Config) bool { return c.RawRetention == 45*day && c.Anomaly.Z == 4 && c.AlertTopic == "projects/p/topics/a" }, ""},
+			func(c Config) bool {
+				return c.RawRetention == 45*day && c.Anomaly.Z == 4 && c.AlertTopic == "projects/p/topics/a"
+			}, ""},
 		{"off keeps forever", map[string]string{"RAW_RETENTION": "off", "ROLLUP_1M_RETENTION": "OFF", "ROLLUP_1H_RETENTION": "off"},
 			func(c Config) bool { return c.RawRetention == Off && c.Rollup1hRetention == Off }, ""},
 		{"topic name carries its project", map[string]string{"ALERT_TOPIC": "projects/p1/topics/alerts"}, func(c Config) bool {
