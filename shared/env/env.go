@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,16 +48,15 @@ type Var struct {
 type Reader struct {
 	getenv func(string) string
 	prefix string
-	// parent, when set, holds the errors and records shared with the
-	// Reader this one was derived from by WithPrefix.
-	parent *Reader
 	errs   []error
-	vars   []Var
+	// vars is shared with the Readers derived from this one, so that one
+	// record lists every variable a configuration reads.
+	vars *[]Var
 }
 
 // New returns a Reader over getenv.
 func New(getenv func(string) string) *Reader {
-	return &Reader{getenv: getenv}
+	return &Reader{getenv: getenv, vars: new([]Var)}
 }
 
 // Map returns a Reader over m, for tests.
@@ -65,33 +65,28 @@ func Map(m map[string]string) *Reader {
 }
 
 // WithPrefix returns a Reader that prepends prefix to every name (e.g.
-// "ROLLUP_" reads ROLLUP_DATABASE_URL) and shares r's errors and records.
+// "ROLLUP_" reads ROLLUP_DATABASE_URL). It has errors of its own, so that
+// another package's configuration can be read and reported apart, and
+// shares r's record of variables (Vars).
 func (r *Reader) WithPrefix(prefix string) *Reader {
-	return &Reader{getenv: r.getenv, prefix: r.prefix + prefix, parent: r.root()}
-}
-
-func (r *Reader) root() *Reader {
-	if r.parent != nil {
-		return r.parent
-	}
-	return r
+	return &Reader{getenv: r.getenv, prefix: r.prefix + prefix, vars: r.vars}
 }
 
 // Prefix is the prefix prepended to names.
 func (r *Reader) Prefix() string { return r.prefix }
 
 // Err joins every parse error seen so far, and errors added with Fail.
-func (r *Reader) Err() error { return errors.Join(r.root().errs...) }
+func (r *Reader) Err() error { return errors.Join(r.errs...) }
 
 // Fail records a configuration error found by the caller (a relation
 // between variables, say), so that Err reports it with the parse errors.
 func (r *Reader) Fail(err error) {
-	root := r.root()
-	root.errs = append(root.errs, err)
+	r.errs = append(r.errs, err)
 }
 
-// Vars lists the variables read so far, in order, each once.
-func (r *Reader) Vars() []Var { return r.root().vars }
+// Vars lists the variables read so far through r and the Readers derived
+// from it or it from, in order, each once.
+func (r *Reader) Vars() []Var { return *r.vars }
 
 // Platform reads a variable the platform sets (K_SERVICE, say) rather than
 // the operator: trimmed, never prefixed, not part of the documented
@@ -197,13 +192,8 @@ func FormatDuration(d time.Duration) string {
 // and whether it is set.
 func (r *Reader) lookup(name, def string) (string, bool) {
 	full := r.prefix + name
-	root := r.root()
-	seen := false
-	for _, v := range root.vars {
-		seen = seen || v.Name == full
-	}
-	if !seen {
-		root.vars = append(root.vars, Var{Name: full, Default: def})
+	if !slices.ContainsFunc(*r.vars, func(v Var) bool { return v.Name == full }) {
+		*r.vars = append(*r.vars, Var{Name: full, Default: def})
 	}
 	v := strings.TrimSpace(r.getenv(full))
 	return v, v != ""

@@ -105,11 +105,14 @@ func TestPrefix(t *testing.T) {
 	p := r.WithPrefix("ROLLUP_")
 	p.Int("N", 1, 1)
 	var pe *env.ParseError
-	if err := r.Err(); !errors.As(err, &pe) || pe.Name != "ROLLUP_N" {
-		t.Fatalf("error %v, want a ParseError naming ROLLUP_N, reported by the parent", err)
+	if err := p.Err(); !errors.As(err, &pe) || pe.Name != "ROLLUP_N" {
+		t.Fatalf("error %v, want a ParseError naming ROLLUP_N", err)
+	}
+	if err := r.Err(); err != nil {
+		t.Fatalf("the parent reports the derived reader's error %v", err)
 	}
 	if got := r.Vars(); len(got) != 1 || got[0].Name != "ROLLUP_N" {
-		t.Fatalf("vars %v, want ROLLUP_N recorded on the parent", got)
+		t.Fatalf("vars %v, want ROLLUP_N recorded on the parent too", got)
 	}
 	if p.Platform("N") != "3" {
 		t.Fatal("Platform must not prefix")
