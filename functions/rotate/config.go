@@ -46,20 +46,20 @@ type Config struct {
 	// Its versions hold secrets.DBCredentials JSON.
 	Secret string
 
-	// TTL (ROTATE_TTL, default 72h): a new password is valid until now +
+	// TTL (ROTATE_TTL, DefaultTTL): a new password is valid until now +
 	// TTL (VALID UNTIL). The newest credential must outlive the next run,
 	// and the previous one should too, so keep TTL above twice the schedule
 	// period plus slack for missed runs: 72h suits a daily schedule. If runs
 	// stop for longer than TTL, every login expires.
 	TTL time.Duration
-	// MinInterval (ROTATE_MIN_INTERVAL, default 10m; "0s", or zero in a
+	// MinInterval (ROTATE_MIN_INTERVAL, DefaultMinInterval; "0s", or zero in a
 	// Config built by hand, turns it off): a
 	// run that finds the newest version younger than this, enabled and
 	// readable, only tidies older versions and answers "skipped". It lets a
 	// Cloud Scheduler job, a SECRET_ROTATE notification and their retries
 	// fire together and still rotate once.
 	MinInterval time.Duration
-	// Timeout (ROTATE_TIMEOUT, default 60s) bounds one run.
+	// Timeout (ROTATE_TIMEOUT, DefaultTimeout) bounds one run.
 	Timeout time.Duration
 
 	// Host, Port, Database, SSLMode (ROTATE_DB_HOST, ROTATE_DB_PORT,

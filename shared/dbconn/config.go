@@ -73,18 +73,19 @@ type Config struct {
 	// SecretManagerEndpoint (SECRET_MANAGER_ENDPOINT) points at a local or
 	// test Secret Manager (plaintext gRPC); empty means production.
 	SecretManagerEndpoint string
-	// MaxConns (DB_MAX_CONNS) caps the pool; default 8.
+	// MaxConns (DB_MAX_CONNS, DefaultMaxConns) caps the pool.
 	MaxConns int32
-	// MaxConnLifetime (DB_MAX_CONN_LIFETIME) closes connections after this
-	// age, default 30m. Connections opened with rotated-out credentials live
-	// at most this long, so it must stay shorter than the rotation grace
-	// period (the time the previous credential keeps working).
+	// MaxConnLifetime (DB_MAX_CONN_LIFETIME, DefaultMaxConnLifetime) closes
+	// connections after this age. Connections opened with rotated-out
+	// credentials live at most this long, so it must stay shorter than the
+	// rotation grace period (the time the previous credential keeps
+	// working).
 	MaxConnLifetime time.Duration
 	// StatementTimeout (DB_STATEMENT_TIMEOUT) is sent as the statement_timeout
-	// runtime parameter; default 30s, at least 1ms.
+	// runtime parameter (DefaultStatementTimeout), at least 1ms.
 	StatementTimeout time.Duration
-	// ConnectTimeout (DB_CONNECT_TIMEOUT) bounds one connection attempt;
-	// default 10s.
+	// ConnectTimeout (DB_CONNECT_TIMEOUT, DefaultConnectTimeout) bounds one
+	// connection attempt.
 	ConnectTimeout time.Duration
 	// ApplicationName (DB_APPLICATION_NAME, else K_SERVICE, the Cloud Run
 	// service name) is sent as application_name when not empty.
