@@ -12,11 +12,12 @@ package ingest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
+
+	"apigee-timescale/shared/function"
 )
 
 // BatchWriter writes one batch in one transaction; *Writer is one.
@@ -24,7 +25,11 @@ type BatchWriter interface {
 	Write(ctx context.Context, b *Batch) (Result, error)
 }
 
-// BatchConfig bounds batches and the queue. Zero fields take the defaults.
+// DefaultLogInterval: one Info line per 10 s, however many batches.
+const DefaultLogInterval = 10 * time.Second
+
+// BatchConfig bounds batches and the queue. Zero fields take the defaults
+// (the Default* constants of config.go).
 type BatchConfig struct {
 	// MaxRows flushes a batch once it holds this many rows (calls + rejects).
 	// Default 1000.
@@ -48,8 +53,8 @@ type BatchConfig struct {
 	Flushers int
 	// WriteTimeout bounds one batch's transaction. Default 20 s.
 	WriteTimeout time.Duration
-	// LogInterval is how often the batch log's Info summary is written.
-	// Default 10 s.
+	// LogInterval is how often the batch log's Info summary is written;
+	// DefaultLogInterval when zero.
 	LogInterval time.Duration
 	// OnBatch, when set, is called after every batch attempt (for logging
 	// at the edge).
@@ -62,19 +67,19 @@ func (c BatchConfig) withDefaults() BatchConfig {
 			*v = d
 		}
 	}
-	def(&c.MaxRows, 1000)
-	def(&c.MaxBytes, 4<<20)
-	def(&c.QueueRows, 20000)
-	def(&c.QueueBytes, 64<<20)
-	def(&c.Flushers, 2)
+	def(&c.MaxRows, DefaultBatchMaxRows)
+	def(&c.MaxBytes, DefaultBatchMaxBytes)
+	def(&c.QueueRows, DefaultQueueMaxRows)
+	def(&c.QueueBytes, DefaultQueueMaxBytes)
+	def(&c.Flushers, DefaultFlushers)
 	if c.MaxWait <= 0 {
-		c.MaxWait = 5 * time.Millisecond
+		c.MaxWait = DefaultBatchMaxWait
 	}
 	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = 20 * time.Second
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	if c.LogInterval <= 0 {
-		c.LogInterval = 10 * time.Second
+		c.LogInterval = DefaultLogInterval
 	}
 	return c
 }
@@ -134,10 +139,10 @@ type delivery struct {
 func (d *delivery) rows() int { return len(d.Calls) + len(d.Rejects) }
 
 var (
-	// ErrQueueFull: too much is accepted but not committed; answer 429.
-	ErrQueueFull = errors.New("batch: queue full")
-	// ErrClosed: the batcher is shutting down; answer 503.
-	ErrClosed = errors.New("batch: closed")
+	// ErrQueueFull: too much is accepted but not committed (429).
+	ErrQueueFull = fmt.Errorf("batch: queue full: %w", function.ErrOverloaded)
+	// ErrClosed: the batcher is shutting down (503).
+	ErrClosed = fmt.Errorf("batch: closed: %w", function.ErrUnavailable)
 )
 
 type pending struct {

@@ -1,13 +1,45 @@
 package ingest
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"time"
 
+	"apigee-timescale/shared/env"
 	"apigee-timescale/shared/record"
+)
+
+// Environment variables read by ConfigFrom (besides shared/dbconn's), each
+// with its default: the one place they are declared (the README's table is
+// checked against them, and the batcher's own zero-value defaults should be
+// these).
+const (
+	EnvPushAudience       = "PUSH_AUDIENCE"
+	EnvPushServiceAccount = "PUSH_SERVICE_ACCOUNT"
+
+	EnvBatchMaxRows      = "INGEST_BATCH_MAX_ROWS"
+	DefaultBatchMaxRows  = 1000
+	EnvBatchMaxBytes     = "INGEST_BATCH_MAX_BYTES"
+	DefaultBatchMaxBytes = 4 << 20
+	EnvBatchMaxWait      = "INGEST_BATCH_MAX_WAIT"
+	DefaultBatchMaxWait  = 5 * time.Millisecond
+	EnvQueueMaxRows      = "INGEST_QUEUE_MAX_ROWS"
+	DefaultQueueMaxRows  = 20000
+	EnvQueueMaxBytes     = "INGEST_QUEUE_MAX_BYTES"
+	DefaultQueueMaxBytes = 64 << 20
+	EnvFlushers          = "INGEST_FLUSHERS"
+	DefaultFlushers      = 2
+	EnvWriteTimeout      = "INGEST_WRITE_TIMEOUT"
+	DefaultWriteTimeout  = 20 * time.Second
+
+	EnvRequestTimeout     = "INGEST_REQUEST_TIMEOUT"
+	DefaultRequestTimeout = 9 * time.Second
+	EnvMaxBodyBytes       = "INGEST_MAX_BODY_BYTES"
+	DefaultMaxBodyBytes   = 16 << 20
+	EnvMaxFuture          = "INGEST_MAX_FUTURE"
+	DefaultMaxFuture      = time.Hour
+	EnvDrainTimeout       = "INGEST_DRAIN_TIMEOUT"
+	DefaultDrainTimeout   = 8 * time.Second
 )
 
 // Config is the ingest function's configuration, read from the environment
@@ -22,27 +54,26 @@ type Config struct {
 	// account email allowed to push.
 	PushServiceAccount string
 
-	// Batch (INGEST_BATCH_MAX_ROWS, INGEST_BATCH_MAX_BYTES,
-	// INGEST_BATCH_MAX_WAIT, INGEST_QUEUE_MAX_ROWS, INGEST_QUEUE_MAX_BYTES,
-	// INGEST_FLUSHERS, INGEST_WRITE_TIMEOUT): group commit limits; defaults
-	// 1000 rows, 4 MiB, 5ms, 20000 rows, 64 MiB, 2 flushers, 20s.
+	// Batch: group commit limits (INGEST_BATCH_MAX_ROWS,
+	// INGEST_BATCH_MAX_BYTES, INGEST_BATCH_MAX_WAIT, INGEST_QUEUE_MAX_ROWS,
+	// INGEST_QUEUE_MAX_BYTES, INGEST_FLUSHERS, INGEST_WRITE_TIMEOUT; the
+	// Default* constants above).
 	Batch BatchConfig
 
-	// RequestTimeout (INGEST_REQUEST_TIMEOUT, default 9s): a delivery not
-	// committed by then is answered 503 (Pub/Sub redelivers; writes are
-	// idempotent). Keep it under the subscription's ack deadline (10 s by
-	// default).
+	// RequestTimeout (INGEST_REQUEST_TIMEOUT): a delivery not committed by
+	// then is answered 503 (Pub/Sub redelivers; writes are idempotent).
+	// Keep it under the subscription's ack deadline (10 s by default).
 	RequestTimeout time.Duration
-	// MaxBodyBytes (INGEST_MAX_BODY_BYTES, default 16 MiB): larger deliveries
-	// are quarantined unread. Pub/Sub's own limit is 10 MB of data, about
+	// MaxBodyBytes (INGEST_MAX_BODY_BYTES): larger deliveries are
+	// quarantined unread. Pub/Sub's own limit is 10 MB of data, about
 	// 13.4 MB once base64-encoded in an envelope.
 	MaxBodyBytes int
-	// MaxFuture (INGEST_MAX_FUTURE, default 1h): records whose received_at
-	// is further in the future are rejected (a gateway clock gone wrong
-	// would otherwise create far-future chunks).
+	// MaxFuture (INGEST_MAX_FUTURE): records whose received_at is further
+	// in the future are rejected (a gateway clock gone wrong would
+	// otherwise create far-future chunks).
 	MaxFuture time.Duration
-	// DrainTimeout (INGEST_DRAIN_TIMEOUT, default 8s): on SIGTERM, how long
-	// in-flight batches may take to commit. Cloud Run allows 10 s.
+	// DrainTimeout (INGEST_DRAIN_TIMEOUT): on SIGTERM, how long in-flight
+	// batches may take to commit. Cloud Run allows 10 s.
 	DrainTimeout time.Duration
 }
 
@@ -55,57 +86,42 @@ func (c Config) Limits() record.Limits {
 
 // ConfigFromEnv reads and validates the configuration.
 func ConfigFromEnv() (Config, error) {
-	return configFrom(os.Getenv)
+	return ConfigFrom(env.New(os.Getenv))
 }
 
 func configFrom(getenv func(string) string) (Config, error) {
-	c := Config{
-		PushAudience:       getenv("PUSH_AUDIENCE"),
-		PushServiceAccount: getenv("PUSH_SERVICE_ACCOUNT"),
-	}
-	var errs []error
-	intVar := func(name string, dst *int, def int) {
-		*dst = def
-		if v := getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
-				errs = append(errs, fmt.Errorf("%s must be a positive integer, not %q", name, v))
-				return
-			}
-			*dst = n
-		}
-	}
-	durVar := func(name string, dst *time.Duration, def time.Duration) {
-		*dst = def
-		if v := getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil || d <= 0 {
-				errs = append(errs, fmt.Errorf("%s must be a positive duration such as 250ms, not %q", name, v))
-				return
-			}
-			*dst = d
-		}
-	}
-	intVar("INGEST_BATCH_MAX_ROWS", &c.Batch.MaxRows, 1000)
-	intVar("INGEST_BATCH_MAX_BYTES", &c.Batch.MaxBytes, 4<<20)
-	durVar("INGEST_BATCH_MAX_WAIT", &c.Batch.MaxWait, 5*time.Millisecond)
-	intVar("INGEST_QUEUE_MAX_ROWS", &c.Batch.QueueRows, 20000)
-	intVar("INGEST_QUEUE_MAX_BYTES", &c.Batch.QueueBytes, 64<<20)
-	intVar("INGEST_FLUSHERS", &c.Batch.Flushers, 2)
-	durVar("INGEST_WRITE_TIMEOUT", &c.Batch.WriteTimeout, 20*time.Second)
-	durVar("INGEST_REQUEST_TIMEOUT", &c.RequestTimeout, 9*time.Second)
-	intVar("INGEST_MAX_BODY_BYTES", &c.MaxBodyBytes, 16<<20)
-	durVar("INGEST_MAX_FUTURE", &c.MaxFuture, time.Hour)
-	durVar("INGEST_DRAIN_TIMEOUT", &c.DrainTimeout, 8*time.Second)
+	return ConfigFrom(env.New(getenv))
+}
 
+// ConfigFrom reads the configuration through r and validates it; every
+// problem is reported at once.
+func ConfigFrom(r *env.Reader) (Config, error) {
+	const positive = time.Nanosecond
+	c := Config{
+		PushAudience:       r.String(EnvPushAudience, ""),
+		PushServiceAccount: r.String(EnvPushServiceAccount, ""),
+		Batch: BatchConfig{
+			MaxRows:      r.Int(EnvBatchMaxRows, DefaultBatchMaxRows, 1),
+			MaxBytes:     r.Int(EnvBatchMaxBytes, DefaultBatchMaxBytes, 1),
+			MaxWait:      r.Duration(EnvBatchMaxWait, DefaultBatchMaxWait, positive),
+			QueueRows:    r.Int(EnvQueueMaxRows, DefaultQueueMaxRows, 1),
+			QueueBytes:   r.Int(EnvQueueMaxBytes, DefaultQueueMaxBytes, 1),
+			Flushers:     r.Int(EnvFlushers, DefaultFlushers, 1),
+			WriteTimeout: r.Duration(EnvWriteTimeout, DefaultWriteTimeout, positive),
+		},
+		RequestTimeout: r.Duration(EnvRequestTimeout, DefaultRequestTimeout, positive),
+		MaxBodyBytes:   r.Int(EnvMaxBodyBytes, DefaultMaxBodyBytes, 1),
+		MaxFuture:      r.Duration(EnvMaxFuture, DefaultMaxFuture, positive),
+		DrainTimeout:   r.Duration(EnvDrainTimeout, DefaultDrainTimeout, positive),
+	}
 	if c.PushServiceAccount != "" && c.PushAudience == "" {
-		errs = append(errs, errors.New("PUSH_SERVICE_ACCOUNT is set but PUSH_AUDIENCE is not: verification needs the audience"))
+		r.Fail(fmt.Errorf("%s is set but %s is not: verification needs the audience", EnvPushServiceAccount, EnvPushAudience))
 	}
 	if c.Batch.QueueRows < c.Batch.MaxRows {
-		errs = append(errs, fmt.Errorf("INGEST_QUEUE_MAX_ROWS (%d) must be at least INGEST_BATCH_MAX_ROWS (%d)", c.Batch.QueueRows, c.Batch.MaxRows))
+		r.Fail(fmt.Errorf("%s (%d) must be at least %s (%d)", EnvQueueMaxRows, c.Batch.QueueRows, EnvBatchMaxRows, c.Batch.MaxRows))
 	}
-	if len(errs) > 0 {
-		return Config{}, fmt.Errorf("ingest config: %w", errors.Join(errs...))
+	if err := r.Err(); err != nil {
+		return Config{}, fmt.Errorf("ingest config: %w", err)
 	}
 	return c, nil
 }

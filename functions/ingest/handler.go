@@ -12,6 +12,8 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
+	"apigee-timescale/shared/function"
+	"apigee-timescale/shared/logging"
 	"apigee-timescale/shared/pushauth"
 	"apigee-timescale/shared/record"
 )
@@ -121,8 +123,9 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.verifier != nil {
 		if _, err := s.verifier.Verify(r.Context(), r); err != nil {
 			// The reason goes to the log, not to an unauthenticated caller.
-			s.log.Warn("push authentication failed", "err", err.Error(), "remote", r.RemoteAddr)
-			http.Error(w, "unauthenticated", http.StatusUnauthorized)
+			s.log.Warn("push authentication failed", logging.Err(err), "remote", r.RemoteAddr)
+			code := function.StatusFor(err)
+			http.Error(w, http.StatusText(code), code)
 			return
 		}
 	}
@@ -173,21 +176,30 @@ func (s *Service) HandleEvent(ctx context.Context, e event.Event) error {
 	return nil
 }
 
+// answer turns submit's outcome into the push answer: 204 stored (or
+// quarantined), anything else makes Pub/Sub redeliver.
 func (s *Service) answer(err error) (int, string) {
-	switch {
-	case err == nil:
+	if err == nil {
 		return http.StatusNoContent, ""
-	case errors.Is(err, ErrQueueFull):
-		return http.StatusTooManyRequests, "ingest queue is full; retry later"
-	default:
-		s.log.Warn("delivery not stored; Pub/Sub will redeliver", "err", err.Error())
-		return http.StatusServiceUnavailable, "not stored; retry later"
 	}
+	code := function.StatusFor(err)
+	if code == http.StatusTooManyRequests {
+		return code, "ingest queue is full; retry later"
+	}
+	s.log.Warn("delivery not stored; Pub/Sub will redeliver", logging.Err(err))
+	return code, "not stored; retry later"
 }
 
 // submit validates a message and waits until its records are committed.
+// Every failure is classified for function.StatusFor: the queue bound is
+// overload (429); anything else (deadline, database down, shutting down)
+// means not stored now (503), and the redelivery is idempotent.
 func (s *Service) submit(ctx context.Context, m message, size int) error {
-	return s.batcher.Submit(ctx, s.toDelivery(m, size))
+	err := s.batcher.Submit(ctx, s.toDelivery(m, size))
+	if err == nil || errors.Is(err, function.ErrOverloaded) || errors.Is(err, function.ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", function.ErrUnavailable, err)
 }
 
 // toDelivery splits a message into stored calls and quarantined rejects.

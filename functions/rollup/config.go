@@ -8,42 +8,85 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"apigee-timescale/shared/env"
+)
+
+// Environment variables read by ConfigFrom (besides shared/dbconn's), each
+// with its default: the one place they are declared (the README's table is
+// checked against them).
+const (
+	EnvRawRetention         = "RAW_RETENTION"
+	DefaultRawRetention     = 30 * day
+	EnvRejectsRetention     = "REJECTS_RETENTION"
+	DefaultRejectsRetention = 14 * day
+	EnvRollup1mRetention    = "ROLLUP_1M_RETENTION"
+	Default1mRetention      = 90 * day
+	EnvRollup1hRetention    = "ROLLUP_1H_RETENTION"
+	Default1hRetention      = 400 * day
+
+	EnvRunBudget               = "RUN_BUDGET"
+	DefaultRunBudget           = 40 * time.Second
+	EnvBatchMinutes            = "REFRESH_BATCH_MINUTES"
+	DefaultBatchMinutes        = 60
+	EnvPartitionsAheadDays     = "PARTITIONS_AHEAD_DAYS"
+	DefaultPartitionsAheadDays = 7
+
+	EnvAlertTopic    = "ALERT_TOPIC"
+	EnvPubSubProject = "PUBSUB_PROJECT"
+
+	EnvAnomalyBaseline               = "ANOMALY_BASELINE"
+	DefaultAnomalyBaseline           = time.Hour
+	EnvAnomalySettle                 = "ANOMALY_SETTLE"
+	DefaultAnomalySettle             = 2 * time.Minute
+	EnvAnomalyLookback               = "ANOMALY_LOOKBACK"
+	DefaultAnomalyLookback           = time.Hour
+	EnvAnomalyMinCalls               = "ANOMALY_MIN_CALLS"
+	DefaultAnomalyMinCalls           = 20
+	EnvAnomalyMinBaselineMinutes     = "ANOMALY_MIN_BASELINE_MINUTES"
+	DefaultAnomalyMinBaselineMinutes = 20
+	EnvAnomalyZ                      = "ANOMALY_Z"
+	DefaultAnomalyZ                  = 5.0
+	EnvAnomalyMinErrorRateDelta      = "ANOMALY_MIN_ERROR_RATE_DELTA"
+	DefaultAnomalyMinErrorRateDelta  = 0.05
+	EnvAnomalyMinLatencyRatio        = "ANOMALY_MIN_LATENCY_RATIO"
+	DefaultAnomalyMinLatencyRatio    = 1.5
+	EnvAnomalyMinLatencyDeltaMS      = "ANOMALY_MIN_LATENCY_DELTA_MS"
+	DefaultAnomalyMinLatencyDeltaMS  = 50.0
 )
 
 // Config is the rollup function's configuration, read from the environment
 // once and validated at once. Retentions accept whole days ("30d") or Go
 // durations ("36h"); "off" keeps a tier forever.
 type Config struct {
-	// RawRetention (RAW_RETENTION, default 30d): raw api_calls chunks or
-	// partitions are dropped once wholly older than this, and only after
-	// their rollups are complete.
+	// RawRetention (RAW_RETENTION): raw api_calls chunks or partitions are
+	// dropped once wholly older than this, and only after their rollups
+	// are complete.
 	RawRetention time.Duration
-	// RejectsRetention (REJECTS_RETENTION, default 14d): the same for
-	// ingest_rejects.
+	// RejectsRetention (REJECTS_RETENTION): the same for ingest_rejects.
 	RejectsRetention time.Duration
-	// Rollup1mRetention (ROLLUP_1M_RETENTION, default 90d): minute rollups.
-	// Must be at least RawRetention: hours are rebuilt from minutes whenever
-	// late raw rows arrive.
+	// Rollup1mRetention (ROLLUP_1M_RETENTION): minute rollups. Must be at
+	// least RawRetention: hours are rebuilt from minutes whenever late raw
+	// rows arrive.
 	Rollup1mRetention time.Duration
-	// Rollup1hRetention (ROLLUP_1H_RETENTION, default 400d): hourly rollups
-	// and anomalies. Must be at least Rollup1mRetention.
+	// Rollup1hRetention (ROLLUP_1H_RETENTION): hourly rollups and
+	// anomalies. Must be at least Rollup1mRetention.
 	Rollup1hRetention time.Duration
 
-	// RunBudget (RUN_BUDGET, default 40s): the refresh starts no new batch
-	// after this much time; what is left waits for the next run. Retention
-	// and anomaly detection still run. Keep it under the scheduler's period
-	// (1 minute) and attempt deadline.
+	// RunBudget (RUN_BUDGET): the refresh starts no new batch after this
+	// much time; what is left waits for the next run. Retention and anomaly
+	// detection still run. Keep it under the scheduler's period (1 minute)
+	// and attempt deadline.
 	RunBudget time.Duration
-	// BatchMinutes (REFRESH_BATCH_MINUTES, default 60): how many invalidated
-	// minutes one refresh transaction recomputes at most.
+	// BatchMinutes (REFRESH_BATCH_MINUTES): how many invalidated minutes
+	// one refresh transaction recomputes at most.
 	BatchMinutes int
-	// PartitionsAheadDays (PARTITIONS_AHEAD_DAYS, default 7): on plain
-	// PostgreSQL, daily partitions are kept created this many days ahead.
+	// PartitionsAheadDays (PARTITIONS_AHEAD_DAYS): on plain PostgreSQL,
+	// daily partitions are kept created this many days ahead.
 	PartitionsAheadDays int
 
-	// AlertTopic (ALERT_TOPIC, default empty = no alerts): Pub/Sub topic,
-	// an ID or projects/P/topics/T, that receives one message per new
-	// anomaly.
+	// AlertTopic (ALERT_TOPIC, empty = no alerts): Pub/Sub topic, an ID or
+	// projects/P/topics/T, that receives one message per new anomaly.
 	AlertTopic string
 	// PubSubProject (PUBSUB_PROJECT): the project of the Pub/Sub client;
 	// required when ALERT_TOPIC is a bare ID, else taken from the topic name.
@@ -57,30 +100,30 @@ type Config struct {
 // with the median of the same proxy's trailing minutes using a robust
 // z-score (deviation / (1.4826 × median absolute deviation)).
 type AnomalyConfig struct {
-	// Baseline (ANOMALY_BASELINE, default 60m): the trailing window.
+	// Baseline (ANOMALY_BASELINE): the trailing window.
 	Baseline time.Duration
-	// Settle (ANOMALY_SETTLE, default 2m): minutes younger than this are not
-	// judged yet (their data may still be arriving).
+	// Settle (ANOMALY_SETTLE): minutes younger than this are not judged yet
+	// (their data may still be arriving).
 	Settle time.Duration
-	// Lookback (ANOMALY_LOOKBACK, default 60m): how far back a run catches
-	// up on minutes not judged yet (after a pause, older minutes are skipped).
+	// Lookback (ANOMALY_LOOKBACK): how far back a run catches up on minutes
+	// not judged yet (after a pause, older minutes are skipped).
 	Lookback time.Duration
-	// MinCalls (ANOMALY_MIN_CALLS, default 20): minutes with fewer calls are
-	// neither judged nor part of a baseline, so a quiet proxy pages no one.
+	// MinCalls (ANOMALY_MIN_CALLS): minutes with fewer calls are neither
+	// judged nor part of a baseline, so a quiet proxy pages no one.
 	MinCalls int64
-	// MinBaselineMinutes (ANOMALY_MIN_BASELINE_MINUTES, default 20): a
-	// minute is judged only against at least this many baseline minutes.
+	// MinBaselineMinutes (ANOMALY_MIN_BASELINE_MINUTES): a minute is judged
+	// only against at least this many baseline minutes.
 	MinBaselineMinutes int
-	// Z (ANOMALY_Z, default 5): the robust z-score that flags a minute.
+	// Z (ANOMALY_Z): the robust z-score that flags a minute.
 	Z float64
-	// MinErrorRateDelta (ANOMALY_MIN_ERROR_RATE_DELTA, default 0.05): the
-	// error rate must also exceed the baseline by this much (5 points).
+	// MinErrorRateDelta (ANOMALY_MIN_ERROR_RATE_DELTA): the error rate must
+	// also exceed the baseline by this much (0.05: 5 points).
 	MinErrorRateDelta float64
-	// MinLatencyRatio (ANOMALY_MIN_LATENCY_RATIO, default 1.5): p95 must
-	// also be at least this multiple of the baseline...
+	// MinLatencyRatio (ANOMALY_MIN_LATENCY_RATIO): p95 must also be at
+	// least this multiple of the baseline...
 	MinLatencyRatio float64
-	// MinLatencyDeltaMS (ANOMALY_MIN_LATENCY_DELTA_MS, default 50): ...and
-	// at least this many milliseconds above it.
+	// MinLatencyDeltaMS (ANOMALY_MIN_LATENCY_DELTA_MS): ...and at least
+	// this many milliseconds above it.
 	MinLatencyDeltaMS float64
 }
 
@@ -89,116 +132,58 @@ const Off time.Duration = math.MaxInt64
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
-	return Config{
-		RawRetention:        30 * day,
-		RejectsRetention:    14 * day,
-		Rollup1mRetention:   90 * day,
-		Rollup1hRetention:   400 * day,
-		RunBudget:           40 * time.Second,
-		BatchMinutes:        60,
-		PartitionsAheadDays: 7,
-		Anomaly: AnomalyConfig{
-			Baseline:           time.Hour,
-			Settle:             2 * time.Minute,
-			Lookback:           time.Hour,
-			MinCalls:           20,
-			MinBaselineMinutes: 20,
-			Z:                  5,
-			MinErrorRateDelta:  0.05,
-			MinLatencyRatio:    1.5,
-			MinLatencyDeltaMS:  50,
-		},
-	}
+	c, _ := ConfigFrom(env.Map(nil))
+	return c
 }
 
 const day = 24 * time.Hour
 
 // ConfigFromEnv reads and validates the configuration.
 func ConfigFromEnv() (Config, error) {
-	return configFrom(os.Getenv)
+	return ConfigFrom(env.New(os.Getenv))
 }
 
 func configFrom(getenv func(string) string) (Config, error) {
-	c := DefaultConfig()
-	var errs []error
-	get := func(name string) string { return strings.TrimSpace(getenv(name)) }
-	retention := func(name string, dst *time.Duration) {
-		v := get(name)
-		if v == "" {
-			return
-		}
-		d, err := parseRetention(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-			return
-		}
-		*dst = d
-	}
-	duration := func(name string, dst *time.Duration) {
-		v := get(name)
-		if v == "" {
-			return
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("%s must be a positive duration such as 40s, not %q", name, v))
-			return
-		}
-		*dst = d
-	}
-	integer := func(name string, dst *int, minimum int) {
-		v := get(name)
-		if v == "" {
-			return
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil || n < minimum {
-			errs = append(errs, fmt.Errorf("%s must be an integer ≥ %d, not %q", name, minimum, v))
-			return
-		}
-		*dst = n
-	}
-	float := func(name string, dst *float64) {
-		v := get(name)
-		if v == "" {
-			return
-		}
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
-			errs = append(errs, fmt.Errorf("%s must be a non-negative number, not %q", name, v))
-			return
-		}
-		*dst = f
-	}
+	return ConfigFrom(env.New(getenv))
+}
 
-	retention("RAW_RETENTION", &c.RawRetention)
-	retention("REJECTS_RETENTION", &c.RejectsRetention)
-	retention("ROLLUP_1M_RETENTION", &c.Rollup1mRetention)
-	retention("ROLLUP_1H_RETENTION", &c.Rollup1hRetention)
-	duration("RUN_BUDGET", &c.RunBudget)
-	integer("REFRESH_BATCH_MINUTES", &c.BatchMinutes, 1)
-	integer("PARTITIONS_AHEAD_DAYS", &c.PartitionsAheadDays, 1)
-	c.AlertTopic = get("ALERT_TOPIC")
-	c.PubSubProject = get("PUBSUB_PROJECT")
-	duration("ANOMALY_BASELINE", &c.Anomaly.Baseline)
-	duration("ANOMALY_SETTLE", &c.Anomaly.Settle)
-	duration("ANOMALY_LOOKBACK", &c.Anomaly.Lookback)
-	minCalls := int(c.Anomaly.MinCalls)
-	integer("ANOMALY_MIN_CALLS", &minCalls, 1)
-	c.Anomaly.MinCalls = int64(minCalls)
-	integer("ANOMALY_MIN_BASELINE_MINUTES", &c.Anomaly.MinBaselineMinutes, 3)
-	float("ANOMALY_Z", &c.Anomaly.Z)
-	float("ANOMALY_MIN_ERROR_RATE_DELTA", &c.Anomaly.MinErrorRateDelta)
-	float("ANOMALY_MIN_LATENCY_RATIO", &c.Anomaly.MinLatencyRatio)
-	float("ANOMALY_MIN_LATENCY_DELTA_MS", &c.Anomaly.MinLatencyDeltaMS)
-
-	if len(errs) == 0 {
+// ConfigFrom reads the configuration through r and validates it; every
+// problem is reported at once.
+func ConfigFrom(r *env.Reader) (Config, error) {
+	const positive = time.Nanosecond
+	retention := func(name string, def time.Duration) time.Duration {
+		return env.Parse(r, name, def, "a retention such as 30d, 720h or off", formatRetention, parseRetention)
+	}
+	c := Config{
+		RawRetention:        retention(EnvRawRetention, DefaultRawRetention),
+		RejectsRetention:    retention(EnvRejectsRetention, DefaultRejectsRetention),
+		Rollup1mRetention:   retention(EnvRollup1mRetention, Default1mRetention),
+		Rollup1hRetention:   retention(EnvRollup1hRetention, Default1hRetention),
+		RunBudget:           r.Duration(EnvRunBudget, DefaultRunBudget, positive),
+		BatchMinutes:        r.Int(EnvBatchMinutes, DefaultBatchMinutes, 1),
+		PartitionsAheadDays: r.Int(EnvPartitionsAheadDays, DefaultPartitionsAheadDays, 1),
+		AlertTopic:          r.String(EnvAlertTopic, ""),
+		PubSubProject:       r.String(EnvPubSubProject, ""),
+		Anomaly: AnomalyConfig{
+			Baseline:           r.Duration(EnvAnomalyBaseline, DefaultAnomalyBaseline, positive),
+			Settle:             r.Duration(EnvAnomalySettle, DefaultAnomalySettle, positive),
+			Lookback:           r.Duration(EnvAnomalyLookback, DefaultAnomalyLookback, positive),
+			MinCalls:           int64(r.Int(EnvAnomalyMinCalls, DefaultAnomalyMinCalls, 1)),
+			MinBaselineMinutes: r.Int(EnvAnomalyMinBaselineMinutes, DefaultAnomalyMinBaselineMinutes, 3),
+			Z:                  r.Float(EnvAnomalyZ, DefaultAnomalyZ, 0),
+			MinErrorRateDelta:  r.Float(EnvAnomalyMinErrorRateDelta, DefaultAnomalyMinErrorRateDelta, 0),
+			MinLatencyRatio:    r.Float(EnvAnomalyMinLatencyRatio, DefaultAnomalyMinLatencyRatio, 0),
+			MinLatencyDeltaMS:  r.Float(EnvAnomalyMinLatencyDeltaMS, DefaultAnomalyMinLatencyDeltaMS, 0),
+		},
+	}
+	// Relations are judged only between values that parsed.
+	if r.Err() == nil {
 		if err := c.Validate(); err != nil {
-			errs = append(errs, err)
+			r.Fail(err)
 		}
 	}
-	if len(errs) > 0 {
-		return Config{}, fmt.Errorf("rollup config: %w", errors.Join(errs...))
+	if err := r.Err(); err != nil {
+		return Config{}, fmt.Errorf("rollup config: %w", err)
 	}
 	return c, nil
 }
@@ -283,6 +268,18 @@ func (c Config) topic() (project, topic string, err error) {
 		return "", "", errors.New("ALERT_TOPIC is a bare topic ID: set PUBSUB_PROJECT")
 	}
 	return c.PubSubProject, t, nil
+}
+
+// formatRetention writes a retention as the README shows it: whole days
+// as "30d".
+func formatRetention(d time.Duration) string {
+	switch {
+	case d == Off:
+		return "off"
+	case d%day == 0:
+		return fmt.Sprintf("%dd", d/day)
+	}
+	return env.FormatDuration(d)
 }
 
 // parseRetention reads "30d", a Go duration, or "off".

@@ -24,6 +24,20 @@ func TestConfigFromEnv(t *testing.T) {
 			return c.RawRetention == 45*day && c.Rollup1mRetention == 90*day && c.RunBudget == 25*time.Second &&
 				c.Anomaly.Z == 4.5 && c.Anomaly.MinCalls == 50
 		}, ""},
+		{"defaults are the declared constants", nil, func(c Config) bool {
+			a := c.Anomaly
+			return c.RawRetention == DefaultRawRetention && c.RejectsRetention == DefaultRejectsRetention &&
+				c.Rollup1mRetention == Default1mRetention && c.Rollup1hRetention == Default1hRetention &&
+				c.RunBudget == DefaultRunBudget && c.BatchMinutes == DefaultBatchMinutes && c.PartitionsAheadDays == DefaultPartitionsAheadDays &&
+				a.Baseline == DefaultAnomalyBaseline && a.Settle == DefaultAnomalySettle && a.Lookback == DefaultAnomalyLookback &&
+				a.MinCalls == DefaultAnomalyMinCalls && a.MinBaselineMinutes == DefaultAnomalyMinBaselineMinutes && a.Z == DefaultAnomalyZ &&
+				a.MinErrorRateDelta == DefaultAnomalyMinErrorRateDelta && a.MinLatencyRatio == DefaultAnomalyMinLatencyRatio &&
+				a.MinLatencyDeltaMS == DefaultAnomalyMinLatencyDeltaMS && c == DefaultConfig()
+		}, ""},
+		{"values are trimmed", map[string]string{"RAW_RETENTION": " 45d\t", "ANOMALY_Z": " 4 ", "ALERT_TOPIC": " projects/p/topics/a "},
+			func(c Config) bool {
+				return c.RawRetention == 45*day && c.Anomaly.Z == 4 && c.AlertTopic == "projects/p/topics/a"
+			}, ""},
 		{"off keeps forever", map[string]string{"RAW_RETENTION": "off", "ROLLUP_1M_RETENTION": "OFF", "ROLLUP_1H_RETENTION": "off"},
 			func(c Config) bool { return c.RawRetention == Off && c.Rollup1hRetention == Off }, ""},
 		{"topic name carries its project", map[string]string{"ALERT_TOPIC": "projects/p1/topics/alerts"}, func(c Config) bool {

@@ -9,34 +9,34 @@ import (
 	"time"
 
 	"apigee-timescale/shared/dbconn"
+	"apigee-timescale/shared/env"
 	"apigee-timescale/shared/secrets"
 )
 
 // Environment variables read by ConfigFromEnv, besides the shared/dbconn ones
 // (DATABASE_URL, DB_SECRET, CLOUDSQL_INSTANCE, ...) that say how the rotator
-// itself reaches the database.
+// itself reaches the database; each with its default when it has one: the
+// one place they are declared (the README's table is checked against them).
+// NewService applies the same defaults to zero fields.
 const (
-	EnvSecret         = "ROTATE_SECRET"
-	EnvTTL            = "ROTATE_TTL"
-	EnvMinInterval    = "ROTATE_MIN_INTERVAL"
-	EnvTimeout        = "ROTATE_TIMEOUT"
-	EnvDBHost         = "ROTATE_DB_HOST"
-	EnvDBPort         = "ROTATE_DB_PORT"
-	EnvDBName         = "ROTATE_DB_NAME"
-	EnvDBSSLMode      = "ROTATE_DB_SSLMODE"
-	EnvAudience       = "ROTATE_AUDIENCE"
-	EnvServiceAccount = "ROTATE_SERVICE_ACCOUNT"
+	EnvSecret          = "ROTATE_SECRET"
+	EnvTTL             = "ROTATE_TTL"
+	DefaultTTL         = 72 * time.Hour
+	EnvMinInterval     = "ROTATE_MIN_INTERVAL"
+	DefaultMinInterval = 10 * time.Minute
+	EnvTimeout         = "ROTATE_TIMEOUT"
+	DefaultTimeout     = 60 * time.Second
+	EnvDBHost          = "ROTATE_DB_HOST"
+	EnvDBPort          = "ROTATE_DB_PORT"
+	EnvDBName          = "ROTATE_DB_NAME"
+	EnvDBSSLMode       = "ROTATE_DB_SSLMODE"
+	EnvAudience        = "ROTATE_AUDIENCE"
+	EnvServiceAccount  = "ROTATE_SERVICE_ACCOUNT"
 )
 
-// Defaults applied by ConfigFromEnv and NewService to zero fields.
-const (
-	DefaultTTL         = 72 * time.Hour
-	DefaultMinInterval = 10 * time.Minute
-	DefaultTimeout     = 60 * time.Second
-	// MinTTL keeps a typo ("72" read as 72ns is refused anyway, but "1s" is
-	// not) from creating passwords that expire before consumers use them.
-	MinTTL = time.Minute
-)
+// MinTTL keeps a typo ("72" read as 72ns is refused anyway, but "1s" is
+// not) from creating passwords that expire before consumers use them.
+const MinTTL = time.Minute
 
 // Config is the rotate function's configuration, read from the environment
 // once and validated at once.
@@ -46,20 +46,20 @@ type Config struct {
 	// Its versions hold secrets.DBCredentials JSON.
 	Secret string
 
-	// TTL (ROTATE_TTL, default 72h): a new password is valid until now +
+	// TTL (ROTATE_TTL, DefaultTTL): a new password is valid until now +
 	// TTL (VALID UNTIL). The newest credential must outlive the next run,
 	// and the previous one should too, so keep TTL above twice the schedule
 	// period plus slack for missed runs: 72h suits a daily schedule. If runs
 	// stop for longer than TTL, every login expires.
 	TTL time.Duration
-	// MinInterval (ROTATE_MIN_INTERVAL, default 10m; "0s", or zero in a
+	// MinInterval (ROTATE_MIN_INTERVAL, DefaultMinInterval; "0s", or zero in a
 	// Config built by hand, turns it off): a
 	// run that finds the newest version younger than this, enabled and
 	// readable, only tidies older versions and answers "skipped". It lets a
 	// Cloud Scheduler job, a SECRET_ROTATE notification and their retries
 	// fire together and still rotate once.
 	MinInterval time.Duration
-	// Timeout (ROTATE_TIMEOUT, default 60s) bounds one run.
+	// Timeout (ROTATE_TIMEOUT, DefaultTimeout) bounds one run.
 	Timeout time.Duration
 
 	// Host, Port, Database, SSLMode (ROTATE_DB_HOST, ROTATE_DB_PORT,
@@ -98,11 +98,16 @@ type Config struct {
 // ConfigFromEnv reads and validates the configuration, including the
 // rotator's own database settings (shared/dbconn variables).
 func ConfigFromEnv() (Config, error) {
-	c, err := configFrom(os.Getenv)
+	return ConfigFrom(env.New(os.Getenv))
+}
+
+// ConfigFrom is ConfigFromEnv through r.
+func ConfigFrom(r *env.Reader) (Config, error) {
+	c, err := configFrom(r)
 	if err != nil {
 		return Config{}, err
 	}
-	db, err := dbconn.ConfigFromEnv()
+	db, err := dbconn.ConfigFrom(r)
 	if err != nil {
 		return Config{}, fmt.Errorf("rotate config: %w", err)
 	}
@@ -114,47 +119,38 @@ func ConfigFromEnv() (Config, error) {
 	return c, nil
 }
 
-func configFrom(getenv func(string) string) (Config, error) {
-	get := func(name string) string { return strings.TrimSpace(getenv(name)) }
+func configFrom(r *env.Reader) (Config, error) {
+	const positive = time.Nanosecond
 	c := Config{
-		Secret:         get(EnvSecret),
-		Host:           get(EnvDBHost),
-		Database:       get(EnvDBName),
-		SSLMode:        get(EnvDBSSLMode),
-		Audience:       get(EnvAudience),
-		ServiceAccount: get(EnvServiceAccount),
+		Secret:      r.String(EnvSecret, ""),
+		TTL:         r.Duration(EnvTTL, DefaultTTL, positive),
+		MinInterval: r.Duration(EnvMinInterval, DefaultMinInterval, 0),
+		Timeout:     r.Duration(EnvTimeout, DefaultTimeout, positive),
+		Host:        r.String(EnvDBHost, ""),
+		// Out of range is Validate's to say, as for a Config built by hand.
+		Port:           env.Parse(r, EnvDBPort, 0, "a port number", portString, strconv.Atoi),
+		Database:       r.String(EnvDBName, ""),
+		SSLMode:        r.String(EnvDBSSLMode, ""),
+		Audience:       r.String(EnvAudience, ""),
+		ServiceAccount: r.String(EnvServiceAccount, ""),
 	}
-	var errs []error
-	duration := func(name string, dst *time.Duration, def time.Duration, zeroOK bool) {
-		*dst = def
-		v := get(name)
-		if v == "" {
-			return
+	if r.Err() == nil {
+		if err := c.Validate(); err != nil {
+			r.Fail(err)
 		}
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 || (d == 0 && !zeroOK) {
-			errs = append(errs, fmt.Errorf("%s must be a positive duration such as 72h, not %q", name, v))
-			return
-		}
-		*dst = d
 	}
-	duration(EnvTTL, &c.TTL, DefaultTTL, false)
-	duration(EnvMinInterval, &c.MinInterval, DefaultMinInterval, true)
-	duration(EnvTimeout, &c.Timeout, DefaultTimeout, false)
-	if v := get(EnvDBPort); v != "" {
-		p, err := strconv.Atoi(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s must be a port number, not %q", EnvDBPort, v))
-		}
-		c.Port = p
-	}
-	if len(errs) == 0 {
-		errs = append(errs, c.Validate())
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := r.Err(); err != nil {
 		return Config{}, fmt.Errorf("rotate config: %w", err)
 	}
 	return c, nil
+}
+
+// portString writes an unset port (copied from the secret) as nothing.
+func portString(p int) string {
+	if p == 0 {
+		return ""
+	}
+	return strconv.Itoa(p)
 }
 
 // Validate checks the fields other than DB; zero durations count as their

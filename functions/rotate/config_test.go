@@ -65,6 +65,12 @@ func TestConfigFromEnv(t *testing.T) {
 					t.Fatalf("test logins do not follow the rotator's instance: %+v", c)
 				}
 			}},
+		{name: "values are trimmed", env: with(rotate.EnvSecret, " "+secret+"\n", rotate.EnvTTL, " 48h ", rotate.EnvDBPort, "\t6432"),
+			check: func(t *testing.T, c rotate.Config) {
+				if c.Secret != secret || c.TTL != 48*time.Hour || c.Port != 6432 {
+					t.Fatalf("config %+v", c)
+				}
+			}},
 		{name: "no secret", env: map[string]string{dbconn.EnvDatabaseURL: "postgres://x@db/a"}, wantErr: "ROTATE_SECRET is required"},
 		{name: "secret version", env: with(rotate.EnvSecret, secret+"/versions/3"), wantErr: "ROTATE_SECRET"},
 		{name: "not a secret", env: with(rotate.EnvSecret, "ingest-db"), wantErr: "ROTATE_SECRET"},
@@ -72,7 +78,7 @@ func TestConfigFromEnv(t *testing.T) {
 		{name: "TTL not a duration", env: with(rotate.EnvTTL, "3 days"), wantErr: "ROTATE_TTL must be a positive duration"},
 		{name: "TTL zero", env: with(rotate.EnvTTL, "0s"), wantErr: "ROTATE_TTL must be a positive duration"},
 		{name: "interval not below TTL", env: with(rotate.EnvTTL, "1h", rotate.EnvMinInterval, "1h"), wantErr: "ROTATE_MIN_INTERVAL (1h0m0s) must be shorter"},
-		{name: "negative interval", env: with(rotate.EnvMinInterval, "-1m"), wantErr: "ROTATE_MIN_INTERVAL must be a positive duration"},
+		{name: "negative interval", env: with(rotate.EnvMinInterval, "-1m"), wantErr: "ROTATE_MIN_INTERVAL must be a non-negative duration"},
 		{name: "bad port", env: with(rotate.EnvDBPort, "http"), wantErr: "ROTATE_DB_PORT must be a port number"},
 		{name: "port out of range", env: with(rotate.EnvDBPort, "70000"), wantErr: "ROTATE_DB_PORT=70000 is out of range"},
 		{name: "bad sslmode", env: with(rotate.EnvDBSSLMode, "always"), wantErr: "ROTATE_DB_SSLMODE"},

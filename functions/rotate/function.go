@@ -5,73 +5,37 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
-	"sync"
-	"time"
 
 	"cloud.google.com/go/cloudsqlconn"
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/shared/logging"
+	"apigee-timescale/shared/function"
 	"apigee-timescale/shared/pushauth"
 	"apigee-timescale/shared/secrets"
 )
+
+// rotate is the deployed function: everything from the environment.
+var rotate = &function.Lazy[*Service]{
+	Name:  "rotate",
+	Start: NewFromEnv,
+	// Configuration errors name variables, never values that could be
+	// secret, but the details still go to the log only.
+	StartFailed: func(error) any {
+		return Summary{Status: StatusFailed, FailedStep: "init", DisabledVersions: []string{},
+			Error: "rotate is not configured or cannot reach its dependencies; see the logs"}
+	},
+}
+
+var serve = rotate.HTTP((*Service).ServeHTTP)
 
 func init() {
 	functions.HTTP("Rotate", Rotate)
 }
 
-// defaultHandler is the deployed function: everything from the environment.
-var defaultHandler = &lazyHandler{build: NewFromEnv, log: logging.New(os.Stdout, slog.LevelInfo)}
-
 // Rotate is the HTTP function that Cloud Scheduler, or a Pub/Sub push
 // subscription on the secret's topic, invokes; see Service.ServeHTTP.
-func Rotate(w http.ResponseWriter, r *http.Request) {
-	defaultHandler.ServeHTTP(w, r)
-}
-
-// lazyHandler builds its Service on the first request rather than at
-// start-up, so that a cold start answers (with a JSON error) even when the
-// configuration or a dependency is broken; a failed build is retried on the
-// next request.
-type lazyHandler struct {
-	build func(ctx context.Context, log *slog.Logger) (*Service, error)
-	log   *slog.Logger
-
-	mu  sync.Mutex
-	svc *Service
-}
-
-func (h *lazyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s, err := h.get(r.Context())
-	if err != nil {
-		// Configuration errors name variables, never values that could be
-		// secret, but the details still go to the log only.
-		h.log.Error("rotate: initialisation failed", "err", err.Error())
-		writeJSON(w, http.StatusInternalServerError, Summary{Status: StatusFailed, FailedStep: "init",
-			Error: "rotate is not configured or cannot reach its dependencies; see the logs", DisabledVersions: []string{}})
-		return
-	}
-	s.ServeHTTP(w, r)
-}
-
-func (h *lazyHandler) get(ctx context.Context) (*Service, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.svc != nil {
-		return h.svc, nil
-	}
-	// The clients outlive this request.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	s, err := h.build(ctx, h.log)
-	if err != nil {
-		return nil, err
-	}
-	h.svc = s
-	return s, nil
-}
+func Rotate(w http.ResponseWriter, r *http.Request) { serve(w, r) }
 
 // NewFromEnv builds a Service from the environment: Config (ROTATE_*), the
 // rotator's own pool (shared/dbconn variables), a Secret Manager client

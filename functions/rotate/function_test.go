@@ -1,7 +1,9 @@
 package rotate_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
+	"apigee-timescale/shared/pushauth"
 )
 
 // TestDeployedFunction drives the registered Rotate function, configured
@@ -51,5 +54,39 @@ func TestDeployedFunction(t *testing.T) {
 	}
 	if n := len(f.versions(t)); n != 0 {
 		t.Fatalf("a failed run added %d versions", n)
+	}
+}
+
+// refusingVerifier refuses every token with err.
+type refusingVerifier struct{ err error }
+
+func (v refusingVerifier) Verify(context.Context, *http.Request) (pushauth.Claims, error) {
+	return pushauth.Claims{}, v.err
+}
+
+// A refused token is answered through function.StatusFor: 401 when the
+// token is bad, 503 when Google's signing keys could not be fetched (the
+// token may be fine; the caller should retry). Nothing is rotated.
+func TestRefusedCallerStatus(t *testing.T) {
+	f := newFixture(t, testkit.TimescaleDB)
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"bad token", fmt.Errorf("%w: token expired", pushauth.ErrUnauthenticated), http.StatusUnauthorized},
+		{"keys unavailable", fmt.Errorf("%w: %w: cannot verify signature", pushauth.ErrUnauthenticated, pushauth.ErrKeysUnavailable), http.StatusServiceUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc := f.newService(t, func(c *rotate.Config) { c.Audience = "https://rotate" }, func(d *rotate.Deps) { d.Verifier = refusingVerifier{tt.err} })
+			code, sum := f.post(t, svc, "", scheduler)
+			if code != tt.want || sum.Error != "unauthenticated" {
+				t.Fatalf("answered %d %+v, want %d unauthenticated", code, sum, tt.want)
+			}
+			if n := len(f.versions(t)); n != 0 {
+				t.Fatalf("a refused call added %d versions", n)
+			}
+		})
 	}
 }

@@ -3,14 +3,14 @@ package rotate
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
 
-	"apigee-timescale/shared/pushauth"
+	"apigee-timescale/shared/function"
+	"apigee-timescale/shared/logging"
 )
 
 // EventSecretRotate is the eventType attribute of the Pub/Sub message
@@ -41,31 +41,27 @@ type pushEnvelope struct {
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		writeJSON(w, http.StatusMethodNotAllowed, Summary{Status: StatusFailed, Secret: s.cfg.Secret, Error: "use POST", DisabledVersions: []string{}})
+		function.WriteJSON(w, http.StatusMethodNotAllowed, Summary{Status: StatusFailed, Secret: s.cfg.Secret, Error: "use POST", DisabledVersions: []string{}})
 		return
 	}
 	if s.verifier == nil {
 		s.log.Warn("rotate: caller authentication is OFF: ROTATE_AUDIENCE is not set")
 	} else if _, err := s.verifier.Verify(r.Context(), r); err != nil {
 		// The reason goes to the log, not to an unauthenticated caller.
-		s.log.Warn("rotate: caller authentication failed", "err", err.Error(), "remote", r.RemoteAddr)
-		code := http.StatusUnauthorized
-		if errors.Is(err, pushauth.ErrKeysUnavailable) {
-			code = http.StatusServiceUnavailable
-		}
-		writeJSON(w, code, Summary{Status: StatusFailed, Secret: s.cfg.Secret, Error: "unauthenticated", DisabledVersions: []string{}})
+		s.log.Warn("rotate: caller authentication failed", logging.Err(err), "remote", r.RemoteAddr)
+		function.WriteJSON(w, function.StatusFor(err), Summary{Status: StatusFailed, Secret: s.cfg.Secret, Error: "unauthenticated", DisabledVersions: []string{}})
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, Summary{Status: StatusFailed, Secret: s.cfg.Secret, Error: "could not read the request body", DisabledVersions: []string{}})
+		function.WriteJSON(w, function.StatusFor(fmt.Errorf("rotate: read body: %w: %w", function.ErrBadRequest, err)), Summary{Status: StatusFailed, Secret: s.cfg.Secret, Error: "could not read the request body", DisabledVersions: []string{}})
 		return
 	}
 	trigger, ignore := s.classify(r, body)
 	if ignore != "" {
 		sum := Summary{Status: StatusIgnored, Secret: s.cfg.Secret, Trigger: trigger, Reason: ignore, DisabledVersions: []string{}}
 		s.log.Info("rotate: notification ignored", "summary", sum)
-		writeJSON(w, http.StatusOK, sum)
+		function.WriteJSON(w, http.StatusOK, sum)
 		return
 	}
 
@@ -77,14 +73,12 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err != nil:
 		s.log.Error("rotate: run failed", "summary", sum)
-		writeJSON(w, http.StatusInternalServerError, sum)
 	case sum.Status == StatusSkipped:
 		s.log.Info("rotate: skipped", "summary", sum)
-		writeJSON(w, http.StatusOK, sum)
 	default:
 		s.log.Info("rotate: rotated", "summary", sum)
-		writeJSON(w, http.StatusOK, sum)
 	}
+	function.WriteJSON(w, function.StatusFor(err), sum)
 }
 
 // classify names the trigger of a request, and says why to ignore it when
@@ -117,12 +111,6 @@ func (s *Service) classify(r *http.Request, body []byte) (trigger, ignore string
 func secretID(name string) string {
 	name = strings.TrimSuffix(name, "/")
 	return name[strings.LastIndex(name, "/")+1:]
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // LogValue keeps a Summary readable in structured logs.

@@ -12,10 +12,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"apigee-timescale/shared/env"
 	"apigee-timescale/shared/secrets"
 )
 
-// Environment variable names read by ConfigFromEnv (before any prefix).
+// Environment variable names read by ConfigFromEnv (before any prefix),
+// each with its default when it has one: the one place they are declared
+// (the README's table is checked against them). Open applies the same
+// defaults to zero fields of a Config built by hand.
 const (
 	EnvDatabaseURL           = "DATABASE_URL"
 	EnvDBSecret              = "DB_SECRET"
@@ -25,18 +29,14 @@ const (
 	EnvDBName                = "DB_NAME"
 	EnvSecretManagerEndpoint = secrets.EndpointEnv
 	EnvMaxConns              = "DB_MAX_CONNS"
+	DefaultMaxConns          = 8
 	EnvMaxConnLifetime       = "DB_MAX_CONN_LIFETIME"
+	DefaultMaxConnLifetime   = 30 * time.Minute
 	EnvStatementTimeout      = "DB_STATEMENT_TIMEOUT"
+	DefaultStatementTimeout  = 30 * time.Second
 	EnvConnectTimeout        = "DB_CONNECT_TIMEOUT"
+	DefaultConnectTimeout    = 10 * time.Second
 	EnvApplicationName       = "DB_APPLICATION_NAME"
-)
-
-// Defaults applied by ConfigFromEnv and Open to zero fields.
-const (
-	DefaultMaxConns         = 8
-	DefaultMaxConnLifetime  = 30 * time.Minute
-	DefaultStatementTimeout = 30 * time.Second
-	DefaultConnectTimeout   = 10 * time.Second
 )
 
 // Cloud SQL instance connection names, optionally with a legacy
@@ -73,18 +73,19 @@ type Config struct {
 	// SecretManagerEndpoint (SECRET_MANAGER_ENDPOINT) points at a local or
 	// test Secret Manager (plaintext gRPC); empty means production.
 	SecretManagerEndpoint string
-	// MaxConns (DB_MAX_CONNS) caps the pool; default 8.
+	// MaxConns (DB_MAX_CONNS, DefaultMaxConns) caps the pool.
 	MaxConns int32
-	// MaxConnLifetime (DB_MAX_CONN_LIFETIME) closes connections after this
-	// age, default 30m. Connections opened with rotated-out credentials live
-	// at most this long, so it must stay shorter than the rotation grace
-	// period (the time the previous credential keeps working).
+	// MaxConnLifetime (DB_MAX_CONN_LIFETIME, DefaultMaxConnLifetime) closes
+	// connections after this age. Connections opened with rotated-out
+	// credentials live at most this long, so it must stay shorter than the
+	// rotation grace period (the time the previous credential keeps
+	// working).
 	MaxConnLifetime time.Duration
 	// StatementTimeout (DB_STATEMENT_TIMEOUT) is sent as the statement_timeout
-	// runtime parameter; default 30s, at least 1ms.
+	// runtime parameter (DefaultStatementTimeout), at least 1ms.
 	StatementTimeout time.Duration
-	// ConnectTimeout (DB_CONNECT_TIMEOUT) bounds one connection attempt;
-	// default 10s.
+	// ConnectTimeout (DB_CONNECT_TIMEOUT, DefaultConnectTimeout) bounds one
+	// connection attempt.
 	ConnectTimeout time.Duration
 	// ApplicationName (DB_APPLICATION_NAME, else K_SERVICE, the Cloud Run
 	// service name) is sent as application_name when not empty.
@@ -99,65 +100,47 @@ func ConfigFromEnv(prefix ...string) (Config, error) {
 	if len(prefix) > 1 {
 		return Config{}, errors.New("dbconn: ConfigFromEnv takes at most one prefix")
 	}
-	p := ""
+	r := env.New(os.Getenv)
 	if len(prefix) == 1 {
-		p = prefix[0]
+		r = r.WithPrefix(prefix[0])
 	}
-	get := func(name string) string { return strings.TrimSpace(os.Getenv(p + name)) }
+	return ConfigFrom(r)
+}
 
+// ConfigFrom is ConfigFromEnv through r (and r's prefix).
+func ConfigFrom(r *env.Reader) (Config, error) {
+	r = r.WithPrefix("") // this package's errors apart from the caller's
+	const positive = time.Nanosecond
 	c := Config{
-		DatabaseURL:           get(EnvDatabaseURL),
-		DBSecret:              get(EnvDBSecret),
-		CloudSQLInstance:      get(EnvCloudSQLInstance),
-		DBIAMUser:             get(EnvDBIAMUser),
-		DBName:                get(EnvDBName),
-		SecretManagerEndpoint: get(EnvSecretManagerEndpoint),
-		ApplicationName:       get(EnvApplicationName),
+		DatabaseURL:           r.String(EnvDatabaseURL, ""),
+		DBSecret:              r.String(EnvDBSecret, ""),
+		CloudSQLInstance:      r.String(EnvCloudSQLInstance, ""),
+		CloudSQLPrivateIP:     r.Bool(EnvCloudSQLPrivateIP, false),
+		DBIAMUser:             r.String(EnvDBIAMUser, ""),
+		DBName:                r.String(EnvDBName, ""),
+		SecretManagerEndpoint: r.String(EnvSecretManagerEndpoint, ""),
+		MaxConnLifetime:       r.Duration(EnvMaxConnLifetime, DefaultMaxConnLifetime, positive),
+		StatementTimeout:      r.Duration(EnvStatementTimeout, DefaultStatementTimeout, positive),
+		ConnectTimeout:        r.Duration(EnvConnectTimeout, DefaultConnectTimeout, positive),
+		ApplicationName:       r.String(EnvApplicationName, ""),
 	}
+	// pgx takes an int32.
+	c.MaxConns = env.Parse(r, EnvMaxConns, int32(DefaultMaxConns), "an integer of at least 1",
+		func(n int32) string { return strconv.Itoa(int(n)) },
+		func(s string) (int32, error) {
+			n, err := strconv.ParseInt(s, 10, 32)
+			if err == nil && n < 1 {
+				err = env.ErrRange
+			}
+			return int32(n), err
+		})
 	if c.ApplicationName == "" {
-		c.ApplicationName = os.Getenv("K_SERVICE")
+		c.ApplicationName = r.Platform("K_SERVICE")
 	}
-	if v := get(EnvCloudSQLPrivateIP); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return Config{}, fmt.Errorf("dbconn: %s%s=%q is not a boolean", p, EnvCloudSQLPrivateIP, v)
-		}
-		c.CloudSQLPrivateIP = b
+	if err := r.Err(); err != nil {
+		return Config{}, fmt.Errorf("dbconn: %w", err)
 	}
-	if v := get(EnvMaxConns); v != "" {
-		n, err := strconv.ParseInt(v, 10, 32)
-		if err != nil {
-			return Config{}, fmt.Errorf("dbconn: %s%s=%q is not an integer", p, EnvMaxConns, v)
-		}
-		if n < 1 {
-			return Config{}, fmt.Errorf("dbconn: %s%s=%d must be at least 1", p, EnvMaxConns, n)
-		}
-		c.MaxConns = int32(n)
-	}
-	durations := []struct {
-		name string
-		dst  *time.Duration
-	}{
-		{EnvMaxConnLifetime, &c.MaxConnLifetime},
-		{EnvStatementTimeout, &c.StatementTimeout},
-		{EnvConnectTimeout, &c.ConnectTimeout},
-	}
-	for _, d := range durations {
-		v := get(d.name)
-		if v == "" {
-			continue
-		}
-		x, err := time.ParseDuration(v)
-		if err != nil {
-			return Config{}, fmt.Errorf("dbconn: %s%s=%q is not a duration (e.g. 30s, 5m)", p, d.name, v)
-		}
-		if x <= 0 {
-			return Config{}, fmt.Errorf("dbconn: %s%s=%q must be positive", p, d.name, v)
-		}
-		*d.dst = x
-	}
-	c = c.withDefaults()
-	if err := c.validate(p); err != nil {
+	if err := c.validate(r.Prefix()); err != nil {
 		return Config{}, err
 	}
 	return c, nil

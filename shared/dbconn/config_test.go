@@ -85,6 +85,11 @@ func TestConfigFromEnv(t *testing.T) {
 			}),
 		},
 		{
+			name: "values are trimmed",
+			env:  map[string]string{"DATABASE_URL": " " + dsn + "\n", "DB_MAX_CONNS": "\t3 ", "DB_CONNECT_TIMEOUT": " 4s"},
+			want: with(func(c *dbconn.Config) { c.DatabaseURL, c.MaxConns, c.ConnectTimeout = dsn, 3, 4*time.Second }),
+		},
+		{
 			name:   "prefix",
 			prefix: "ROLLUP_",
 			env:    map[string]string{"ROLLUP_DATABASE_URL": dsn, "DATABASE_URL": "ignored", "ROLLUP_DB_MAX_CONNS": "2"},
@@ -133,6 +138,8 @@ func TestConfigFromEnv(t *testing.T) {
 		{name: "private ip without instance", env: map[string]string{"DB_SECRET": secret, "CLOUDSQL_PRIVATE_IP": "1"}, wantErr: []string{"CLOUDSQL_PRIVATE_IP needs CLOUDSQL_INSTANCE"}},
 		{name: "private ip not bool", env: map[string]string{"CLOUDSQL_INSTANCE": instance, "DB_SECRET": secret, "CLOUDSQL_PRIVATE_IP": "maybe"}, wantErr: []string{"CLOUDSQL_PRIVATE_IP", "boolean"}},
 		{name: "max conns not int", env: map[string]string{"DATABASE_URL": dsn, "DB_MAX_CONNS": "many"}, wantErr: []string{"DB_MAX_CONNS", "integer"}},
+		{name: "max conns over int32", env: map[string]string{"DATABASE_URL": dsn, "DB_MAX_CONNS": "3000000000"}, wantErr: []string{"DB_MAX_CONNS", "integer"}},
+		{name: "every parse error at once", env: map[string]string{"DATABASE_URL": dsn, "DB_MAX_CONNS": "x", "DB_CONNECT_TIMEOUT": "soon"}, wantErr: []string{"DB_MAX_CONNS", "DB_CONNECT_TIMEOUT"}},
 		{name: "max conns zero", env: map[string]string{"DATABASE_URL": dsn, "DB_MAX_CONNS": "0"}, wantErr: []string{"DB_MAX_CONNS", "at least 1"}},
 		{name: "lifetime not duration", env: map[string]string{"DATABASE_URL": dsn, "DB_MAX_CONN_LIFETIME": "30"}, wantErr: []string{"DB_MAX_CONN_LIFETIME", "duration"}},
 		{name: "lifetime zero", env: map[string]string{"DATABASE_URL": dsn, "DB_MAX_CONN_LIFETIME": "0s"}, wantErr: []string{"DB_MAX_CONN_LIFETIME", "positive"}},

@@ -1,13 +1,30 @@
 // Package logging builds the JSON slog logger every function uses at its
 // edges, in the shape Cloud Logging reads from stdout: "severity",
 // "message" and "time" keys, so levels and messages show up as such in the
-// console rather than as opaque jsonPayload fields.
+// console rather than as opaque jsonPayload fields. An error is always
+// logged under the key "err" (Err), so one query finds them all.
 package logging
 
 import (
 	"io"
 	"log/slog"
+	"os"
 )
+
+// ErrKey is the key every error is logged under.
+const ErrKey = "err"
+
+// Err is the attribute for an error: its text under ErrKey.
+func Err(err error) slog.Attr {
+	if err == nil {
+		return slog.String(ErrKey, "")
+	}
+	return slog.String(ErrKey, err.Error())
+}
+
+// Stdout is the logger a deployed function uses: Info and above, to stdout,
+// where Cloud Run collects it.
+func Stdout() *slog.Logger { return New(os.Stdout, slog.LevelInfo) }
 
 // New returns a JSON logger writing Cloud Logging structured entries to w.
 func New(w io.Writer, level slog.Leveler) *slog.Logger {

@@ -35,3 +35,31 @@ func TestCloudLoggingShape(t *testing.T) {
 		})
 	}
 }
+
+func TestErrKey(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"error", errTest("boom"), "boom"},
+		{"nil", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			New(&buf, slog.LevelInfo).Error("failed", Err(tt.err))
+			var got map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+				t.Fatalf("not JSON: %q", buf.String())
+			}
+			if got["err"] != tt.want {
+				t.Fatalf("entry %v: want err %q", got, tt.want)
+			}
+		})
+	}
+}
+
+type errTest string
+
+func (e errTest) Error() string { return string(e) }

@@ -1,4 +1,4 @@
-// Command cmd runs the rotate function locally, as Cloud Run would:
+// Command rotate runs the rotate function locally, as Cloud Run would:
 //
 //	go run ./functions/rotate/cmd/rotate
 //
@@ -9,23 +9,16 @@
 package main
 
 import (
-	"log"
 	"os"
 
-	"github.com/GoogleCloudPlatform/functions-framework-go/funcframework"
-
 	_ "apigee-timescale/functions/rotate"
+	"apigee-timescale/shared/function"
+	"apigee-timescale/shared/logging"
 )
 
 func main() {
-	port := os.Getenv("PORT")
-	if port == "" {
-		port = "8080"
-	}
-	if os.Getenv("FUNCTION_TARGET") == "" {
-		os.Setenv("FUNCTION_TARGET", "Rotate")
-	}
-	if err := funcframework.Start(port); err != nil {
-		log.Fatalf("funcframework.Start: %v", err)
+	if err := function.Main("Rotate"); err != nil {
+		logging.Stdout().Error("rotate: exit", logging.Err(err))
+		os.Exit(1)
 	}
 }

@@ -13,47 +13,29 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"os"
-	"os/signal"
-	"sync"
-	"syscall"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/cloudevents/sdk-go/v2/event"
 
 	"apigee-timescale/shared/dbconn"
-	"apigee-timescale/shared/logging"
+	"apigee-timescale/shared/function"
 	"apigee-timescale/shared/pushauth"
 )
 
+// service is the process-wide Service, started by the first delivery and
+// drained on SIGTERM: what was acknowledged is committed, what was not is
+// redelivered by Pub/Sub.
+var service = &function.Lazy[*Service]{Name: "ingest", Start: NewFromEnv, Drain: drain}
+
 func init() {
-	functions.HTTP("Ingest", handleHTTP)
-	functions.CloudEvent("IngestEvent", handleEvent)
-}
-
-var (
-	mu  sync.Mutex
-	svc *Service
-	log = logging.New(os.Stdout, slog.LevelInfo)
-)
-
-// service builds the process-wide Service on first use. A failure is
-// answered as an error and retried on the next request, so a database that
-// is briefly unreachable at cold start does not brick the instance.
-func service(ctx context.Context) (*Service, error) {
-	mu.Lock()
-	defer mu.Unlock()
-	if svc != nil {
-		return svc, nil
-	}
-	s, err := NewFromEnv(ctx, log)
-	if err != nil {
-		return nil, err
-	}
-	svc = s
-	go drainOnSIGTERM(s)
-	return svc, nil
+	functions.HTTP("Ingest", service.HTTP((*Service).ServeHTTP))
+	functions.CloudEvent("IngestEvent", func(ctx context.Context, e event.Event) error {
+		s, err := service.Get(ctx)
+		if err != nil {
+			return err
+		}
+		return s.HandleEvent(ctx, e)
+	})
 }
 
 // NewFromEnv builds a Service from the environment: Config, the database
@@ -86,39 +68,13 @@ func NewFromEnv(ctx context.Context, logger *slog.Logger) (*Service, error) {
 	return NewService(cfg, d)
 }
 
-// drainOnSIGTERM commits what is queued when Cloud Run (or a local run)
-// stops the instance, then exits: nothing acknowledged is lost, and what
-// was not acknowledged is redelivered by Pub/Sub.
-func drainOnSIGTERM(s *Service) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGTERM, os.Interrupt)
-	sig := <-ch
-	log.Info("draining before exit", "signal", sig.String())
+// drain commits what is queued and answers what is in flight, within
+// INGEST_DRAIN_TIMEOUT.
+func drain(s *Service) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	if err := s.Shutdown(ctx); err != nil {
-		log.Error("drain incomplete; unacknowledged deliveries will be redelivered", "err", err.Error())
-		os.Exit(1)
+		return fmt.Errorf("ingest: unacknowledged deliveries will be redelivered: %w", err)
 	}
-	log.Info("drained")
-	os.Exit(0)
-}
-
-func handleHTTP(w http.ResponseWriter, r *http.Request) {
-	s, err := service(r.Context())
-	if err != nil {
-		log.Error("ingest is not configured", "err", err.Error())
-		http.Error(w, "ingest is not configured; see the logs", http.StatusServiceUnavailable)
-		return
-	}
-	s.ServeHTTP(w, r)
-}
-
-func handleEvent(ctx context.Context, e event.Event) error {
-	s, err := service(ctx)
-	if err != nil {
-		log.Error("ingest is not configured", "err", err.Error())
-		return err
-	}
-	return s.HandleEvent(ctx, e)
+	return nil
 }

@@ -1,0 +1,56 @@
+package ingest
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigFromEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr string
+		check   func(Config) bool
+	}{
+		{"defaults", nil, "", func(c Config) bool {
+			b := c.Batch
+			return b.MaxRows == DefaultBatchMaxRows && b.MaxBytes == DefaultBatchMaxBytes && b.MaxWait == DefaultBatchMaxWait &&
+				b.QueueRows == DefaultQueueMaxRows && b.QueueBytes == DefaultQueueMaxBytes && b.Flushers == DefaultFlushers &&
+				b.WriteTimeout == DefaultWriteTimeout && c.RequestTimeout == DefaultRequestTimeout && c.MaxBodyBytes == DefaultMaxBodyBytes &&
+				c.MaxFuture == DefaultMaxFuture && c.DrainTimeout == DefaultDrainTimeout && c.PushAudience == ""
+		}},
+		{"tuned", map[string]string{"INGEST_BATCH_MAX_ROWS": "500", "INGEST_BATCH_MAX_WAIT": "5ms"}, "", func(c Config) bool {
+			return c.Batch.MaxRows == 500 && c.Batch.MaxWait == 5*time.Millisecond
+		}},
+		{"values are trimmed", map[string]string{"INGEST_FLUSHERS": " 3\n", "PUSH_AUDIENCE": " https://ingest/ ", "INGEST_MAX_FUTURE": "\t2h "}, "", func(c Config) bool {
+			return c.Batch.Flushers == 3 && c.PushAudience == "https://ingest/" && c.MaxFuture == 2*time.Hour
+		}},
+		{"bad number", map[string]string{"INGEST_BATCH_MAX_ROWS": "lots"}, "INGEST_BATCH_MAX_ROWS", nil},
+		{"zero is not a size", map[string]string{"INGEST_MAX_BODY_BYTES": "0"}, "INGEST_MAX_BODY_BYTES", nil},
+		{"bad duration", map[string]string{"INGEST_REQUEST_TIMEOUT": "10"}, "INGEST_REQUEST_TIMEOUT", nil},
+		{"service account without audience", map[string]string{"PUSH_SERVICE_ACCOUNT": "a@b"}, "PUSH_AUDIENCE", nil},
+		{"queue smaller than a batch", map[string]string{"INGEST_QUEUE_MAX_ROWS": "10"}, "INGEST_QUEUE_MAX_ROWS", nil},
+		{"every error at once", map[string]string{"INGEST_FLUSHERS": "x", "INGEST_DRAIN_TIMEOUT": "soon"}, "INGEST_DRAIN_TIMEOUT", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := configFrom(func(k string) string { return tt.env[k] })
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.Batch.MaxRows <= 0 || c.RequestTimeout <= 0 {
+					t.Fatalf("defaults not applied: %+v", c)
+				}
+				if tt.check != nil && !tt.check(c) {
+					t.Fatalf("config %+v", c)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("got %v, want an error naming %s", err, tt.wantErr)
+			}
+		})
+	}
+}
