@@ -975,6 +975,40 @@ func TestDeployScriptBuildsBundle(t *testing.T) {
 		t.Errorf("zip holds %v, want %v", files, want)
 	}
 
+	// The target flow's zip: its directory under sharedflowbundle/.
+	targetOut := filepath.Join(t.TempDir(), "target.zip")
+	cmd := exec.Command("bash", "deploy.sh", "--build-only", filepath.Join(t.TempDir(), "publish.zip"), targetOut)
+	cmd.Env = append(os.Environ(), "GCP_PROJECT=acme-analytics-1", "PUBSUB_TOPIC=apigee.calls-v1")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("deploy.sh --build-only OUT TARGET_OUT: %v\n%s", err, msg)
+	}
+	tz, err := zip.OpenReader(targetOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tz.Close()
+	var targetFiles, targetWant []string
+	for _, f := range tz.File {
+		if !f.FileInfo().IsDir() {
+			targetFiles = append(targetFiles, f.Name)
+		}
+	}
+	err = filepath.WalkDir(targetBundleDir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(targetBundleDir, path)
+			targetWant = append(targetWant, "sharedflowbundle/"+filepath.ToSlash(rel))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(targetFiles)
+	slices.Sort(targetWant)
+	if !slices.Equal(targetFiles, targetWant) {
+		t.Errorf("target zip holds %v, want %v", targetFiles, targetWant)
+	}
+
 	for _, bad := range [][2]string{{"acme-analytics-1", "goog-topic"}, {"acme-analytics-1", "a|b"}, {"Bad_Project", "calls"}} {
 		if msg, _, err := build(bad[0], bad[1]); err == nil {
 			t.Errorf("deploy.sh accepted project %q topic %q:\n%s", bad[0], bad[1], msg)
