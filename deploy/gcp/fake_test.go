@@ -258,6 +258,10 @@ func parseGcloud(args []string) (gcloudCmd, error) {
 			pos = append(pos, a)
 		}
 	}
+	if slices.Equal(pos, []string{"version"}) {
+		c.kind = "version"
+		return c, nil
+	}
 	for _, g := range groups {
 		if len(pos) > len(g) && slices.Equal(pos[:len(g)], g) {
 			c.kind = strings.Join(g, " ")
