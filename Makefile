@@ -7,7 +7,7 @@ GO    ?= go
 TEST_TIMESCALEDB_URL ?=
 TEST_POSTGRES_URL    ?=
 
-.PHONY: help test db-up db-down vet unit fuzz bench bench-ingest bench-rollup
+.PHONY: help test db-up db-down vet unit fuzz bench bench-ingest bench-rollup lint-apigee
 
 help:
 	@echo "make test          start local TimescaleDB + PostgreSQL if needed, vet, run every test (the CI command)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench         run the benchmarks and print ratios (bench-ingest, bench-rollup)"
 	@echo "make deploy        deploy to Google Cloud (deploy/gcp/README.md); deploy-dry-run prints it"
 	@echo "make shellcheck    lint every shell script"
+	@echo "make lint-apigee   lint the Apigee shared flows with apigeelint (Apigee X profile; also part of make test)"
 
 db-up:
 	@deploy/local/timescaledb.sh up >/dev/null
@@ -33,6 +34,11 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+
+# lint-apigee: apigeelint --profile apigeex on both shared flows, zero errors
+# (deploy/apigee/apigeelint_test.go; `make test` runs it with every test).
+lint-apigee:
+	$(GO) test -count=1 -run '^TestApigeelint$$' -v ./deploy/apigee/
 
 # test is the command README.md and .ci/run use.
 test:

@@ -27,7 +27,19 @@ import (
 	"apigee-timescale/shared/record"
 )
 
-const bundleDir = "sharedflowbundle"
+// bundleDir is the publishing shared flow (PostProxyFlowHook),
+// targetBundleDir the one that keeps the target's status
+// (PostTargetFlowHook).
+const (
+	bundleDir       = "sharedflowbundle"
+	targetBundleDir = "target/sharedflowbundle"
+)
+
+// bundles are both shared flows, with the name each descriptor must carry.
+var bundles = []struct{ dir, name string }{
+	{bundleDir, apigee.SharedFlowName},
+	{targetBundleDir, apigee.TargetSharedFlowName},
+}
 
 func TestRender(t *testing.T) {
 	vars := map[string]string{
@@ -181,9 +193,13 @@ type policyHeader struct {
 }
 
 func TestEveryPolicyContinuesOnError(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(bundleDir, "policies", "*.xml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no policies found: %v", err)
+	var files []string
+	for _, b := range bundles {
+		fs, err := filepath.Glob(filepath.Join(b.dir, "policies", "*.xml"))
+		if err != nil || len(fs) == 0 {
+			t.Fatalf("%s: no policies found: %v", b.dir, err)
+		}
+		files = append(files, fs...)
 	}
 	for _, f := range files {
 		var h policyHeader
@@ -269,6 +285,53 @@ func TestBundleLayout(t *testing.T) {
 	}
 }
 
+// TestTargetBundleLayout checks the second shared flow: one step that keeps
+// the target's response.status.code, run at the PostTargetFlowHook.
+func TestTargetBundleLayout(t *testing.T) {
+	var d bundleDescriptor
+	readXML(t, filepath.Join(targetBundleDir, apigee.TargetSharedFlowName+".xml"), &d)
+	if d.Name != apigee.TargetSharedFlowName || !slices.Equal(d.Policies, []string{apigee.CapturePolicy}) ||
+		!slices.Equal(d.SharedFlows, []string{"default"}) || len(d.Resources) != 0 {
+		t.Errorf("descriptor %+v, want %s with the one policy %s", d, apigee.TargetSharedFlowName, apigee.CapturePolicy)
+	}
+	var sf sharedFlow
+	readXML(t, filepath.Join(targetBundleDir, "sharedflows", "default.xml"), &sf)
+	if len(sf.Steps) != 1 || sf.Steps[0].Name != apigee.CapturePolicy {
+		t.Errorf("steps %+v, want the one step %s", sf.Steps, apigee.CapturePolicy)
+	}
+	got, err := apigee.RunTargetFlow(targetBundleDir, map[string]string{"response.status.code": "503"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{apigee.VarTargetResponseCode: "503"}; !maps.Equal(got, want) {
+		t.Errorf("the target flow sets %v, want %v", got, want)
+	}
+}
+
+// TestBundleReadsOnlyDocumentedVariables checks every flow variable the
+// shared flows read against Apigee X's documentation (the pages are listed
+// in the stand-in's variables.go): a variable Apigee does not document is
+// never set, renders as "", and its record field would always be empty.
+func TestBundleReadsOnlyDocumentedVariables(t *testing.T) {
+	for _, b := range bundles {
+		names, err := apigee.Reads(b.dir)
+		if err != nil {
+			t.Fatalf("%s: %v", b.dir, err)
+		}
+		if len(names) == 0 {
+			t.Fatalf("%s reads no variables: the check would be empty", b.dir)
+		}
+		for _, n := range names {
+			if strings.HasPrefix(n, apigee.BundleNamespace) {
+				continue
+			}
+			if _, ok := apigee.Documented(n); !ok {
+				t.Errorf("%s reads %s, which Apigee X does not document as a flow variable", b.dir, n)
+			}
+		}
+	}
+}
+
 func TestPublishPolicy(t *testing.T) {
 	pm, err := apigee.LoadPublishMessage(bundleDir, apigee.PublishPolicy)
 	if err != nil {
@@ -332,22 +395,31 @@ func TestBuildPolicyShape(t *testing.T) {
 }
 
 func TestFlowHookBody(t *testing.T) {
+	for file, flow := range map[string]string{
+		"flowhook.json":        apigee.SharedFlowName,
+		"flowhook-target.json": apigee.TargetSharedFlowName,
+	} {
+		t.Run(file, func(t *testing.T) { checkFlowHookBody(t, file, flow) })
+	}
+}
+
+func checkFlowHookBody(t *testing.T, file, flow string) {
 	var body struct {
 		SharedFlow      string `json:"sharedFlow"`
 		ContinueOnError *bool  `json:"continueOnError"`
 		Description     string `json:"description"`
 	}
-	data, err := os.ReadFile("flowhook.json")
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dec := json.NewDecoder(strings.NewReader(string(data)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil {
-		t.Fatalf("flowhook.json: %v", err)
+		t.Fatalf("%s: %v", file, err)
 	}
-	if body.SharedFlow != apigee.SharedFlowName {
-		t.Errorf("sharedFlow = %q, want %q", body.SharedFlow, apigee.SharedFlowName)
+	if body.SharedFlow != flow {
+		t.Errorf("sharedFlow = %q, want %q", body.SharedFlow, flow)
 	}
 	if body.ContinueOnError == nil || !*body.ContinueOnError {
 		t.Errorf("continueOnError must be explicitly true")
@@ -484,7 +556,6 @@ func completeVars() map[string]string {
 		"target.received.end.timestamp":        ms(receivedAt, 300*time.Millisecond),
 		"apiproxy.revision":                    "42",
 		"proxy.basepath":                       "/orders/v1",
-		"target.response.status.code":          "201",
 		"request.header.Content-Length":        "17",
 		"response.header.Content-Length":       "512",
 		"client.ip":                            "203.0.113.7",
@@ -492,7 +563,7 @@ func completeVars() map[string]string {
 		"target.host":                          "orders.internal.example",
 		"is.error":                             "false",
 		"developer.app.name":                   "orders-web",
-		"developer.email":                      "dev@example.com",
+		"developer.email":                      "dev@example.com", // VerifyAccessToken sets it; see the api key case
 		"apiproduct.name":                      "orders-gold",
 		"client_id":                            "Kq3c9ZtYbXo1",
 		"verifyapikey.VA-VerifyAPIKey.tenant":  "tenant-a",
@@ -629,10 +700,13 @@ func TestRenderedRecordsAreAccepted(t *testing.T) {
 		{"api key call served without a target", with(without(completeVars(),
 			"jwt.VJ-VerifyJWT.valid", "jwt.VJ-VerifyJWT.decoded.claim.sub", "jwt.VJ-VerifyJWT.decoded.claim.iss",
 			"jwt.VJ-VerifyJWT.decoded.claim.email", "jwt.VJ-VerifyJWT.decoded.claim.scope",
-			"target.sent.start.timestamp", "target.received.end.timestamp", "target.response.status.code", "target.host"),
-			"verifyapikey.VA-VerifyAPIKey.client_id", "Kq3c9ZtYbXo1"),
+			"target.sent.start.timestamp", "target.received.end.timestamp", "target.host", "developer.email"),
+			"verifyapikey.VA-VerifyAPIKey.client_id", "Kq3c9ZtYbXo1",
+			"verifyapikey.VA-VerifyAPIKey.developer.email", "dev@example.com"),
 			func(t *testing.T, r record.Record) {
 				eq(t, "Identity.Auth", r.Identity.Auth, "apikey")
+				// VerifyAPIKey sets only verifyapikey.{policy}.developer.email.
+				eq(t, "DeveloperEmail", r.DeveloperEmail, "dev@example.com")
 				eq(t, "Identity.Subject", r.Identity.Subject, "")
 				eq(t, "Tenant", r.Tenant, "tenant-a")
 				eqPtr(t, "TotalResponseTime", r.TotalResponseTime, ptr[int32](333))
@@ -666,7 +740,7 @@ func TestRenderedRecordsAreAccepted(t *testing.T) {
 				}
 			}},
 		{"failed target call", with(completeVars(),
-			"response.status.code", "502", "target.response.status.code", "503",
+			"response.status.code", "502",
 			"fault.name", "ServiceUnavailable", "is.error", "true", "client.ip", "2001:db8::7"),
 			func(t *testing.T, r record.Record) {
 				eq(t, "ResponseStatusCode", r.ResponseStatusCode, 502)
@@ -676,7 +750,7 @@ func TestRenderedRecordsAreAccepted(t *testing.T) {
 				eq(t, "ClientIP", r.ClientIP, netip.MustParseAddr("2001:db8::7"))
 			}},
 		{"numeric edge values", with(completeVars(),
-			"apiproxy.revision", "0", "response.status.code", "0", "target.response.status.code", "599",
+			"apiproxy.revision", "0", "response.status.code", "0",
 			"system.timestamp", ms(receivedAt, 0), "request.header.Content-Length", "0",
 			"response.header.Content-Length", "9007199254740993"),
 			func(t *testing.T, r record.Record) {
@@ -727,12 +801,16 @@ func TestRenderedRecordsAreAccepted(t *testing.T) {
 		})
 	}
 
+	// The target's status as the target response flow sees it, for the
+	// cases that reached a target and do not answer 201.
+	targetStatus := map[string]string{"failed target call": "503", "numeric edge values": "599"}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			data, err := apigee.RenderRecord(bundleDir, tt.vars)
-			if err != nil {
-				t.Fatal(err)
+			status := targetStatus[tt.name]
+			if status == "" {
+				status = "201"
 			}
+			data := renderCall(t, tt.vars, status)
 			p := record.Parse(data, record.DefaultLimits())
 			if len(p.Rejects) != 0 || len(p.Records) != 1 {
 				t.Fatalf("Parse: %d records, rejects %+v\nrecord: %s", len(p.Records), p.Rejects, data)
@@ -743,6 +821,32 @@ func TestRenderedRecordsAreAccepted(t *testing.T) {
 			}
 		})
 	}
+}
+
+// renderCall renders a call as the two shared flows would. A call that
+// reached a target (its target timestamps are set) passes the
+// PostTargetFlowHook first, where response.status.code is the target's
+// status; the variables that flow sets are still there at the
+// PostProxyFlowHook, where response.status.code is the proxy's. The
+// fixture may set only variables Apigee documents.
+func renderCall(t *testing.T, vars map[string]string, targetStatus string) []byte {
+	t.Helper()
+	if bad := apigee.Undocumented(vars); len(bad) > 0 {
+		t.Fatalf("the fixture sets variables Apigee X does not document, so never sets: %v", bad)
+	}
+	scope := maps.Clone(vars)
+	if _, ok := vars["target.sent.start.timestamp"]; ok {
+		out, err := apigee.RunTargetFlow(targetBundleDir, with(vars, "response.status.code", targetStatus))
+		if err != nil {
+			t.Fatalf("target flow: %v", err)
+		}
+		maps.Copy(scope, out)
+	}
+	data, err := apigee.RenderRecord(bundleDir, scope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 func TestRenderedRecordMissingARequiredValueIsRejected(t *testing.T) {
@@ -869,6 +973,40 @@ func TestDeployScriptBuildsBundle(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(files, want) {
 		t.Errorf("zip holds %v, want %v", files, want)
+	}
+
+	// The target flow's zip: its directory under sharedflowbundle/.
+	targetOut := filepath.Join(t.TempDir(), "target.zip")
+	cmd := exec.Command("bash", "deploy.sh", "--build-only", filepath.Join(t.TempDir(), "publish.zip"), targetOut)
+	cmd.Env = append(os.Environ(), "GCP_PROJECT=acme-analytics-1", "PUBSUB_TOPIC=apigee.calls-v1")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("deploy.sh --build-only OUT TARGET_OUT: %v\n%s", err, msg)
+	}
+	tz, err := zip.OpenReader(targetOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tz.Close()
+	var targetFiles, targetWant []string
+	for _, f := range tz.File {
+		if !f.FileInfo().IsDir() {
+			targetFiles = append(targetFiles, f.Name)
+		}
+	}
+	err = filepath.WalkDir(targetBundleDir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(targetBundleDir, path)
+			targetWant = append(targetWant, "sharedflowbundle/"+filepath.ToSlash(rel))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(targetFiles)
+	slices.Sort(targetWant)
+	if !slices.Equal(targetFiles, targetWant) {
+		t.Errorf("target zip holds %v, want %v", targetFiles, targetWant)
 	}
 
 	for _, bad := range [][2]string{{"acme-analytics-1", "goog-topic"}, {"acme-analytics-1", "a|b"}, {"Bad_Project", "calls"}} {

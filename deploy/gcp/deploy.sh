@@ -18,10 +18,13 @@
 #                    secret versions) even when their secrets have one
 #   --skip-apigee    leave Apigee alone
 #
-# Needs gcloud (with the beta component, for alert policies), go, curl, zip,
-# unzip and sha256sum. DB_OWNER_URL, when set in the environment, is the
+# Needs gcloud (release 492 or later; the beta component, for `gcloud beta
+# services identity create`, which has no GA form), go, curl, zip, unzip and
+# sha256sum. DB_OWNER_URL, when set in the environment, is the
 # migrating role's URL (else DB_OWNER_URL_SECRET is read). DEPLOY_BIN_DIR, when
 # set, holds prebuilt `migrate` and `dblogin` binaries instead of go build.
+# DEPLOY_RETRY_INTERVAL (seconds, default 30) is the pause between retries
+# while Cloud Monitoring does not know a new log-based metric yet.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -63,10 +66,10 @@ done
 : "${CLOUDSQL_INSTANCE:=}" "${CLOUDSQL_PRIVATE_IP:=false}" "${VPC_CONNECTOR:=}"
 : "${DB_STORAGE:=}" "${DB_MAX_CONNS:=8}" "${PREFIX:=apigee}"
 : "${GO_RUNTIME:=go126}" "${BUILD_SERVICE_ACCOUNT:=}" "${INGRESS_SETTINGS:=all}"
-: "${INGEST_MEMORY:=1Gi}" "${INGEST_CPU:=1}" "${INGEST_CONCURRENCY:=80}"
+: "${INGEST_MEMORY:=1Gi}" "${INGEST_CPU=1}" "${INGEST_CONCURRENCY:=80}"
 : "${INGEST_MIN_INSTANCES:=1}" "${INGEST_MAX_INSTANCES:=20}" "${INGEST_TIMEOUT:=60s}"
 : "${INGEST_REQUEST_TIMEOUT:=9s}"
-: "${ROLLUP_MEMORY:=512Mi}" "${ROLLUP_CPU:=1}" "${ROLLUP_CONCURRENCY:=2}"
+: "${ROLLUP_MEMORY:=512Mi}" "${ROLLUP_CPU=1}" "${ROLLUP_CONCURRENCY:=2}"
 : "${ROLLUP_MAX_INSTANCES:=2}" "${ROLLUP_TIMEOUT:=120s}"
 : "${RAW_RETENTION:=30d}" "${REJECTS_RETENTION:=14d}" "${ROLLUP_1M_RETENTION:=90d}" "${ROLLUP_1H_RETENTION:=400d}"
 : "${ANOMALY_TOPIC=${PREFIX}-anomalies}"
@@ -77,6 +80,7 @@ done
 : "${SCHEDULE_TIME_ZONE:=Etc/UTC}"
 : "${APIGEE_ORG:=}" "${APIGEE_ENV:=}" "${APIGEE_API:=https://apigee.googleapis.com/v1}"
 : "${ALERT_CHANNELS:=}" "${ALERT_REJECT_BATCHES:=0}" "${ALERT_NON_ACK:=10}" "${ALERT_JOB_FAILURES:=0}"
+: "${METRIC_WAIT:=900}"
 SCHEDULER_LOCATION=${SCHEDULER_LOCATION:-$REGION}
 
 [[ $PROJECT_ID =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "PROJECT_ID '$PROJECT_ID' is not a project id"
@@ -85,7 +89,24 @@ case "$INGRESS_SETTINGS" in all | internal-only | internal-and-gclb) ;; *) die "
 [[ $REGION =~ ^[a-z]+-[a-z]+[0-9]+$ ]] || die "REGION '$REGION' is not a region such as europe-west1"
 [[ $INGEST_CONCURRENCY =~ ^[0-9]+$ && $INGEST_CONCURRENCY -gt 1 ]] ||
 	die "INGEST_CONCURRENCY must be > 1: group commit needs concurrent deliveries in one instance"
-case "$INGEST_CPU" in 0* | .*) die "INGEST_CPU must be at least 1: Cloud Run requires 1 vCPU for concurrency > 1" ;; esac
+[[ $ROLLUP_CONCURRENCY =~ ^[0-9]+$ && $ROLLUP_CONCURRENCY -ge 1 ]] || die "ROLLUP_CONCURRENCY must be a whole number >= 1"
+# check_cpu NAME CONCURRENCY CPU: Cloud Run refuses concurrency > 1 below
+# 1 vCPU, and an empty CPU takes the memory's default, which is below 1
+# vCPU up to 1 GiB.
+check_cpu() {
+	local cpu=$3 whole
+	[ "$2" -gt 1 ] || return 0
+	case "$cpu" in
+	*m) [[ ${cpu%m} =~ ^[0-9]+$ ]] && whole=$((${cpu%m} >= 1000)) ;;
+	*) [[ $cpu =~ ^[0-9]+(\.[0-9]+)?$ ]] && whole=$((${cpu%%.*} >= 1)) ;;
+	esac
+	[ "${whole:-0}" = 1 ] ||
+		die "${1}_CPU must be at least 1 (is '${cpu}'): Cloud Run requires 1 vCPU for concurrency > 1 (${1}_CONCURRENCY=$2)"
+}
+check_cpu INGEST "$INGEST_CONCURRENCY" "$INGEST_CPU"
+check_cpu ROLLUP "$ROLLUP_CONCURRENCY" "$ROLLUP_CPU"
+[[ ${DEPLOY_RETRY_INTERVAL:=30} =~ ^[1-9][0-9]*$ ]] || die "DEPLOY_RETRY_INTERVAL must be a whole number of seconds"
+[[ $METRIC_WAIT =~ ^[0-9]+$ ]] || die "METRIC_WAIT must be a whole number of seconds"
 [[ $ACK_DEADLINE =~ ^[0-9]+$ && $ACK_DEADLINE -ge 10 && $ACK_DEADLINE -le 600 ]] || die "ACK_DEADLINE must be 10-600 seconds"
 [[ $MAX_DELIVERY_ATTEMPTS =~ ^[0-9]+$ && $MAX_DELIVERY_ATTEMPTS -ge 5 && $MAX_DELIVERY_ATTEMPTS -le 100 ]] ||
 	die "MAX_DELIVERY_ATTEMPTS must be 5-100"
@@ -122,6 +143,7 @@ JOB_ROTATE=$PREFIX-rotate
 LOGIN_ROLLUP=apigee_rollup_login
 LOGIN_ROTATE=apigee_rotate_login
 SHARED_FLOW=apigee-timescale-publish
+TARGET_FLOW=apigee-timescale-target
 
 for c in gcloud go sha256sum; do command -v "$c" >/dev/null || die "$c is required"; done
 
@@ -171,6 +193,27 @@ query() {
 }
 gc() { gcloud --quiet --project="$PROJECT_ID" "$@"; }
 
+# run_policy ARGS...: run for an alert policy. Cloud Monitoring learns of a
+# log-based metric minutes after it is created and, until then, refuses a
+# policy naming it: 404 "Cannot find metric(s) that match type = ... If a
+# metric was created recently, it could take up to 10 minutes to become
+# available" (hashicorp/terraform-provider-google#11102). That answer is
+# retried for up to METRIC_WAIT seconds; any other failure stops the script.
+run_policy() {
+	show "$@"
+	changes=$((changes + 1))
+	$dry_run && return 0
+	local deadline=$((SECONDS + METRIC_WAIT)) err=$work/policy-error
+	until "$@" 2>"$err"; do
+		if ! grep -q 'Cannot find metric' "$err" || [ "$SECONDS" -ge "$deadline" ]; then
+			cat "$err" >&2
+			return 1
+		fi
+		echo "deploy.sh: Cloud Monitoring does not know a new log-based metric yet; retrying in ${DEPLOY_RETRY_INTERVAL}s" >&2
+		sleep "$DEPLOY_RETRY_INTERVAL"
+	done
+}
+
 # spec_hash ARGS...: a short digest of a resource's desired configuration,
 # stored on the resource (a label, or its description where there are no
 # labels) and compared on the next run.
@@ -186,6 +229,11 @@ json_str() { local v=${1//\\/\\\\}; v=${v//\"/\\\"}; printf '"%s"' "$v"; }
 
 # ---------------------------------------------------------------------------
 note "project $PROJECT_ID, region $REGION, prefix $PREFIX$($dry_run && echo ' (dry run: nothing is changed)')"
+
+# gcloud functions deploy makes 2nd gen functions without --gen2 from
+# release 492 on; an older one would make 1st gen functions.
+sdk=$(query gcloud version --format=json | sed -n 's/.*"Google Cloud SDK"[[:space:]]*:[[:space:]]*"\([0-9][0-9]*\)\..*/\1/p')
+[[ $sdk =~ ^[0-9]+$ && $sdk -ge 492 ]] || die "gcloud ${sdk:-of unknown version} is too old: release 492 or later is needed"
 
 PROJECT_NUMBER=$(query gc projects describe "$PROJECT_ID" --format='value(projectNumber)')
 [[ $PROJECT_NUMBER =~ ^[0-9]+$ ]] || die "could not read the project number of $PROJECT_ID"
@@ -267,9 +315,11 @@ ensure_sa scheduler "Identity of the scheduler jobs: invokes $FN_ROLLUP and $FN_
 [ -n "$APIGEE_ORG" ] && ensure_sa publisher "Identity of the Apigee shared flow: publishes to $TOPIC"
 if [ -z "$BUILD_SERVICE_ACCOUNT" ]; then
 	ensure_sa build "Builds the $app_label functions"
-	# What a Cloud Run functions build writes: logs, the image in Artifact
-	# Registry, and reads the uploaded source from Cloud Storage.
-	for role in roles/logging.logWriter roles/artifactregistry.writer roles/storage.objectViewer; do
+	# The roles Cloud Run's "build service account" page lists for a
+	# function build: logs, the image in Artifact Registry, and Storage
+	# Object Admin for the uploaded source and the build's images
+	# (https://cloud.google.com/run/docs/configuring/services/build-service-account).
+	for role in roles/logging.logWriter roles/artifactregistry.writer roles/storage.objectAdmin; do
 		ensure_binding project "$PROJECT_ID" "serviceAccount:$SA_BUILD" "$role"
 	done
 fi
@@ -446,7 +496,7 @@ deploy_function() {
 	local name=$1 pkg=$2 target=$3 envfile=$4 src=$work/src-$1 current spec
 	shift 4
 	"$here/stage.sh" "$pkg" "$src" >/dev/null
-	local flags=(--gen2 --region="$REGION" --runtime="$GO_RUNTIME" --entry-point="$target"
+	local flags=(--region="$REGION" --runtime="$GO_RUNTIME" --entry-point="$target"
 		--trigger-http --no-allow-unauthenticated --ingress-settings="$INGRESS_SETTINGS"
 		--build-service-account="projects/$PROJECT_ID/serviceAccounts/$SA_BUILD"
 		--env-vars-file="$envfile" "$@")
@@ -454,7 +504,7 @@ deploy_function() {
 		flags+=(--vpc-connector="$VPC_CONNECTOR" --egress-settings=private-ranges-only)
 	fi
 	spec=$(spec_hash "${flags[@]/#--env-vars-file=*/}" "$(cat "$envfile")" "$(tree_hash "$src")")
-	current=$(query gc functions describe "$name" --gen2 --region="$REGION" \
+	current=$(query gc functions describe "$name" --region="$REGION" \
 		--format='value(labels.deploy_spec)' 2>/dev/null) || current=""
 	if [ "$current" != "$spec" ]; then
 		run gc functions deploy "$name" --source="$src" "${flags[@]}" \
@@ -487,7 +537,18 @@ ensure_run_invoker "$FN_ROTATE" "$SA_SCHEDULER"
 note "push subscription"
 # The Pub/Sub service agent signs the push OIDC tokens as the push identity,
 # and forwards undeliverable messages: publisher on the dead-letter topic,
-# subscriber on the subscription it takes them from.
+# subscriber on the subscription it takes them from. Service agents are
+# created lazily (https://cloud.google.com/iam/docs/service-agents): binding
+# one that does not exist yet fails, so it is created first. The command
+# returns the existing agent when there is one, so it changes nothing then;
+# a dry run only shows it.
+if $dry_run; then
+	show gc beta services identity create --service=pubsub.googleapis.com | sed 's/^+/?/' >&3
+else
+	agent=$(gc beta services identity create --service=pubsub.googleapis.com --format='value(email)') ||
+		die "could not create the Pub/Sub service agent"
+	[ "$agent" = "$PUBSUB_AGENT" ] || die "the Pub/Sub service agent is $agent, expected $PUBSUB_AGENT"
+fi
 ensure_binding sa "$SA_PUSH" "serviceAccount:$PUBSUB_AGENT" roles/iam.serviceAccountTokenCreator
 ensure_binding topic "$DLQ_TOPIC" "serviceAccount:$PUBSUB_AGENT" roles/pubsub.publisher
 push_flags=(--push-endpoint="$URL_INGEST" --push-auth-service-account="$SA_PUSH"
@@ -600,13 +661,13 @@ ensure_policy() {
 		"$threshold" "$(json_str "$doc")" "$(channels_json)")
 	spec=$(spec_hash "$body")
 	printf '%s\n' "${body/@SPEC@/$spec}" >"$file"
-	existing=$(query gc beta monitoring policies list --filter="displayName=\"$title\"" \
+	existing=$(query gc monitoring policies list --filter="displayName=\"$title\"" \
 		--format='value(name,userLabels.deploy_spec)' 2>/dev/null) || existing=""
 	if [ -z "$existing" ]; then
-		run gc beta monitoring policies create --policy-from-file="$file"
+		run_policy gc monitoring policies create --policy-from-file="$file"
 	else
 		read -r name current <<<"$(head -n1 <<<"$existing")"
-		[ "$current" = "$spec" ] || run gc beta monitoring policies update "$name" --policy-from-file="$file"
+		[ "$current" = "$spec" ] || run_policy gc monitoring policies update "$name" --policy-from-file="$file"
 	fi
 }
 ensure_policy "ingest rejects" "$M_REJECTS" cloud_run_revision "$ALERT_REJECT_BATCHES" \
@@ -628,11 +689,13 @@ elif $skip_apigee; then
 else
 	note "Apigee shared flow"
 	for c in curl zip unzip; do command -v "$c" >/dev/null || die "$c is required for the Apigee step"; done
-	# The bundle as deploy/apigee/deploy.sh builds it, digested by content
-	# (zip entries carry timestamps).
-	GCP_PROJECT=$PROJECT_ID PUBSUB_TOPIC=$TOPIC "$root/deploy/apigee/deploy.sh" --build-only "$work/bundle.zip" >/dev/null
-	mkdir -p "$work/bundle"
-	unzip -q "$work/bundle.zip" -d "$work/bundle"
+	# The bundles as deploy/apigee/deploy.sh builds them, digested by
+	# content (zip entries carry timestamps).
+	GCP_PROJECT=$PROJECT_ID PUBSUB_TOPIC=$TOPIC "$root/deploy/apigee/deploy.sh" --build-only \
+		"$work/bundle.zip" "$work/target-bundle.zip" >/dev/null
+	mkdir -p "$work/bundle/publish" "$work/bundle/target"
+	unzip -q "$work/bundle.zip" -d "$work/bundle/publish"
+	unzip -q "$work/target-bundle.zip" -d "$work/bundle/target"
 	bundle_hash=$(tree_hash "$work/bundle")
 	# The token goes into a header file for curl (-H @file), not into argv.
 	hdr=$work/apigee-auth
@@ -646,20 +709,33 @@ else
 		*) die "Apigee API GET $1 answered $code: $(cat "$work/apigee-body" 2>/dev/null)" ;;
 		esac
 	}
+	json_field() { sed -n 's/.*"'"$1"'"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' | head -n1; }
 	env_path=organizations/$APIGEE_ORG/environments/$APIGEE_ENV
-	deployments=$(apigee_get "$env_path/sharedflows/$SHARED_FLOW/deployments")
-	deployed_rev=$(sed -n 's/.*"revision"[[:space:]]*:[[:space:]]*"\([0-9]*\)".*/\1/p' <<<"$deployments" | head -n1)
-	deployed_sa=$(sed -n 's/.*"serviceAccount"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$deployments" | head -n1)
-	hook=$(apigee_get "$env_path/flowhooks/PostProxyFlowHook")
-	hooked=$(sed -n 's/.*"sharedFlow"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$hook" | head -n1)
-	# What this script deployed last is recorded on the topic the flow feeds:
-	# the bundle digest and the revision it became.
+	# flow_state FLOW HOOK: "REVISION SERVICE_ACCOUNT_EMAIL ATTACHED_FLOW" of
+	# the flow as deployed. The environment's deployments list gives the
+	# revision; the service account is read from the revision's
+	# getDeployments, the documented place for a Deployment's serviceAccount
+	# (organizations.environments.sharedflows.revisions.getDeployments).
+	flow_state() {
+		local rev sa="" hooked
+		rev=$(apigee_get "$env_path/sharedflows/$1/deployments" | json_field revision)
+		if [ -n "$rev" ]; then
+			sa=$(apigee_get "$env_path/sharedflows/$1/revisions/$rev/deployments" | json_field serviceAccount)
+		fi
+		hooked=$(apigee_get "$env_path/flowhooks/$2" | json_field sharedFlow)
+		echo "${rev:--} ${sa##*/} ${hooked:--}"
+	}
+	read -r pub_rev pub_sa pub_hook <<<"$(flow_state "$SHARED_FLOW" PostProxyFlowHook)"
+	read -r tgt_rev tgt_sa tgt_hook <<<"$(flow_state "$TARGET_FLOW" PostTargetFlowHook)"
+	# What this script deployed last is recorded on the topic the flow
+	# feeds: the bundles' digest and the revisions they became.
 	recorded=$(query gc pubsub topics describe "$TOPIC" \
-		--format='value(labels.apigee_bundle,labels.apigee_revision)' 2>/dev/null) || recorded=""
-	read -r rec_hash rec_rev <<<"$recorded" || true
-	if [ "${rec_hash:-}" = "$bundle_hash" ] && [ -n "$deployed_rev" ] && [ "${rec_rev:-}" = "$deployed_rev" ] &&
-		[ "${deployed_sa##*/}" = "$SA_PUBLISHER" ] && [ "$hooked" = "$SHARED_FLOW" ]; then
-		: # deployed, as the publisher, and attached
+		--format='value(labels.apigee_bundle,labels.apigee_revision,labels.apigee_target_revision)' 2>/dev/null) || recorded=""
+	read -r rec_hash rec_rev rec_tgt <<<"$recorded" || true
+	if [ "${rec_hash:-}" = "$bundle_hash" ] && [ "${rec_rev:-}" = "$pub_rev" ] && [ "${rec_tgt:-}" = "$tgt_rev" ] &&
+		[ "$pub_sa" = "$SA_PUBLISHER" ] && [ "$tgt_sa" = "$SA_PUBLISHER" ] &&
+		[ "$pub_hook" = "$SHARED_FLOW" ] && [ "$tgt_hook" = "$TARGET_FLOW" ]; then
+		: # both deployed, as the publisher, and attached
 	else
 		# Import, deploy as the publisher identity, attach: deploy/apigee/deploy.sh.
 		show env GCP_PROJECT="$PROJECT_ID" PUBSUB_TOPIC="$TOPIC" APIGEE_ORG="$APIGEE_ORG" \
@@ -670,9 +746,11 @@ else
 			out=$(GCP_PROJECT=$PROJECT_ID PUBSUB_TOPIC=$TOPIC APIGEE_ORG=$APIGEE_ORG APIGEE_ENV=$APIGEE_ENV \
 				APIGEE_SA=$SA_PUBLISHER APIGEE_API=$APIGEE_API "$root/deploy/apigee/deploy.sh")
 			printf '%s\n' "$out"
-			new_rev=$(sed -n 's/^imported .* revision \([0-9][0-9]*\)$/\1/p' <<<"$out" | head -n1)
-			[ -n "$new_rev" ] || die "deploy/apigee/deploy.sh did not report the imported revision"
-			run gc pubsub topics update "$TOPIC" --update-labels="apigee_bundle=$bundle_hash,apigee_revision=$new_rev"
+			new_rev=$(sed -n "s/^imported $SHARED_FLOW revision \([0-9][0-9]*\)$/\1/p" <<<"$out" | head -n1)
+			new_tgt=$(sed -n "s/^imported $TARGET_FLOW revision \([0-9][0-9]*\)$/\1/p" <<<"$out" | head -n1)
+			if [ -z "$new_rev" ] || [ -z "$new_tgt" ]; then die "deploy/apigee/deploy.sh did not report both imported revisions"; fi
+			run gc pubsub topics update "$TOPIC" \
+				--update-labels="apigee_bundle=$bundle_hash,apigee_revision=$new_rev,apigee_target_revision=$new_tgt"
 		fi
 	fi
 fi

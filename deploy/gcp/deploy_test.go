@@ -256,7 +256,9 @@ func changing(t *testing.T, calls []call) []string {
 			if err != nil {
 				t.Fatalf("unparsable gcloud call %q: %v", c.Argv, err)
 			}
-			if mutating[g.verb] {
+			// services identity create returns the existing agent when
+			// there is one: the fake counts real creations instead.
+			if mutating[g.verb] && g.kind != "beta services identity" {
 				out = append(out, "gcloud "+strings.Join(c.Argv, " "))
 			}
 		case "curl":
@@ -323,10 +325,124 @@ func parseEnvFile(t *testing.T, s string) map[string]string {
 	return m
 }
 
+// firstRunEnviron makes the fakes as strict as the real services on a
+// first deploy: a new log-based metric stays unknown to Cloud Monitoring
+// for a while (scaled down from "up to 10 minutes"), and deploy.sh retries
+// every second instead of every 30.
+var firstRunEnviron = []string{"FAKE_METRIC_DELAY=3s", "DEPLOY_RETRY_INTERVAL=1"}
+
+// metric404s counts the policy writes the fake refused because their
+// metric was too new.
+func (e *env) metric404s() int {
+	e.t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.state, "metric-404s"))
+	if os.IsNotExist(err) {
+		return 0
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(strings.Fields(string(b)))
+}
+
+// seedPubSubAgent makes the Pub/Sub service agent exist before the run,
+// as it does in projects where Google created it when the API was enabled.
+func (e *env) seedPubSubAgent() {
+	e.t.Helper()
+	if err := (&fake{state: e.state}).save("service identities", "pubsub.googleapis.com", resource{"email": pubsubAgent}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// bodylessPosts returns the curl POSTs that carried no body (Google's
+// front end answers them 411).
+func bodylessPosts(calls []call) []string {
+	var out []string
+	for _, c := range toolCalls(calls, "curl") {
+		if i := slices.Index(c.Argv, "-X"); i < 0 || c.Argv[i+1] != "POST" {
+			continue
+		}
+		if !slices.ContainsFunc(c.Argv, func(a string) bool {
+			return slices.Contains([]string{"-F", "-d", "--data", "--data-binary", "--data-raw"}, a)
+		}) {
+			out = append(out, strings.Join(c.Argv, " "))
+		}
+	}
+	return out
+}
+
+// TestDocumentedBehaviours runs a first deploy against each documented
+// behaviour of the real services on its own (the others switched off), so
+// a failure names the one deploy.sh does not handle.
+func TestDocumentedBehaviours(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		seedAgent bool
+		environ   []string
+		check     func(t *testing.T, e *env, r result)
+	}{
+		{"a policy on a metric created seconds ago is refused with 404 until Monitoring knows it", true, firstRunEnviron,
+			func(t *testing.T, e *env, r result) {
+				if e.metric404s() == 0 {
+					t.Error("the fake never answered 404: the test did not exercise the wait")
+				}
+				if n := len(e.names("policies")); n != 5 {
+					t.Errorf("%d alert policies, want 5", n)
+				}
+			}},
+		{"the Pub/Sub service agent exists only once created", false, nil,
+			func(t *testing.T, e *env, r result) {
+				wantFields(t, "pubsub service identity", e.res("service identities", "pubsub.googleapis.com"),
+					map[string]string{"email": pubsubAgent, "creations": "1"})
+			}},
+		{"a POST without a body is answered 411", true, nil,
+			func(t *testing.T, e *env, r result) {
+				if p := bodylessPosts(r.calls); len(p) > 0 {
+					t.Errorf("POSTs without a body:\n%s", strings.Join(p, "\n"))
+				}
+				wantFields(t, "apigee", e.res("apigee", "test-org"), map[string]string{"deployed.prod.apigee-timescale-publish": "1"})
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, nil)
+			if tt.seedAgent {
+				e.seedPubSubAgent()
+			}
+			e.extraEnviron = tt.environ
+			r := e.run(true)
+			tt.check(t, e, r)
+		})
+	}
+}
+
 func TestDeployFromAnEmptyProject(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
+	e.extraEnviron = firstRunEnviron
 	first := e.run(true)
+
+	t.Run("the first run met every documented first-run behaviour", func(t *testing.T) {
+		if e.metric404s() == 0 {
+			t.Error("no policy write was refused for a too-new metric: the fake's delay did not bite")
+		}
+		wantFields(t, "pubsub service identity", e.res("service identities", "pubsub.googleapis.com"),
+			map[string]string{"creations": "1"})
+		if p := bodylessPosts(first.calls); len(p) > 0 {
+			t.Errorf("POSTs without a body (411 at Google's front end):\n%s", strings.Join(p, "\n"))
+		}
+		// GA surfaces only (gcloud beta is needed for services identity alone).
+		for _, c := range toolCalls(first.calls, "gcloud") {
+			if slices.Contains(c.Argv, "beta") && !slices.Contains(c.Argv, "identity") {
+				t.Errorf("beta command with a GA equivalent: %q", c.Argv)
+			}
+			if slices.Contains(c.Argv, "--gen2") {
+				t.Errorf("--gen2 is the default since SDK 492: %q", c.Argv)
+			}
+		}
+	})
 
 	t.Run("service accounts, one per identity", func(t *testing.T) {
 		var want []string
@@ -344,7 +460,7 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 		want := []string{
 			"projects/" + project + " roles/logging.logWriter " + m("build"),
 			"projects/" + project + " roles/artifactregistry.writer " + m("build"),
-			"projects/" + project + " roles/storage.objectViewer " + m("build"),
+			"projects/" + project + " roles/storage.objectAdmin " + m("build"),
 			"pubsub topics/apigee-calls roles/pubsub.publisher " + m("publisher"),
 			"pubsub topics/apigee-anomalies roles/pubsub.publisher " + m("rollup"),
 			"pubsub topics/apigee-calls-dlq roles/pubsub.publisher " + agent,
@@ -389,7 +505,7 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 
 	t.Run("functions", func(t *testing.T) {
 		common := map[string]string{
-			"flag.gen2": "true", "flag.runtime": "go126", "flag.trigger-http": "true",
+			"flag.runtime": "go126", "flag.trigger-http": "true",
 			"flag.no-allow-unauthenticated": "true", "flag.region": region,
 			"flag.build-service-account": "projects/" + project + "/serviceAccounts/" + sa("build"),
 			"labels.app":                 "apigee-timescale",
@@ -553,9 +669,14 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 
 	t.Run("Apigee shared flow deployed as the publisher and attached", func(t *testing.T) {
 		wantFields(t, "apigee", e.res("apigee", "test-org"), map[string]string{
-			"revisions": "1", "deployed.prod": "1", "sa.prod": sa("publisher"), "hook.prod": "apigee-timescale-publish",
+			"revisions.apigee-timescale-publish": "1", "deployed.prod.apigee-timescale-publish": "1",
+			"sa.prod.apigee-timescale-publish": sa("publisher"), "hook.prod.PostProxyFlowHook": "apigee-timescale-publish",
+			"revisions.apigee-timescale-target": "1", "deployed.prod.apigee-timescale-target": "1",
+			"sa.prod.apigee-timescale-target": sa("publisher"), "hook.prod.PostTargetFlowHook": "apigee-timescale-target",
 		})
-		wantFields(t, "topic", e.res("pubsub topics", "apigee-calls"), map[string]string{"labels.apigee_revision": "1"})
+		wantFields(t, "topic", e.res("pubsub topics", "apigee-calls"), map[string]string{
+			"labels.apigee_revision": "1", "labels.apigee_target_revision": "1",
+		})
 	})
 
 	t.Run("a second run changes nothing", func(t *testing.T) {
@@ -671,7 +792,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 		"+ gcloud --quiet --project=test-project-1 secrets versions add apigee-ingest-db",
 		"+ DATABASE_URL=<owner url from secret apigee-db-owner-url>",
 		"+ gcloud --quiet --project=test-project-1 logging metrics create apigee_ingest_non_ack",
-		"+ gcloud --quiet --project=test-project-1 beta monitoring policies create",
+		"+ gcloud --quiet --project=test-project-1 monitoring policies create",
 		"deploy/apigee/deploy.sh",
 		"command(s) would change something",
 	} {
@@ -682,7 +803,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	// And every read it made to decide, including those whose errors it
 	// silences (a missing resource).
 	for _, want := range []string{
-		"? gcloud --quiet --project=test-project-1 functions describe apigee-ingest --gen2",
+		"? gcloud --quiet --project=test-project-1 functions describe apigee-ingest --region=europe-west1",
 		"? gcloud --quiet --project=test-project-1 secrets get-iam-policy apigee-ingest-db",
 	} {
 		if !strings.Contains(r.stderr, want) {
@@ -775,6 +896,9 @@ func TestInvalidConfigurationIsRefusedBeforeAnyCall(t *testing.T) {
 	}{
 		{"ingest without concurrency", "INGEST_CONCURRENCY", "1", "INGEST_CONCURRENCY must be > 1"},
 		{"ingest below one vCPU", "INGEST_CPU", "0.5", "INGEST_CPU must be at least 1"},
+		{"rollup at concurrency 2 without a CPU", "ROLLUP_CPU", "", "ROLLUP_CPU must be at least 1"},
+		{"rollup at concurrency 2 below one vCPU", "ROLLUP_CPU", "0.5", "ROLLUP_CPU must be at least 1"},
+		{"rollup in millicores below one vCPU", "ROLLUP_CPU", "500m", "ROLLUP_CPU must be at least 1"},
 		{"request timeout not under the ack deadline", "INGEST_REQUEST_TIMEOUT", "30s", "below ACK_DEADLINE"},
 		{"too few delivery attempts", "MAX_DELIVERY_ATTEMPTS", "3", "MAX_DELIVERY_ATTEMPTS must be 5-100"},
 		{"bad prefix", "PREFIX", "Apigee_", "PREFIX"},

@@ -6,8 +6,20 @@ package gcp_test
 // name). Each records its argv in FAKE_STATE/calls.jsonl and keeps the
 // resources it was asked to create in FAKE_STATE, so a describe, list or
 // get-iam-policy answers from what earlier calls (or the test) put there.
+//
+// Where the real services behave in a way that has broken deployments, the
+// fakes do the same, each citing the public page or thread it imitates
+// (deploy/gcp/README.md, "What the stand-ins imitate", lists them all):
+//   - a log-based metric younger than FAKE_METRIC_DELAY is unknown to Cloud
+//     Monitoring: an alert policy naming it gets the documented 404;
+//   - the Pub/Sub service agent does not exist until `gcloud beta services
+//     identity create --service=pubsub.googleapis.com` creates it;
+//   - Google's front end answers 411 to a POST without a body;
+//   - the environment's deployments list carries no serviceAccount; the
+//     revision's getDeployments does.
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -23,6 +35,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // fakeToken is what the fake `gcloud auth print-access-token` prints.
@@ -196,7 +209,9 @@ func (f *fake) list(kind string) ([]string, error) {
 
 // groups are the command groups deploy.sh uses, longest first.
 var groups = [][]string{
+	{"beta", "services", "identity"},
 	{"beta", "monitoring", "policies"},
+	{"monitoring", "policies"},
 	{"iam", "service-accounts"},
 	{"pubsub", "topics"},
 	{"pubsub", "subscriptions"},
@@ -243,6 +258,10 @@ func parseGcloud(args []string) (gcloudCmd, error) {
 			pos = append(pos, a)
 		}
 	}
+	if slices.Equal(pos, []string{"version"}) {
+		c.kind = "version"
+		return c, nil
+	}
 	for _, g := range groups {
 		if len(pos) > len(g) && slices.Equal(pos[:len(g)], g) {
 			c.kind = strings.Join(g, " ")
@@ -269,7 +288,19 @@ func parseGcloud(args []string) (gcloudCmd, error) {
 	return c, nil
 }
 
+// sdkVersion is what the fake `gcloud version` reports: a release in which
+// `gcloud functions deploy` makes 2nd gen functions without --gen2.
+const sdkVersion = "530.0.0"
+
 func (f *fake) gcloud(args []string) error {
+	if slices.Contains(args, "version") {
+		// gcloud version --format=json: {"Google Cloud SDK": "X.Y.Z", component: version…}
+		if !slices.Contains(args, "--format=json") {
+			return fmt.Errorf("version: deploy.sh reads --format=json, got %q", args)
+		}
+		fmt.Fprintf(f.stdout, "{\n  \"Google Cloud SDK\": %q,\n  \"beta\": \"2025.01.01\",\n  \"core\": \"2025.01.01\"\n}\n", sdkVersion)
+		return nil
+	}
 	c, err := parseGcloud(args)
 	if err != nil {
 		return err
@@ -347,10 +378,24 @@ func (f *fake) gcloud(args []string) error {
 		}
 		_, err = f.stdout.Write(b)
 		return err
-	case "beta monitoring policies list":
+	case "beta monitoring policies list", "monitoring policies list":
 		return f.listPolicies(c)
-	case "beta monitoring policies create", "beta monitoring policies update":
+	case "beta monitoring policies create", "beta monitoring policies update",
+		"monitoring policies create", "monitoring policies update":
 		return f.writePolicy(c)
+	case "beta services identity create":
+		return f.createIdentity(c)
+	case "logging metrics create":
+		// Monitoring learns of a new metric minutes later (writePolicy).
+		if err := f.create(c); err != nil {
+			return err
+		}
+		r, _, err := f.load(c.kind, c.name)
+		if err != nil {
+			return err
+		}
+		r["created_unix_nano"] = strconv.FormatInt(time.Now().UnixNano(), 10)
+		return f.save(c.kind, c.name, r)
 	case "functions deploy":
 		return f.deployFunction(c)
 	}
@@ -511,12 +556,60 @@ func (f *fake) requireRefs(c gcloudCmd) error {
 }
 
 func (f *fake) requireSA(email string) error {
+	if strings.HasSuffix(email, "@gcp-sa-pubsub.iam.gserviceaccount.com") {
+		// Service agents are created lazily: some when their API is
+		// enabled, others when the service first needs them or when asked
+		// to (https://cloud.google.com/iam/docs/service-agents). The fake
+		// takes the strict case for Pub/Sub's: it exists only once `gcloud
+		// beta services identity create --service=pubsub.googleapis.com`
+		// made it.
+		if _, ok, _ := f.load("service identities", "pubsub.googleapis.com"); !ok {
+			return exitError{1, "ERROR: (gcloud) INVALID_ARGUMENT: Service account " + email + " does not exist."}
+		}
+		return nil
+	}
 	if strings.Contains(email, "@gcp-sa-") {
-		return nil // service agents exist once their API is enabled
+		return nil // other service agents: taken to exist once their API is enabled
 	}
 	if _, ok, _ := f.load("iam service-accounts", email); !ok {
 		return exitError{1, "ERROR: (gcloud) INVALID_ARGUMENT: service account " + email + " does not exist"}
 	}
+	return nil
+}
+
+// createIdentity is `gcloud beta services identity create --service=S`
+// (https://cloud.google.com/sdk/gcloud/reference/beta/services/identity/create):
+// it creates the service agent of S in the project, or returns the existing
+// one (the Terraform/Pulumi service-identity resource calls it on every
+// apply). The fake counts real creations in "creations".
+func (f *fake) createIdentity(c gcloudCmd) error {
+	svc := c.flags["service"]
+	if svc != "pubsub.googleapis.com" {
+		return fmt.Errorf("services identity create: the fake knows only pubsub.googleapis.com, not %q", svc)
+	}
+	if _, ok, _ := f.load("services", svc); !ok {
+		return exitError{1, "ERROR: (gcloud.beta.services.identity.create) FAILED_PRECONDITION: " + svc + " is not enabled"}
+	}
+	n, err := os.ReadFile(filepath.Join(f.state, "project-number"))
+	if err != nil {
+		return err
+	}
+	email := "service-" + strings.TrimSpace(string(n)) + "@gcp-sa-pubsub.iam.gserviceaccount.com"
+	r, ok, err := f.load("service identities", svc)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		r = resource{"email": email}
+		r["creations"] = "1"
+		if err := f.save("service identities", svc, r); err != nil {
+			return err
+		}
+	}
+	if c.flags["format"] != "" {
+		return f.print(c, r)
+	}
+	fmt.Fprintln(f.stdout, "Service identity created: "+email)
 	return nil
 }
 
@@ -692,9 +785,19 @@ func (f *fake) writePolicy(c gcloudCmd) error {
 	var p struct {
 		DisplayName string            `json:"displayName"`
 		UserLabels  map[string]string `json:"userLabels"`
+		Conditions  []struct {
+			Threshold struct {
+				Filter string `json:"filter"`
+			} `json:"conditionThreshold"`
+		} `json:"conditions"`
 	}
 	if err := json.Unmarshal(b, &p); err != nil {
 		return fmt.Errorf("--policy-from-file is not JSON: %w", err)
+	}
+	for _, cond := range p.Conditions {
+		if err := f.metricVisible(c, cond.Threshold.Filter); err != nil {
+			return err
+		}
 	}
 	r, exists, err := f.load("policies", p.DisplayName)
 	if err != nil {
@@ -716,6 +819,47 @@ func (f *fake) writePolicy(c gcloudCmd) error {
 	return f.save("policies", p.DisplayName, r)
 }
 
+var userMetric = regexp.MustCompile(`metric\.type="logging\.googleapis\.com/user/([^"]+)"`)
+
+// metricVisible fails like Cloud Monitoring when a policy's filter names a
+// log-based metric it does not know yet: one that does not exist, or was
+// created less than FAKE_METRIC_DELAY (a Go duration; default 0) ago. The
+// message is the API's, as reported in
+// https://github.com/hashicorp/terraform-provider-google/issues/11102 and
+// https://github.com/GoogleCloudPlatform/cloud-foundation-fabric/pull/3739.
+// Every refusal is counted in FAKE_STATE/metric-404s.
+func (f *fake) metricVisible(c gcloudCmd, filter string) error {
+	m := userMetric.FindStringSubmatch(filter)
+	if m == nil {
+		return nil
+	}
+	delay, err := time.ParseDuration(cmp.Or(os.Getenv("FAKE_METRIC_DELAY"), "0s"))
+	if err != nil {
+		return fmt.Errorf("FAKE_METRIC_DELAY: %w", err)
+	}
+	r, ok, err := f.load("logging metrics", m[1])
+	if err != nil {
+		return err
+	}
+	if ok {
+		created, err := strconv.ParseInt(r["created_unix_nano"], 10, 64)
+		if err == nil && time.Since(time.Unix(0, created)) >= delay {
+			return nil
+		}
+	}
+	fh, err := os.OpenFile(filepath.Join(f.state, "metric-404s"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	if _, err := fmt.Fprintln(fh, m[1]); err != nil {
+		return err
+	}
+	return exitError{1, fmt.Sprintf("ERROR: (gcloud.%s.%s) NOT_FOUND: Cannot find metric(s) that match type = \"logging.googleapis.com/user/%s\". "+
+		"If a metric was created recently, it could take up to 10 minutes to become available. Please try again soon.",
+		strings.ReplaceAll(c.kind, " ", "."), c.verb, m[1])}
+}
+
 // ---------------------------------------------------------------------------
 // curl: the Apigee management API.
 
@@ -723,7 +867,7 @@ func (f *fake) curl(args []string) error {
 	method, target, out, writeOut := "GET", "", "", ""
 	var headers []string
 	var form, data string
-	fail := false
+	hasBody, fail := false, false
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		next := func() string {
@@ -751,9 +895,10 @@ func (f *fake) curl(args []string) error {
 				headers = append(headers, h)
 			}
 		case "-F":
-			form = next()
-		case "--data-binary":
-			data = next()
+			form, hasBody = next(), true
+		case "--data-binary", "-d", "--data", "--data-raw":
+			// curl sends Content-Length for these, also for an empty value.
+			data, hasBody = next(), true
 		case "-o":
 			out = next()
 		case "-w":
@@ -768,6 +913,15 @@ func (f *fake) curl(args []string) error {
 	if !slices.Contains(headers, "Authorization: Bearer "+fakeToken) {
 		return f.curlAnswer(401, `{"error":{"code":401}}`, out, writeOut, fail)
 	}
+	if (method == "POST" || method == "PUT") && !hasBody && !slices.ContainsFunc(headers, func(h string) bool {
+		return strings.HasPrefix(strings.ToLower(h), "content-length:")
+	}) {
+		// Over HTTP/1.1 curl sends no Content-Length for a POST without
+		// data, and Google's front end refuses such a request before the
+		// API sees it (googleapis/google-api-dotnet-client#84,
+		// googleapis/storage-testbench#729).
+		return f.curlAnswer(411, lengthRequired, out, writeOut, fail)
+	}
 	u, err := url.Parse(target)
 	if err != nil {
 		return err
@@ -778,6 +932,10 @@ func (f *fake) curl(args []string) error {
 	}
 	return f.curlAnswer(code, body, out, writeOut, fail)
 }
+
+// lengthRequired is the body of Google's front-end 411 page.
+const lengthRequired = `<!DOCTYPE html><title>Error 411 (Length Required)!!1</title>` +
+	`<p><b>411.</b> <ins>That’s an error.</ins><p>POST requests require a <code>Content-length</code> header. <ins>That’s all we know.</ins>`
 
 func (f *fake) curlAnswer(code int, body, out, writeOut string, fail bool) error {
 	if out != "" {
@@ -800,11 +958,13 @@ var (
 	importPath  = regexp.MustCompile(`^/v1/organizations/([^/]+)/sharedflows$`)
 	deployPath  = regexp.MustCompile(`^/v1/organizations/([^/]+)/environments/([^/]+)/sharedflows/([^/]+)/revisions/([0-9]+)/deployments$`)
 	deployments = regexp.MustCompile(`^/v1/organizations/([^/]+)/environments/([^/]+)/sharedflows/([^/]+)/deployments$`)
-	flowHook    = regexp.MustCompile(`^/v1/organizations/([^/]+)/environments/([^/]+)/flowhooks/PostProxyFlowHook$`)
+	flowHook    = regexp.MustCompile(`^/v1/organizations/([^/]+)/environments/([^/]+)/flowhooks/(PostProxyFlowHook|PostTargetFlowHook)$`)
 )
 
-// apigee answers the calls of deploy/gcp/deploy.sh and deploy/apigee/deploy.sh;
-// the state is one resource "apigee/<org>".
+// apigee answers the calls of deploy/gcp/deploy.sh and deploy/apigee/deploy.sh
+// (Apigee API v1, https://cloud.google.com/apigee/docs/reference/apis/apigee/rest);
+// the state is one resource "apigee/<org>" with keys revisions.SF,
+// bundle.SF.REV, deployed.ENV.SF, sa.ENV.SF and hook.ENV.POINT.
 func (f *fake) apigee(method string, u *url.URL, form, data string) (int, string, error) {
 	p := u.Path
 	org := strings.Split(strings.TrimPrefix(p, "/v1/organizations/"), "/")[0]
@@ -818,44 +978,57 @@ func (f *fake) apigee(method string, u *url.URL, form, data string) (int, string
 	save := func() error { return f.save("apigee", org, st) }
 	switch {
 	case method == "POST" && importPath.MatchString(p):
-		if u.Query().Get("action") != "import" || !strings.HasPrefix(form, "file=@") {
+		// organizations.sharedflows.create, action=import.
+		name := u.Query().Get("name")
+		if u.Query().Get("action") != "import" || name == "" || !strings.HasPrefix(form, "file=@") {
 			return 400, `{"error":"bad import"}`, nil
 		}
 		zip, err := os.ReadFile(strings.TrimPrefix(form, "file=@"))
 		if err != nil {
 			return 0, "", err
 		}
-		rev := atoi(st["revisions"]) + 1
-		st["revisions"] = strconv.Itoa(rev)
-		st["bundle."+strconv.Itoa(rev)] = digest(string(zip))
-		return 200, fmt.Sprintf(`{"name":%q,"revision":"%d"}`, u.Query().Get("name"), rev), save()
+		rev := atoi(st["revisions."+name]) + 1
+		st["revisions."+name] = strconv.Itoa(rev)
+		st["bundle."+name+"."+strconv.Itoa(rev)] = digest(string(zip))
+		return 200, fmt.Sprintf(`{"name":%q,"revision":"%d"}`, name, rev), save()
 	case method == "POST" && deployPath.MatchString(p):
+		// organizations.environments.sharedflows.revisions.deployments.deploy
+		// (the request body must be empty: sent as Content-Length: 0).
 		m := deployPath.FindStringSubmatch(p)
-		if atoi(m[4]) > atoi(st["revisions"]) {
+		env, sf, rev := m[2], m[3], m[4]
+		if atoi(rev) > atoi(st["revisions."+sf]) {
 			return 404, `{"error":"no such revision"}`, nil
 		}
 		sa := u.Query().Get("serviceAccount")
 		if sa == "" || u.Query().Get("override") != "true" {
 			return 400, `{"error":"deploy needs serviceAccount and override"}`, nil
 		}
-		st["deployed."+m[2]] = m[4]
-		st["sa."+m[2]] = sa
+		st["deployed."+env+"."+sf] = rev
+		st["sa."+env+"."+sf] = sa
 		return 200, `{}`, save()
 	case method == "GET" && deployPath.MatchString(p):
+		// revisions.getDeployments: a Deployment, serviceAccount included
+		// (https://cloud.google.com/apigee/docs/reference/apis/apigee/rest/v1/organizations.environments.sharedflows.revisions/getDeployments).
 		m := deployPath.FindStringSubmatch(p)
-		if st["deployed."+m[2]] != m[4] {
+		env, sf, rev := m[2], m[3], m[4]
+		if st["deployed."+env+"."+sf] != rev {
 			return 404, `{"error":"not deployed"}`, nil
 		}
-		return 200, `{"environment":"` + m[2] + `","revision":"` + m[4] + `","state":"READY"}`, nil
+		return 200, fmt.Sprintf(`{"environment": %q, "apiProxy": %q, "revision": %q, "state": "READY", "serviceAccount": "projects/-/serviceAccounts/%s"}`,
+			env, sf, rev, st["sa."+env+"."+sf]), nil
 	case method == "GET" && deployments.MatchString(p):
+		// environments.sharedflows.deployments.list. Its documented fields
+		// do not promise serviceAccount; the fake leaves it out, so only
+		// getDeployments tells who the flow runs as.
 		m := deployments.FindStringSubmatch(p)
-		rev := st["deployed."+m[2]]
+		rev := st["deployed."+m[2]+"."+m[3]]
 		if rev == "" {
 			return 200, `{}`, nil
 		}
-		return 200, fmt.Sprintf(`{"deployments": [{"environment": %q, "apiProxy": %q, "revision": %q, "serviceAccount": "projects/-/serviceAccounts/%s"}]}`,
-			m[2], m[3], rev, st["sa."+m[2]]), nil
+		return 200, fmt.Sprintf(`{"deployments": [{"environment": %q, "apiProxy": %q, "revision": %q}]}`, m[2], m[3], rev), nil
 	case method == "PUT" && flowHook.MatchString(p):
+		// environments.flowhooks.attachSharedFlowToFlowHook: only a
+		// deployed shared flow can be attached.
 		m := flowHook.FindStringSubmatch(p)
 		b, err := os.ReadFile(strings.TrimPrefix(data, "@"))
 		if err != nil {
@@ -865,20 +1038,20 @@ func (f *fake) apigee(method string, u *url.URL, form, data string) (int, string
 			SharedFlow      string `json:"sharedFlow"`
 			ContinueOnError bool   `json:"continueOnError"`
 		}
-		if err := json.Unmarshal(b, &hook); err != nil {
+		if err := json.Unmarshal(b, &hook); err != nil || hook.SharedFlow == "" {
 			return 400, `{"error":"bad flow hook"}`, nil
 		}
-		if st["deployed."+m[2]] == "" {
+		if st["deployed."+m[2]+"."+hook.SharedFlow] == "" {
 			return 400, `{"error":"shared flow not deployed"}`, nil
 		}
-		st["hook."+m[2]] = hook.SharedFlow
+		st["hook."+m[2]+"."+m[3]] = hook.SharedFlow
 		return 200, string(b), save()
 	case method == "GET" && flowHook.MatchString(p):
 		m := flowHook.FindStringSubmatch(p)
-		if h := st["hook."+m[2]]; h != "" {
-			return 200, fmt.Sprintf(`{"flowHookPoint": "PostProxyFlowHook", "sharedFlow": %q, "continueOnError": true}`, h), nil
+		if h := st["hook."+m[2]+"."+m[3]]; h != "" {
+			return 200, fmt.Sprintf(`{"flowHookPoint": %q, "sharedFlow": %q, "continueOnError": true}`, m[3], h), nil
 		}
-		return 200, `{"flowHookPoint": "PostProxyFlowHook"}`, nil
+		return 200, fmt.Sprintf(`{"flowHookPoint": %q}`, m[3]), nil
 	}
 	return 404, `{"error":"the fake does not know ` + method + " " + p + `"}`, nil
 }

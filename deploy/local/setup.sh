@@ -44,6 +44,8 @@ test)
 	# the Apigee bundle, node runs the bundle's JavaScript step.
 	for tool in shellcheck zip unzip; do have "$tool" || need+=("$tool"); done
 	have node || need+=(nodejs)
+	# npm installs apigeelint, Apigee's linter for the shared flows (below).
+	have npm || need+=(npm)
 	;;
 demo)
 	[ -n "${DATABASE_URL:-}" ] || { timescaledb; hint+=(DATABASE_URL); }
@@ -57,15 +59,31 @@ bench)
 	;;
 esac
 
-[ ${#need[@]} -eq 0 ] && exit 0
-
-if [ "$(id -u)" -ne 0 ] || ! have apt-get; then
-	msg="setup: missing ${need[*]}: install them (as root on Debian: apt-get install ${need[*]})"
-	[ ${#hint[@]} -gt 0 ] && msg+=", or set ${hint[*]} to servers you already have"
-	echo "$msg" >&2
-	exit 1
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ] || ! have apt-get; then
+		msg="setup: missing ${need[*]}: install them (as root on Debian: apt-get install ${need[*]})"
+		[ ${#hint[@]} -gt 0 ] && msg+=", or set ${hint[*]} to servers you already have"
+		echo "$msg" >&2
+		exit 1
+	fi
+	echo "setup: installing ${need[*]}" >&2
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-echo "setup: installing ${need[*]}" >&2
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# apigeelint, pinned, from the npm registry, into a folder outside the
+# repository (never committed): root's in /var/lib, a user's in their cache
+# (where deploy/apigee/apigeelint_test.go looks, beside $APIGEELINT).
+if [ "$purpose" = test ]; then
+	apigeelint_version=2.85.1
+	if [ "$(id -u)" -eq 0 ]; then
+		prefix=/var/lib/apigee-timescale/apigeelint
+	else
+		prefix=${XDG_CACHE_HOME:-$HOME/.cache}/apigee-timescale/apigeelint
+	fi
+	if [ "$("$prefix/node_modules/.bin/apigeelint" --version 2>/dev/null)" != "$apigeelint_version" ]; then
+		echo "setup: installing apigeelint $apigeelint_version into $prefix" >&2
+		mkdir -p "$prefix"
+		npm install --prefix "$prefix" --no-audit --no-fund --silent "apigeelint@$apigeelint_version" >/dev/null
+	fi
+fi

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -20,6 +22,15 @@ const (
 	PublishPolicy = "PM-PublishCallRecord"
 	// RecordVariable holds the rendered record between the two policies.
 	RecordVariable = "timescale.record"
+
+	// TargetSharedFlowName is the second shared flow, attached to the
+	// PostTargetFlowHook: it keeps the target's status, which the proxy's
+	// response flow may replace before the PostProxyFlowHook.
+	TargetSharedFlowName = "apigee-timescale-target"
+	// CapturePolicy is its AssignMessage policy.
+	CapturePolicy = "AM-CaptureTargetResponse"
+	// VarTargetResponseCode is what CapturePolicy sets and the record reads.
+	VarTargetResponseCode = "timescale.target_response_code"
 
 	// Variables the JavaScript step (resources/jsc/prepare-call-record.js)
 	// sets, because message templates cannot subtract or branch.
@@ -172,6 +183,114 @@ func RenderRecord(bundleDir string, vars map[string]string) ([]byte, error) {
 		return nil, errors.New("render record: build policy did not set " + RecordVariable)
 	}
 	return []byte(rec), nil
+}
+
+// RunTargetFlow does what the target shared flow (TargetSharedFlowName,
+// bundleDir is its sharedflowbundle directory) does at the
+// PostTargetFlowHook: vars are the flow variables as the target response
+// flow leaves them (response.* is the target's response there). It returns
+// the variables the flow sets; being flow variables, they are still set at
+// the PostProxyFlowHook of the same call. A proxy that calls no target
+// never reaches the PostTargetFlowHook: do not call RunTargetFlow then.
+func RunTargetFlow(bundleDir string, vars map[string]string) (map[string]string, error) {
+	am, err := LoadAssignMessage(bundleDir, CapturePolicy)
+	if err != nil {
+		return nil, err
+	}
+	scope := make(map[string]string, len(vars)+len(am.AssignVariables))
+	for k, v := range vars {
+		scope[k] = v
+	}
+	if err := am.Apply(scope); err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(am.AssignVariables))
+	for _, av := range am.AssignVariables {
+		out[av.Name] = scope[av.Name]
+	}
+	return out, nil
+}
+
+// jsReads finds the variables prepare-call-record.js reads: every string
+// literal passed to its str/millis helpers or to context.getVariable, and
+// the two timestamps setDuration takes.
+var jsReads = regexp.MustCompile(`(?:\bstr|\bmillis|context\.getVariable)\("([^"]+)"\)|setDuration\("[^"]+",\s*"([^"]+)",\s*"([^"]+)"\)`)
+
+// Reads returns every flow variable the bundle under bundleDir reads:
+// the templates of its AssignMessage (AssignVariable) and PublishMessage
+// (Source, attributes) policies and the names its JavaScript resources pass
+// to getVariable. Variables the bundle sets itself are included when it
+// also reads them; callers tell them apart by BundleNamespace.
+func Reads(bundleDir string) ([]string, error) {
+	var names []string
+	add := func(ns ...string) {
+		for _, n := range ns {
+			if n != "" && !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
+	}
+	policies, err := filepath.Glob(filepath.Join(bundleDir, "policies", "*.xml"))
+	if err != nil {
+		return nil, fmt.Errorf("reads: %w", err)
+	}
+	for _, p := range policies {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("reads: %w", err)
+		}
+		var root struct{ XMLName xml.Name }
+		if err := xml.Unmarshal(data, &root); err != nil {
+			return nil, fmt.Errorf("reads: %s: %w", p, err)
+		}
+		name := strings.TrimSuffix(filepath.Base(p), ".xml")
+		var tmpls []string
+		switch root.XMLName.Local {
+		case "AssignMessage":
+			am, err := LoadAssignMessage(bundleDir, name)
+			if err != nil {
+				return nil, err
+			}
+			for _, av := range am.AssignVariables {
+				switch {
+				case av.Template != nil:
+					tmpls = append(tmpls, *av.Template)
+				case av.Ref != nil:
+					add(strings.TrimSpace(*av.Ref))
+				}
+			}
+		case "PublishMessage":
+			pm, err := LoadPublishMessage(bundleDir, name)
+			if err != nil {
+				return nil, err
+			}
+			tmpls = append(tmpls, pm.Source)
+			for _, a := range pm.Attributes {
+				tmpls = append(tmpls, strings.TrimSpace(a.Value))
+			}
+		}
+		for _, t := range tmpls {
+			refs, err := References(t)
+			if err != nil {
+				return nil, fmt.Errorf("reads: %s: %w", name, err)
+			}
+			add(refs...)
+		}
+	}
+	scripts, err := filepath.Glob(filepath.Join(bundleDir, "resources", "jsc", "*.js"))
+	if err != nil {
+		return nil, fmt.Errorf("reads: %w", err)
+	}
+	for _, s := range scripts {
+		data, err := os.ReadFile(s)
+		if err != nil {
+			return nil, fmt.Errorf("reads: %w", err)
+		}
+		for _, m := range jsReads.FindAllStringSubmatch(string(data), -1) {
+			add(m[1:]...)
+		}
+	}
+	return names, nil
 }
 
 // DeriveVars is the Go twin of resources/jsc/prepare-call-record.js and

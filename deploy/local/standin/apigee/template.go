@@ -58,6 +58,46 @@ func Render(tmpl string, vars map[string]string) (string, error) {
 	return b.String(), nil
 }
 
+// References returns the variable names a template reads, in order, each
+// once: plain references and the non-literal arguments of function calls.
+// It refuses what Render refuses.
+func References(tmpl string) ([]string, error) {
+	var names []string
+	seen := map[string]bool{}
+	add := func(n string) {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	for i := 0; i < len(tmpl); {
+		if tmpl[i] != '{' || i+1 >= len(tmpl) || !isNameStart(tmpl[i+1]) {
+			i++
+			continue
+		}
+		end := strings.IndexByte(tmpl[i+1:], '}')
+		if end < 0 {
+			return nil, fmt.Errorf("references: unterminated reference at offset %d", i)
+		}
+		expr := tmpl[i+1 : i+1+end]
+		if _, err := evalRef(expr, nil); err != nil {
+			return nil, fmt.Errorf("references: {%s}: %w", expr, err)
+		}
+		if open := strings.IndexByte(expr, '('); open < 0 {
+			add(expr)
+		} else {
+			args, _ := splitArgs(expr[open+1 : len(expr)-1])
+			for _, a := range args {
+				if !a.literal {
+					add(a.text)
+				}
+			}
+		}
+		i += end + 2
+	}
+	return names, nil
+}
+
 // isNameStart reports whether c can begin a variable or function name.
 // Apigee treats "{" followed by a quote or whitespace as literal text, which
 // is the property JSON templates rely on.

@@ -21,6 +21,8 @@
  * continueOnError="true", so it can never fail an API call.
  */
 (function () {
+  "use strict";
+
   function str(name) {
     var v = context.getVariable(name);
     return v === null || v === undefined ? "" : String(v);
