@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"apigee-timescale/deploy/local/standin/apigee"
 )
 
 // Proxy identifies an API proxy deployment: the series the rollup judges
@@ -306,7 +308,7 @@ func (m *model) call(at time.Time) (map[string]string, Call) {
 		vars["target.sent.start.timestamp"] = strconv.FormatInt(sent, 10)
 		vars["target.received.end.timestamp"] = strconv.FormatInt(sent+int64(targetMS), 10)
 		vars["target.host"] = pm.target
-		vars["target.response.status.code"] = strconv.Itoa(status)
+		vars[apigee.VarTargetResponseCode] = strconv.Itoa(status)
 	}
 	if a.jwt && status != 401 {
 		vars["jwt.VJ-VerifyJWT.valid"] = "true"
