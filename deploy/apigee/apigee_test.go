@@ -490,6 +490,44 @@ func TestScriptMatchesDeriveVars(t *testing.T) {
 		"override":            {"timescale.in.auth": "oauth2", "jwt.VJ-VerifyJWT.valid": "true"},
 		"empty override":      {"timescale.in.auth": "", "client_id": "c"},
 	}
+	// X-Forwarded-For: the entry picked and validated alike. netip (in
+	// DeriveVars) is the reference for what an address is.
+	xff := map[string][2]string{ // header, index
+		"xff first":              {"203.0.113.7, 10.0.0.1, 35.191.0.1", ""},
+		"xff last":               {"203.0.113.7, 10.0.0.1, 35.191.0.1", "-1"},
+		"xff second from right":  {"203.0.113.7,10.0.0.1,35.191.0.1", "-2"},
+		"xff index past end":     {"203.0.113.7", "3"},
+		"xff index before start": {"203.0.113.7", "-2"},
+		"xff bad index":          {"203.0.113.7, 10.0.0.1", "one"},
+		"xff tabs":               {"\t198.51.100.2\t,x", "0"},
+		"xff unicode space":      {"\u00a0198.51.100.2", "0"},
+		"xff port":               {"198.51.100.2:443", "0"},
+		"xff leading zero":       {"198.051.100.2", "0"},
+		"xff octet 256":          {"198.51.100.256", "0"},
+		"xff three octets":       {"198.51.100", "0"},
+		"xff ipv6":               {"2001:db8::1", "0"},
+		"xff ipv6 upper":         {"2001:DB8:0:0:0:0:0:1", "0"},
+		"xff ipv6 full":          {"1:2:3:4:5:6:7:8", "0"},
+		"xff ipv6 nine":          {"1:2:3:4:5:6:7:8:9", "0"},
+		"xff ipv6 two gaps":      {"1::2::3", "0"},
+		"xff ipv6 trailing gap":  {"1:2:3:4:5:6:7::", "0"},
+		"xff ipv6 gap and eight": {"1:2:3:4:5:6:7:8::", "0"},
+		"xff ipv6 unspecified":   {"::", "0"},
+		"xff ipv4 mapped":        {"::ffff:192.0.2.1", "0"},
+		"xff ipv4 tail":          {"1:2:3:4:5:6:192.0.2.1", "0"},
+		"xff ipv4 tail too long": {"1:2:3:4:5:6:7:192.0.2.1", "0"},
+		"xff ipv4 tail first":    {"192.0.2.1::", "0"},
+		"xff zone":               {"fe80::1%eth0", "0"},
+		"xff brackets":           {"[2001:db8::1]", "0"},
+		"xff group of five":      {"2001:db8::12345", "0"},
+		"xff lone colon":         {":1", "0"},
+		"xff obfuscated":         {"unknown, 203.0.113.7", "0"},
+		"xff empty entry":        {" , 203.0.113.7", "0"},
+		"xff sql":                {"1.2.3.4'; DROP TABLE x; --", "0"},
+	}
+	for name, c := range xff {
+		tests[name] = map[string]string{apigee.VarForwardedFor: c[0], "timescale.in.xff_index": c[1]}
+	}
 	in, err := json.Marshal(tests)
 	if err != nil {
 		t.Fatal(err)
@@ -551,27 +589,27 @@ func minimalVars() map[string]string {
 func completeVars() map[string]string {
 	vars := minimalVars()
 	for k, v := range map[string]string{
-		"system.timestamp":                     ms(receivedAt, 333*time.Millisecond),
-		"target.sent.start.timestamp":          ms(receivedAt, 100*time.Millisecond),
-		"target.received.end.timestamp":        ms(receivedAt, 300*time.Millisecond),
-		"apiproxy.revision":                    "42",
-		"proxy.basepath":                       "/orders/v1",
-		"request.header.Content-Length":        "17",
-		"response.header.Content-Length":       "512",
-		"client.ip":                            "203.0.113.7",
-		"request.header.User-Agent":            "okhttp/4.12.0",
-		"target.host":                          "orders.internal.example",
-		"is.error":                             "false",
-		"developer.app.name":                   "orders-web",
-		"developer.email":                      "dev@example.com", // VerifyAccessToken sets it; see the api key case
-		"apiproduct.name":                      "orders-gold",
-		"client_id":                            "Kq3c9ZtYbXo1",
-		"verifyapikey.VA-VerifyAPIKey.tenant":  "tenant-a",
-		"jwt.VJ-VerifyJWT.valid":               "true",
-		"jwt.VJ-VerifyJWT.decoded.claim.sub":   "user-123",
-		"jwt.VJ-VerifyJWT.decoded.claim.iss":   "https://idp.example/",
-		"jwt.VJ-VerifyJWT.decoded.claim.email": "alice@example.com",
-		"jwt.VJ-VerifyJWT.decoded.claim.scope": "orders.read orders.write",
+		"system.timestamp":                        ms(receivedAt, 333*time.Millisecond),
+		"target.sent.start.timestamp":             ms(receivedAt, 100*time.Millisecond),
+		"target.received.end.timestamp":           ms(receivedAt, 300*time.Millisecond),
+		"apiproxy.revision":                       "42",
+		"proxy.basepath":                          "/orders/v1",
+		"request.header.Content-Length":           "17",
+		"response.header.Content-Length":          "512",
+		"client.ip":                               "203.0.113.7",
+		"request.header.User-Agent.values.string": "okhttp/4.12.0",
+		"target.host":                             "orders.internal.example",
+		"is.error":                                "false",
+		"developer.app.name":                      "orders-web",
+		"developer.email":                         "dev@example.com", // VerifyAccessToken sets it; see the api key case
+		"apiproduct.name":                         "orders-gold",
+		"client_id":                               "Kq3c9ZtYbXo1",
+		"verifyapikey.VA-VerifyAPIKey.tenant":     "tenant-a",
+		"jwt.VJ-VerifyJWT.valid":                  "true",
+		"jwt.VJ-VerifyJWT.decoded.claim.sub":      "user-123",
+		"jwt.VJ-VerifyJWT.decoded.claim.iss":      "https://idp.example/",
+		"jwt.VJ-VerifyJWT.decoded.claim.email":    "alice@example.com",
+		"jwt.VJ-VerifyJWT.decoded.claim.scope":    "orders.read orders.write",
 	} {
 		vars[k] = v
 	}
@@ -762,7 +800,7 @@ func TestRenderedRecordsAreAccepted(t *testing.T) {
 				eqPtr(t, "ResponseSize", r.ResponseSize, ptr[int64](9007199254740993))
 			}},
 		{"over-long user agent is truncated, not rejected", with(completeVars(),
-			"request.header.User-Agent", strings.Repeat("é", 300)),
+			"request.header.User-Agent.values.string", strings.Repeat("é", 300)),
 			func(t *testing.T, r record.Record) {
 				eq(t, "UserAgent", r.UserAgent, strings.Repeat("é", 256))
 			}},
@@ -779,7 +817,7 @@ func TestRenderedRecordsAreAccepted(t *testing.T) {
 			fmt.Sprintf("weird string %d", i),
 			with(completeVars(),
 				"apiproxy.name", s, "request.path", "/p/"+s, "proxy.basepath", s,
-				"request.header.User-Agent", s, "fault.name", s, "developer.app.name", s,
+				"request.header.User-Agent.values.string", s, "fault.name", s, "developer.app.name", s,
 				"developer.email", s, "apiproduct.name", s, "client_id", s,
 				"verifyapikey.VA-VerifyAPIKey.tenant", s, "jwt.VJ-VerifyJWT.decoded.claim.sub", s,
 				"jwt.VJ-VerifyJWT.decoded.claim.iss", s, "jwt.VJ-VerifyJWT.decoded.claim.email", s),
@@ -1013,5 +1051,51 @@ func TestDeployScriptBuildsBundle(t *testing.T) {
 		if msg, _, err := build(bad[0], bad[1]); err == nil {
 			t.Errorf("deploy.sh accepted project %q topic %q:\n%s", bad[0], bad[1], msg)
 		}
+	}
+}
+
+// The script's forwarded client address, on what a Google load balancer
+// sends (client-supplied entries, then the client, then the balancer).
+func TestForwardedClientIP(t *testing.T) {
+	const lb = "203.0.113.9, 198.51.100.7, 35.191.0.1" // forged, client, balancer
+	tests := []struct{ name, header, index, want string }{
+		{"first hop by default", lb, "", "203.0.113.9"},
+		{"the client, two from the right", lb, "-2", "198.51.100.7"},
+		{"the balancer", lb, "-1", "35.191.0.1"},
+		{"ipv6", "2001:db8::1", "", "2001:db8::1"},
+		{"not an address", "unknown", "", ""},
+		{"zone", "fe80::1%eth0", "", ""},
+		{"no header", "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vars := map[string]string{"timescale.in.xff_index": tt.index}
+			if tt.header != "" {
+				vars[apigee.VarForwardedFor] = tt.header
+			}
+			if got := apigee.DeriveVars(vars)[apigee.VarForwardedClientIP]; got != tt.want {
+				t.Errorf("forwarded client ip %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// A header with commas is recorded whole: the template must read
+// request.header.{name}.values.string, since request.header.{name} is only
+// the value before the first comma.
+func TestMultiValueHeadersAreRecordedWhole(t *testing.T) {
+	const ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0"
+	vars := map[string]string{}
+	for _, kv := range requiredVars() {
+		vars[kv[0]] = kv[1]
+	}
+	apigee.RequestHeader(vars, "User-Agent", ua)
+	data := renderCall(t, vars, "")
+	p := record.Parse(data, record.DefaultLimits())
+	if len(p.Records) != 1 {
+		t.Fatalf("Parse: %+v\nrecord: %s", p.Rejects, data)
+	}
+	if got := p.Records[0].UserAgent; got != ua {
+		t.Errorf("useragent %q, want %q", got, ua)
 	}
 }

@@ -129,7 +129,7 @@ var fields = [...]Field{
 		Doc: "No zone; an IPv4-mapped IPv6 address is stored as IPv4.",
 		ref: func(r *Record) any { return &r.ClientIP }},
 	{Key: "useragent", Name: "UserAgent", Kind: KindUserAgent, Max: 512, intern: true,
-		Column: "useragent", Ordinal: 18, SQLType: "text", Apigee: "request.header.User-Agent",
+		Column: "useragent", Ordinal: 18, SQLType: "text", Apigee: "request.header.User-Agent.values.string",
 		Doc: "Never rejected, because the client controls it: NUL is dropped, invalid UTF-8 replaced by U+FFFD, and the value cut to the limit on a character boundary.",
 		ref: func(r *Record) any { return &r.UserAgent }},
 	{Key: "target_host", Name: "TargetHost", Kind: KindText, Max: 255, intern: true,

@@ -285,7 +285,6 @@ func (m *model) call(at time.Time) (map[string]string, Call) {
 		"response.status.code":                   strconv.Itoa(status),
 		"response.header.Content-Length":         strconv.Itoa(120 + r.IntN(8000)),
 		"client.ip":                              clientIP(r),
-		"request.header.User-Agent":              userAgents[r.IntN(len(userAgents))],
 		"is.error":                               strconv.FormatBool(status >= 400),
 		"developer.app.name":                     a.name,
 		"developer.email":                        a.email,
@@ -294,6 +293,7 @@ func (m *model) call(at time.Time) (map[string]string, Call) {
 		"verifyapikey.VA-VerifyAPIKey.client_id": a.clientID,
 		"verifyapikey.VA-VerifyAPIKey.tenant":    a.tenant,
 	}
+	apigee.RequestHeader(vars, "User-Agent", userAgents[r.IntN(len(userAgents))])
 	if verb != "GET" && verb != "DELETE" {
 		vars["request.header.Content-Length"] = strconv.Itoa(40 + r.IntN(4000))
 	}
@@ -353,6 +353,7 @@ var userAgents = []string{
 	"okhttp/4.12.0",
 	"Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15",
 	"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36",
+	"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
 	"python-requests/2.31.0",
 	"Go-http-client/2.0",
 	"curl/8.5.0",

@@ -4,6 +4,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -37,6 +38,10 @@ const (
 	VarTotalResponseTime  = "timescale.total_response_time"
 	VarTargetResponseTime = "timescale.target_response_time"
 	VarIdentityAuth       = "timescale.identity.auth"
+	// VarForwardedClientIP is the validated X-Forwarded-For entry the
+	// script picks; VarForwardedFor is where it reads the whole header.
+	VarForwardedClientIP = "timescale.forwarded_client_ip"
+	VarForwardedFor      = "request.header.X-Forwarded-For.values.string"
 )
 
 // AssignMessage is the part of an AssignMessage policy this package
@@ -324,8 +329,42 @@ func DeriveVars(vars map[string]string) map[string]string {
 		auth = "none"
 	}
 	out[VarIdentityAuth] = auth
+	if ip := forwardedClientIP(vars); ip != "" {
+		out[VarForwardedClientIP] = ip
+	}
 	return out
 }
+
+// forwardedClientIP mirrors the script: the X-Forwarded-For entry at index
+// timescale.in.xff_index (default 0; negative counts from the right, as
+// Apigee's environment client IP resolution counts ipHeaderIndex), when it
+// is an IP address without zone. netip is the reference the script's
+// hand-written parser is tested against (TestScriptMatchesDeriveVars), so
+// that ingest's inet parse accepts whatever the script lets through.
+func forwardedClientIP(vars map[string]string) string {
+	header := vars[VarForwardedFor]
+	if header == "" {
+		return ""
+	}
+	index := 0
+	if s := strings.TrimSpace(vars["timescale.in.xff_index"]); xffIndex.MatchString(s) {
+		index, _ = strconv.Atoi(s)
+	}
+	hops := strings.Split(header, ",")
+	if index < 0 {
+		index += len(hops)
+	}
+	if index < 0 || index >= len(hops) {
+		return ""
+	}
+	ip := strings.Trim(hops[index], " \t")
+	if a, err := netip.ParseAddr(ip); err != nil || a.Zone() != "" || len(ip) > 45 {
+		return ""
+	}
+	return ip
+}
+
+var xffIndex = regexp.MustCompile(`^-?[0-9]{1,3}$`)
 
 // duration mirrors the script: both values must be 1 to 15 decimal digits
 // (Apigee timestamps are epoch milliseconds; 15 digits stay exact in a

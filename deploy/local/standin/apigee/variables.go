@@ -19,11 +19,15 @@ import (
 //	refVerifyKey https://cloud.google.com/apigee/docs/api-platform/reference/policies/verify-api-key-policy (Flow variables)
 //	refOAuthV2   https://cloud.google.com/apigee/docs/api-platform/reference/policies/oauthv2-policy (VerifyAccessToken flow variables)
 //	refVerifyJWT https://cloud.google.com/apigee/docs/api-platform/reference/policies/verify-jwt-policy (Flow variables)
+//	refMultiValue https://cloud.google.com/apigee/docs/api-platform/antipatterns/multi-value-http-headers
 const (
 	refVariables = "https://cloud.google.com/apigee/docs/api-platform/reference/variables-reference"
 	refVerifyKey = "https://cloud.google.com/apigee/docs/api-platform/reference/policies/verify-api-key-policy"
 	refOAuthV2   = "https://cloud.google.com/apigee/docs/api-platform/reference/policies/oauthv2-policy"
 	refVerifyJWT = "https://cloud.google.com/apigee/docs/api-platform/reference/policies/verify-jwt-policy"
+	// The antipattern page documents request.header.{name}.values.string
+	// beside request.header.{name}, which holds only the first value.
+	refMultiValue = "https://cloud.google.com/apigee/docs/api-platform/antipatterns/multi-value-http-headers"
 	// BundleNamespace prefixes every variable the bundle itself sets (and
 	// the timescale.in.* overrides a proxy may set for it).
 	BundleNamespace = "timescale."
@@ -65,6 +69,10 @@ var documentedPatterns = []struct {
 	ref string
 }{
 	{regexp.MustCompile(`^request\.header\.[A-Za-z0-9-]+$`), refVariables},
+	// request.header.{name}.values.string: every value of a header, commas
+	// and all; request.header.{name} alone is only the first value, which
+	// cuts a User-Agent or an X-Forwarded-For at its first comma.
+	{regexp.MustCompile(`^request\.header\.[A-Za-z0-9-]+\.values\.string$`), refMultiValue},
 	{regexp.MustCompile(`^response\.header\.[A-Za-z0-9-]+$`), refVariables},
 	// verifyapikey.{policy_name}.client_id, .developer.email,
 	// .developer.app.name, .apiproduct.name, .app.name, custom attributes…
@@ -107,4 +115,16 @@ func Undocumented(vars map[string]string) []string {
 		}
 	}
 	return out
+}
+
+// RequestHeader sets the flow variables Apigee derives from one request
+// header as it arrived: request.header.{name} is only its first value, a
+// header being split at commas into values, and
+// request.header.{name}.values.string is all of them, commas included
+// (refMultiValue). A fixture that sets a header through here cannot hide a
+// template that reads the first value of a header that has several.
+func RequestHeader(vars map[string]string, name, value string) {
+	first, _, _ := strings.Cut(value, ",")
+	vars["request.header."+name] = strings.TrimSpace(first)
+	vars["request.header."+name+".values.string"] = value
 }
