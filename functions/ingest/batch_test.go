@@ -153,9 +153,11 @@ func TestWriteErrorFailsEveryDelivery(t *testing.T) {
 	}
 }
 
-func TestDataErrorIsolatesTheCulprit(t *testing.T) {
+// poisonWriter refuses, as the database would a CHECK violation, every
+// batch that holds the message "poison".
+func poisonWriter() *fakeWriter {
 	dataErr := &pgconn.PgError{Code: pgerrcode.CheckViolation, Message: "violates check constraint", TableName: "api_calls", ConstraintName: "api_calls_message_id_check"}
-	w := &fakeWriter{fail: func(b *Batch) error {
+	return &fakeWriter{fail: func(b *Batch) error {
 		for _, c := range b.Calls {
 			if c.MessageID == "poison" {
 				return dataErr
@@ -163,11 +165,14 @@ func TestDataErrorIsolatesTheCulprit(t *testing.T) {
 		}
 		return nil
 	}}
-	b := newBatcher(w, BatchConfig{MaxWait: 50 * time.Millisecond})
-	defer b.Close(context.Background())
+}
+
+// submitOnePoison submits "poison" and n-1 "good" deliveries at once and
+// returns each Submit's answer.
+func submitOnePoison(b *batcher, n int) []error {
 	var wg sync.WaitGroup
-	errs := make([]error, 6)
-	for i := range 6 {
+	errs := make([]error, n)
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -179,6 +184,14 @@ func TestDataErrorIsolatesTheCulprit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	return errs
+}
+
+func TestDataErrorIsolatesTheCulprit(t *testing.T) {
+	w := poisonWriter()
+	b := newBatcher(w, BatchConfig{MaxWait: 50 * time.Millisecond})
+	defer b.Close(context.Background())
+	errs := submitOnePoison(b, 6)
 	for i, err := range errs {
 		if err != nil {
 			t.Fatalf("delivery %d: %v (every delivery must be stored or quarantined)", i, err)

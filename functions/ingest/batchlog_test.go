@@ -5,12 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgerrcode"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // A burst of 10,000 deliveries makes hundreds of batches but O(1) Info
@@ -78,34 +74,16 @@ func rec1(i int, now time.Time) string {
 // A split batch logs what its deliveries stored, one by one, not the
 // failed batch's zeros.
 func TestSplitBatchLogsWhatItStored(t *testing.T) {
-	dataErr := &pgconn.PgError{Code: pgerrcode.CheckViolation, TableName: "api_calls", ConstraintName: "api_calls_message_id_check"}
-	w := &fakeWriter{fail: func(b *Batch) error {
-		for _, c := range b.Calls {
-			if c.MessageID == "poison" {
-				return dataErr
-			}
-		}
-		return nil
-	}}
+	w := poisonWriter()
 	rec := &logRecorder{}
 	bl := newBatchLog(slog.New(rec), time.Hour)
 	// MaxRows = the number of deliveries, MaxWait long: one batch.
 	b := newBatcher(w, BatchConfig{MaxRows: 6, MaxWait: 5 * time.Second, OnBatch: bl.batch})
-	var wg sync.WaitGroup
-	for i := range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			id := "good"
-			if i == 0 {
-				id = "poison"
-			}
-			if err := b.Submit(context.Background(), testDelivery(id)); err != nil {
-				t.Error(err)
-			}
-		}()
+	for _, err := range submitOnePoison(b, 6) {
+		if err != nil {
+			t.Error(err)
+		}
 	}
-	wg.Wait()
 	if err := b.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
