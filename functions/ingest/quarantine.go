@@ -10,8 +10,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"time"
 
+	"apigee-timescale/shared/privacy"
 	"apigee-timescale/shared/record"
 )
 
@@ -118,9 +120,35 @@ func (src *source) dedupeKey(index int, raw []byte) string {
 	return "sha256:" + hex.EncodeToString(sum[:]) + ":" + idx
 }
 
+// private applies the privacy policy to refused input before it is
+// quarantined, under the key of the tenant the reject will be filed under.
+// A record's bytes are rewritten as its row would be (privacy.Payload); a
+// delivery refused before its records were read (envelope) carries them
+// base64-encoded, where no personal field can be found, so it is withheld
+// whole and its detail keeps only ingest's own sentence, not the input it
+// quotes. A detail about a personal field quotes its value, so it is
+// replaced.
+func (src *source) private(p *privacy.Pseudonymiser, r record.Reject, envelope bool) record.Reject {
+	if !p.Active() {
+		return r
+	}
+	tenant := rejectTenant(src.attributes)
+	if envelope {
+		r.Raw = p.Withhold(tenant, r.Raw)
+		r.Detail, _, _ = strings.Cut(r.Detail, ": ")
+		return r
+	}
+	r.Raw = p.Payload(tenant, r.Raw)
+	if p.Policy().Mode(r.Field) != privacy.Keep {
+		r.Detail = r.Field + " is not valid (its value is withheld: personal data, " + privacy.EnvPrivacy + ")"
+	}
+	return r
+}
+
 // dbRejected quarantines a call the database refused, with the database's
 // reason; the payload is the normalised record, since the raw bytes are not
-// kept per call.
+// kept per call (already pseudonymised: it is the row ingest tried to
+// store).
 func (src *source) dbRejected(c *Call, cause error) Reject {
 	payload, _ := json.Marshal(c.Record) // a Record always marshals
 	return src.reject(record.Reject{
