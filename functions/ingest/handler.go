@@ -237,6 +237,7 @@ func (s *Service) toDelivery(m message, size int) *delivery {
 	for i := range p.Rejects {
 		d.Rejects = append(d.Rejects, d.src.reject(d.src.private(s.privacy, p.Rejects[i], false), ""))
 	}
+	s.privacy.Records(p.Records)
 	d.Calls = make([]Call, len(p.Records))
 	// Every position in the message holds a record or a reject, in order:
 	// a record's index is the next one no reject holds.
@@ -245,7 +246,6 @@ func (s *Service) toDelivery(m message, size int) *delivery {
 		for ; r < len(p.Rejects) && p.Rejects[r].Index == index; r++ {
 			index++
 		}
-		s.privacy.Record(&p.Records[i])
 		d.Calls[i] = Call{Record: p.Records[i], PubSubMessageID: m.ID, PublishTime: m.PublishTime, index: index}
 		index++
 	}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"sync"
 
 	"apigee-timescale/shared/secrets"
@@ -43,7 +44,20 @@ type Keys struct {
 	tenants map[string][]byte
 
 	mu    sync.Mutex
-	cache map[string][]byte
+	cache map[string]*tenantKey
+}
+
+// tenantKey is a derived key and a pool of HMACs keyed with it: an HMAC's
+// set-up costs more than hashing one short value.
+type tenantKey struct {
+	key  []byte
+	macs sync.Pool
+}
+
+func newTenantKey(key []byte) *tenantKey {
+	tk := &tenantKey{key: key}
+	tk.macs.New = func() any { return hmac.New(sha256.New, key) }
+	return tk
 }
 
 // keyFile is the JSON form of the key material.
@@ -60,7 +74,7 @@ type keyFile struct {
 // least MinKeyBytes bytes. Errors never quote the material.
 func ParseKeys(material []byte) (*Keys, error) {
 	material = bytes.TrimSpace(material)
-	k := &Keys{cache: map[string][]byte{}}
+	k := &Keys{cache: map[string]*tenantKey{}}
 	if len(material) > 0 && material[0] == '{' {
 		var f keyFile
 		dec := json.NewDecoder(bytes.NewReader(material))
@@ -86,12 +100,14 @@ func ParseKeys(material []byte) (*Keys, error) {
 }
 
 // Tenant returns tenant's pseudonym key.
-func (k *Keys) Tenant(tenant string) []byte {
+func (k *Keys) Tenant(tenant string) []byte { return k.tenant(tenant).key }
+
+func (k *Keys) tenant(tenant string) *tenantKey {
 	k.mu.Lock()
-	key, ok := k.cache[tenant]
+	tk, ok := k.cache[tenant]
 	k.mu.Unlock()
 	if ok {
-		return key
+		return tk
 	}
 	material, own := k.tenants[tenant]
 	if !own {
@@ -101,29 +117,44 @@ func (k *Keys) Tenant(tenant string) []byte {
 	if err != nil {
 		panic("privacy: hkdf: " + err.Error()) // only for lengths above 255 hashes
 	}
+	tk = newTenantKey(key)
 	k.mu.Lock()
 	if len(k.cache) < maxCachedTenants {
-		k.cache[tenant] = key
+		k.cache[tenant] = tk
 	}
 	k.mu.Unlock()
-	return key
+	return tk
+}
+
+// mac returns HMAC-SHA256 under tenant's key of the parts, into sum.
+func (k *Keys) mac(tenant string, sum *[sha256.Size]byte, parts ...[]byte) {
+	tk := k.tenant(tenant)
+	m := tk.macs.Get().(hash.Hash)
+	m.Reset()
+	for _, p := range parts {
+		m.Write(p)
+	}
+	m.Sum(sum[:0])
+	tk.macs.Put(m)
 }
 
 // Pseudonym returns the pseudonym of value for tenant.
 func (k *Keys) Pseudonym(tenant, value string) string {
-	m := hmac.New(sha256.New, k.Tenant(tenant))
-	m.Write([]byte(value))
-	return PseudonymPrefix + base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:PseudonymBytes])
+	var sum [sha256.Size]byte
+	k.mac(tenant, &sum, []byte(value))
+	var out [len(PseudonymPrefix) + (PseudonymBytes*8+5)/6]byte
+	copy(out[:], PseudonymPrefix)
+	base64.RawURLEncoding.Encode(out[len(PseudonymPrefix):], sum[:PseudonymBytes])
+	return string(out[:])
 }
 
 // digest is a keyed digest of bytes the quarantine withholds. Values never
 // hold NUL (the record refuses it), so the prefix keeps digests and
 // pseudonyms apart under the same key.
 func (k *Keys) digest(tenant string, b []byte) string {
-	m := hmac.New(sha256.New, k.Tenant(tenant))
-	m.Write([]byte("payload\x00"))
-	m.Write(b)
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	var sum [sha256.Size]byte
+	k.mac(tenant, &sum, []byte("payload\x00"), b)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // LoadKeys reads the key material c names: INGEST_PRIVACY_KEY, or the

@@ -45,13 +45,40 @@ func (p *Pseudonymiser) Keys() *Keys { return p.keys }
 // tenant. It runs before the row is hashed, so the batch's rows_sha256 is
 // over what is stored.
 func (p *Pseudonymiser) Record(r *record.Record) {
+	if p.Active() {
+		p.apply(r, p.text)
+	}
+}
+
+// Records is Record for the records of one message, which mostly share
+// their developer and caller: each distinct value is pseudonymised once.
+func (p *Pseudonymiser) Records(rs []record.Record) {
 	if !p.Active() {
 		return
 	}
+	memo := map[[2]string]string{}
+	text := func(m Mode, tenant, v string) string {
+		if m != HMAC || v == "" {
+			return p.text(m, tenant, v)
+		}
+		k := [2]string{tenant, v}
+		out, ok := memo[k]
+		if !ok {
+			out = p.keys.Pseudonym(tenant, v)
+			memo[k] = out
+		}
+		return out
+	}
+	for i := range rs {
+		p.apply(&rs[i], text)
+	}
+}
+
+func (p *Pseudonymiser) apply(r *record.Record, text func(m Mode, tenant, v string) string) {
 	r.ClientIP = p.Addr(p.policy.Mode("client_ip"), r.ClientIP)
-	r.DeveloperEmail = p.text(p.policy.Mode("developer_email"), r.Tenant, r.DeveloperEmail)
-	r.Identity.Subject = p.text(p.policy.Mode("identity.subject"), r.Tenant, r.Identity.Subject)
-	r.Identity.Email = p.text(p.policy.Mode("identity.email"), r.Tenant, r.Identity.Email)
+	r.DeveloperEmail = text(p.policy.Mode("developer_email"), r.Tenant, r.DeveloperEmail)
+	r.Identity.Subject = text(p.policy.Mode("identity.subject"), r.Tenant, r.Identity.Subject)
+	r.Identity.Email = text(p.policy.Mode("identity.email"), r.Tenant, r.Identity.Email)
 }
 
 // handled lists the personal fields Record knows; a test holds it to the
