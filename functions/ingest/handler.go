@@ -96,7 +96,7 @@ func NewService(cfg Config, d Deps) (*Service, error) {
 	if d.Privacy.Active() {
 		s.log.Info("personal fields are pseudonymised before they are stored", "policy", d.Privacy.Policy().String())
 	} else {
-		s.log.Warn("personal fields are stored as they came: INGEST_PRIVACY is not set")
+		s.log.Warn("personal fields are stored as they came: INGEST_PRIVACY pseudonymises none")
 	}
 	return s, nil
 }
@@ -230,12 +230,12 @@ func (s *Service) submit(ctx context.Context, m message, size int) error {
 func (s *Service) toDelivery(m message, size int) *delivery {
 	d := &delivery{Bytes: size, src: sourceOf(&m, s.now())}
 	if m.bad != nil {
-		d.Rejects = []Reject{d.src.reject(d.src.private(s.privacy, *m.bad, true), "")}
+		d.Rejects = []Reject{d.src.private(s.privacy, d.src.reject(*m.bad, ""), true)}
 		return d
 	}
 	p := record.Parse(m.Data, s.limits)
 	for i := range p.Rejects {
-		d.Rejects = append(d.Rejects, d.src.reject(d.src.private(s.privacy, p.Rejects[i], false), ""))
+		d.Rejects = append(d.Rejects, d.src.private(s.privacy, d.src.reject(p.Rejects[i], ""), false))
 	}
 	s.privacy.Records(p.Records)
 	d.Calls = make([]Call, len(p.Records))

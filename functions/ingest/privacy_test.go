@@ -307,3 +307,40 @@ func BenchmarkToDelivery(b *testing.B) {
 		})
 	}
 }
+
+// Withheld input without a message id keeps a dedupe key of its own: two
+// different deliveries of the same length are two rejects, one delivery
+// redelivered is one, with a key and without.
+func TestWithheldInputKeepsItsDedupeKey(t *testing.T) {
+	for _, spec := range []string{allPrivate, "client_ip=truncate"} {
+		t.Run(spec, func(t *testing.T) {
+			cfg := privateConfig(t, spec)
+			if !cfg.Privacy.Policy.NeedsKey() {
+				cfg.Privacy.Key = ""
+			}
+			s, err := NewService(cfg, Deps{Writer: &recordingWriter{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close(context.Background()) })
+			key := func(data string, envelope bool) string {
+				m := message{Data: []byte(data)}
+				if envelope {
+					m.refuse(ReasonBadEnvelope, "push envelope is not valid JSON: "+data, []byte(data))
+				}
+				d := s.toDelivery(m, len(data))
+				if len(d.Rejects) != 1 {
+					t.Fatalf("%d rejects", len(d.Rejects))
+				}
+				assertNothingPersonal(t, "reject", string(d.Rejects[0].Payload)+d.Rejects[0].Detail+d.Rejects[0].DedupeKey)
+				return d.Rejects[0].DedupeKey
+			}
+			for _, envelope := range []bool{false, true} {
+				a, b := key("from "+clientIP+" {", envelope), key("from "+clientIP6[:13]+" {", envelope)
+				if a == b || a != key("from "+clientIP+" {", envelope) {
+					t.Errorf("envelope %v: dedupe keys %s and %s", envelope, a, b)
+				}
+			}
+		})
+	}
+}

@@ -120,29 +120,35 @@ func (src *source) dedupeKey(index int, raw []byte) string {
 	return "sha256:" + hex.EncodeToString(sum[:]) + ":" + idx
 }
 
-// private applies the privacy policy to refused input before it is
-// quarantined, under the key of the tenant the reject will be filed under.
-// A record's bytes are rewritten as its row would be (privacy.Payload); a
-// delivery refused before its records were read (envelope) carries them
-// base64-encoded, where no personal field can be found, so it is withheld
-// whole and its detail keeps only ingest's own sentence, not the input it
-// quotes. A detail about a personal field quotes its value, so it is
-// replaced.
-func (src *source) private(p *privacy.Pseudonymiser, r record.Reject, envelope bool) record.Reject {
+// private applies the privacy policy to a reject of refused input, under
+// the key of the tenant it is filed under. A record's bytes are rewritten
+// as its row would be (privacy.Payload); a delivery refused before its
+// records were read (envelope) carries them base64-encoded, where no
+// personal field can be found, so it is withheld whole and its detail
+// keeps only ingest's own sentence, not the input it quotes. A detail
+// about a personal field quotes its value, so it is replaced.
+//
+// The dedupe key of input without a message id is a hash of the bytes:
+// with a key it is taken again over what is kept (which holds a keyed
+// digest of the rest); without one it stays the SHA-256 of the input,
+// since the length alone would merge distinct deliveries.
+func (src *source) private(p *privacy.Pseudonymiser, rj Reject, envelope bool) Reject {
 	if !p.Active() {
-		return r
+		return rj
 	}
-	tenant := rejectTenant(src.attributes)
 	if envelope {
-		r.Raw = p.Withhold(tenant, r.Raw)
-		r.Detail, _, _ = strings.Cut(r.Detail, ": ")
-		return r
+		rj.Payload = p.Withhold(rj.Tenant, rj.Payload)
+		rj.Detail, _, _ = strings.Cut(rj.Detail, ": ")
+	} else {
+		rj.Payload = p.Payload(rj.Tenant, rj.Payload)
 	}
-	r.Raw = p.Payload(tenant, r.Raw)
-	if p.Policy().Mode(r.Field) != privacy.Keep {
-		r.Detail = r.Field + " is not valid (its value is withheld: personal data, " + privacy.EnvPrivacy + ")"
+	if p.Policy().Mode(rj.Field) != privacy.Keep {
+		rj.Detail = rj.Field + " is not valid (its value is withheld: personal data, " + privacy.EnvPrivacy + ")"
 	}
-	return r
+	if src.messageID == "" && p.Keys() != nil {
+		rj.DedupeKey = src.dedupeKey(rj.RecordIndex, rj.Payload)
+	}
+	return rj
 }
 
 // dbRejected quarantines a call the database refused, with the database's
