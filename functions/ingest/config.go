@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"apigee-timescale/shared/env"
+	"apigee-timescale/shared/privacy"
 	"apigee-timescale/shared/record"
 )
 
@@ -75,6 +76,14 @@ type Config struct {
 	// DrainTimeout (INGEST_DRAIN_TIMEOUT): on SIGTERM, how long in-flight
 	// batches may take to commit. Cloud Run allows 10 s.
 	DrainTimeout time.Duration
+
+	// Privacy: what happens to the personal fields before they are
+	// hashed and stored, and the key of their pseudonyms (INGEST_PRIVACY,
+	// INGEST_PRIVACY_KEY_SECRET, INGEST_PRIVACY_KEY,
+	// INGEST_PRIVACY_IPV4_PREFIX, INGEST_PRIVACY_IPV6_PREFIX; declared
+	// with their defaults in shared/privacy, which the pseudonym command
+	// reads too).
+	Privacy privacy.Config
 }
 
 // Limits returns the record validator's limits under this configuration.
@@ -113,6 +122,7 @@ func ConfigFrom(r *env.Reader) (Config, error) {
 		MaxBodyBytes:   r.Int(EnvMaxBodyBytes, DefaultMaxBodyBytes, 1),
 		MaxFuture:      r.Duration(EnvMaxFuture, DefaultMaxFuture, positive),
 		DrainTimeout:   r.Duration(EnvDrainTimeout, DefaultDrainTimeout, positive),
+		Privacy:        privacy.ConfigFrom(r),
 	}
 	if c.PushServiceAccount != "" && c.PushAudience == "" {
 		r.Fail(fmt.Errorf("%s is set but %s is not: verification needs the audience", EnvPushServiceAccount, EnvPushAudience))

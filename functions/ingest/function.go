@@ -19,6 +19,7 @@ import (
 
 	"apigee-timescale/shared/dbconn"
 	"apigee-timescale/shared/function"
+	"apigee-timescale/shared/privacy"
 	"apigee-timescale/shared/pushauth"
 )
 
@@ -39,11 +40,16 @@ func init() {
 }
 
 // NewFromEnv builds a Service from the environment: Config, the database
-// pool (shared/dbconn) and, with PUSH_AUDIENCE, the OIDC verifier.
+// pool (shared/dbconn), the pseudonym key (INGEST_PRIVACY_KEY_SECRET) and,
+// with PUSH_AUDIENCE, the OIDC verifier.
 func NewFromEnv(ctx context.Context, logger *slog.Logger) (*Service, error) {
 	cfg, err := ConfigFromEnv()
 	if err != nil {
 		return nil, err
+	}
+	pz, err := privacy.Load(ctx, cfg.Privacy)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	dbcfg, err := dbconn.ConfigFromEnv()
 	if err != nil {
@@ -56,7 +62,7 @@ func NewFromEnv(ctx context.Context, logger *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	d := Deps{DB: db, Logger: logger}
+	d := Deps{DB: db, Logger: logger, Privacy: pz}
 	if cfg.PushAudience != "" {
 		v, err := pushauth.NewVerifier(ctx, pushauth.Config{Audience: cfg.PushAudience, ServiceAccount: cfg.PushServiceAccount})
 		if err != nil {

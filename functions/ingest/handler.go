@@ -14,6 +14,7 @@ import (
 
 	"apigee-timescale/shared/function"
 	"apigee-timescale/shared/logging"
+	"apigee-timescale/shared/privacy"
 	"apigee-timescale/shared/pushauth"
 	"apigee-timescale/shared/record"
 )
@@ -34,7 +35,11 @@ type Deps struct {
 	Writer BatchWriter
 	// Verifier, when nil, turns push authentication off.
 	Verifier Verifier
-	Logger   *slog.Logger
+	// Privacy applies Config.Privacy. When nil, NewService builds it from
+	// Config.Privacy, which it can only do with INGEST_PRIVACY_KEY (a
+	// secret is read by privacy.Load, as NewFromEnv does).
+	Privacy *privacy.Pseudonymiser
+	Logger  *slog.Logger
 	// Now defaults to time.Now.
 	Now func() time.Time
 }
@@ -46,6 +51,7 @@ type Service struct {
 	limits   record.Limits
 	log      *slog.Logger
 	verifier Verifier
+	privacy  *privacy.Pseudonymiser
 	batcher  *batcher
 	batchLog *batchLog
 	now      func() time.Time
@@ -68,7 +74,17 @@ func NewService(cfg Config, d Deps) (*Service, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Service{cfg: cfg, limits: cfg.Limits(), log: d.Logger, verifier: d.Verifier, now: d.Now}
+	if d.Privacy == nil {
+		if cfg.Privacy.KeySecret != "" {
+			return nil, fmt.Errorf("ingest: %s is set: read it with privacy.Load and pass Deps.Privacy", privacy.EnvKeySecret)
+		}
+		pz, err := privacy.Load(context.Background(), cfg.Privacy) // a literal key: no I/O
+		if err != nil {
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
+		d.Privacy = pz
+	}
+	s := &Service{cfg: cfg, limits: cfg.Limits(), log: d.Logger, verifier: d.Verifier, privacy: d.Privacy, now: d.Now}
 	s.limits.Now = d.Now
 	bc := cfg.Batch.withDefaults()
 	s.batchLog = newBatchLog(s.log, bc.LogInterval)
@@ -76,6 +92,11 @@ func NewService(cfg Config, d Deps) (*Service, error) {
 	s.batcher = newBatcher(d.Writer, bc)
 	if d.Verifier == nil {
 		s.log.Warn("push authentication is OFF: PUSH_AUDIENCE is not set, so any caller may write records")
+	}
+	if d.Privacy.Active() {
+		s.log.Info("personal fields are pseudonymised before they are stored", "policy", d.Privacy.Policy().String())
+	} else {
+		s.log.Warn("personal fields are stored as they came: INGEST_PRIVACY pseudonymises none")
 	}
 	return s, nil
 }
@@ -203,16 +224,20 @@ func (s *Service) submit(ctx context.Context, m message, size int) error {
 }
 
 // toDelivery splits a message into stored calls and quarantined rejects.
+// Personal fields are pseudonymised here, before anything is hashed,
+// stored or logged: the rows, their rows_sha256 and the quarantine all hold
+// what INGEST_PRIVACY leaves of them.
 func (s *Service) toDelivery(m message, size int) *delivery {
 	d := &delivery{Bytes: size, src: sourceOf(&m, s.now())}
 	if m.bad != nil {
-		d.Rejects = []Reject{d.src.reject(*m.bad, "")}
+		d.Rejects = []Reject{d.src.private(s.privacy, d.src.reject(*m.bad, ""), true)}
 		return d
 	}
 	p := record.Parse(m.Data, s.limits)
 	for i := range p.Rejects {
-		d.Rejects = append(d.Rejects, d.src.reject(p.Rejects[i], ""))
+		d.Rejects = append(d.Rejects, d.src.private(s.privacy, d.src.reject(p.Rejects[i], ""), false))
 	}
+	s.privacy.Records(p.Records)
 	d.Calls = make([]Call, len(p.Records))
 	// Every position in the message holds a record or a reject, in order:
 	// a record's index is the next one no reject holds.

@@ -10,8 +10,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"time"
 
+	"apigee-timescale/shared/privacy"
 	"apigee-timescale/shared/record"
 )
 
@@ -118,9 +120,41 @@ func (src *source) dedupeKey(index int, raw []byte) string {
 	return "sha256:" + hex.EncodeToString(sum[:]) + ":" + idx
 }
 
+// private applies the privacy policy to a reject of refused input, under
+// the key of the tenant it is filed under. A record's bytes are rewritten
+// as its row would be (privacy.Payload); a delivery refused before its
+// records were read (envelope) carries them base64-encoded, where no
+// personal field can be found, so it is withheld whole and its detail
+// keeps only ingest's own sentence, not the input it quotes. A detail
+// about a personal field quotes its value, so it is replaced.
+//
+// The dedupe key of input without a message id is a hash of the bytes:
+// with a key it is taken again over what is kept (which holds a keyed
+// digest of the rest); without one it stays the SHA-256 of the input,
+// since the length alone would merge distinct deliveries.
+func (src *source) private(p *privacy.Pseudonymiser, rj Reject, envelope bool) Reject {
+	if !p.Active() {
+		return rj
+	}
+	if envelope {
+		rj.Payload = p.Withhold(rj.Tenant, rj.Payload)
+		rj.Detail, _, _ = strings.Cut(rj.Detail, ": ")
+	} else {
+		rj.Payload = p.Payload(rj.Tenant, rj.Payload)
+	}
+	if p.Policy().Mode(rj.Field) != privacy.Keep {
+		rj.Detail = rj.Field + " is not valid (its value is withheld: personal data, " + privacy.EnvPrivacy + ")"
+	}
+	if src.messageID == "" && p.Keys() != nil {
+		rj.DedupeKey = src.dedupeKey(rj.RecordIndex, rj.Payload)
+	}
+	return rj
+}
+
 // dbRejected quarantines a call the database refused, with the database's
 // reason; the payload is the normalised record, since the raw bytes are not
-// kept per call.
+// kept per call (already pseudonymised: it is the row ingest tried to
+// store).
 func (src *source) dbRejected(c *Call, cause error) Reject {
 	payload, _ := json.Marshal(c.Record) // a Record always marshals
 	return src.reject(record.Reject{

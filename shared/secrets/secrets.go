@@ -186,6 +186,21 @@ func ValidSecretName(name string) bool {
 // version name to pin one version. It returns the resolved version name
 // (…/versions/N), which tells callers whether a re-read found something new.
 func Read(ctx context.Context, c *secretmanager.Client, name string) (DBCredentials, string, error) {
+	data, version, err := Access(ctx, c, name)
+	if err != nil {
+		return DBCredentials{}, "", err
+	}
+	creds, err := Parse(data)
+	if err != nil {
+		return DBCredentials{}, "", fmt.Errorf("%w (in %s)", err, version)
+	}
+	return creds, version, nil
+}
+
+// Access returns the payload of the secret name (as Read takes it), its
+// CRC32C checked, and the resolved version name. Errors never quote the
+// payload.
+func Access(ctx context.Context, c *secretmanager.Client, name string) ([]byte, string, error) {
 	var versionName string
 	switch {
 	case secretNameRe.MatchString(name):
@@ -193,21 +208,17 @@ func Read(ctx context.Context, c *secretmanager.Client, name string) (DBCredenti
 	case versionNameRe.MatchString(name):
 		versionName = name
 	default:
-		return DBCredentials{}, "", fmt.Errorf("secrets: invalid secret name %q, want projects/P/secrets/S", name)
+		return nil, "", fmt.Errorf("secrets: invalid secret name %q, want projects/P/secrets/S", name)
 	}
 	resp, err := c.AccessSecretVersion(ctx, &secretmanagerpb.AccessSecretVersionRequest{Name: versionName})
 	if err != nil {
-		return DBCredentials{}, "", fmt.Errorf("secrets: access %s: %w", versionName, err)
+		return nil, "", fmt.Errorf("secrets: access %s: %w", versionName, err)
 	}
 	data := resp.GetPayload().GetData()
 	if sum := resp.GetPayload().DataCrc32C; sum != nil && uint32(*sum) != crc32.Checksum(data, crcTable) {
-		return DBCredentials{}, "", fmt.Errorf("secrets: access %s: payload does not match its CRC32C", resp.GetName())
+		return nil, "", fmt.Errorf("secrets: access %s: payload does not match its CRC32C", resp.GetName())
 	}
-	creds, err := Parse(data)
-	if err != nil {
-		return DBCredentials{}, "", fmt.Errorf("%w (in %s)", err, resp.GetName())
-	}
-	return creds, resp.GetName(), nil
+	return data, resp.GetName(), nil
 }
 
 // NewClient returns a Secret Manager client. An empty endpoint means

@@ -2,6 +2,8 @@ package stack
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -55,6 +57,22 @@ func (s *SecretManager) PutCredentials(secret string, creds secrets.DBCredential
 		return "", fmt.Errorf("stack: encode credentials: %w", err)
 	}
 	v, err := s.Server.Put(secret, payload)
+	if err != nil {
+		return "", fmt.Errorf("stack: %w", err)
+	}
+	return v, nil
+}
+
+// PutPrivacyKey adds a new random pseudonym key as a version of secret
+// (projects/P/secrets/S), as deploy/gcp creates ingest's
+// INGEST_PRIVACY_KEY_SECRET (`openssl rand -base64 48`), and returns the
+// version name.
+func (s *SecretManager) PutPrivacyKey(secret string) (string, error) {
+	key := make([]byte, 48)
+	if _, err := rand.Read(key); err != nil {
+		return "", fmt.Errorf("stack: privacy key: %w", err)
+	}
+	v, err := s.Server.Put(secret, []byte(base64.StdEncoding.EncodeToString(key)))
 	if err != nil {
 		return "", fmt.Errorf("stack: %w", err)
 	}

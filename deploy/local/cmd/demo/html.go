@@ -287,6 +287,11 @@ code{background:#f3f4f6;padding:0 3px;border-radius:3px}
 <table><tr><th>reason</th><th>field</th><th>messages</th></tr>
 {{range .R.Rejects}}<tr><td>{{.Reason}}</td><td>{{.Field}}</td><td>{{.Count}}</td></tr>{{end}}</table>
 
+<h2>Personal data as stored</h2>
+<p class="sub">{{if .R.Privacy.Policy}}<code>INGEST_PRIVACY={{.R.Privacy.Policy}}</code>: addresses truncated to their network, emails and subjects replaced by per-tenant HMAC pseudonyms before the rows are hashed and stored; the quarantine keeps the same.{{else}}<code>INGEST_PRIVACY</code> is not set: personal fields are stored as they came.{{end}} The most frequent values of this run:</p>
+<table><tr><th>client_ip</th><th>developer_email</th><th>tenant</th><th>calls</th></tr>
+{{range .R.Privacy.Sample}}<tr><td>{{.ClientIP}}</td><td><code>{{.DeveloperEmail}}</code></td><td>{{.Tenant}}</td><td>{{.Calls}}</td></tr>{{end}}</table>
+
 <h2>Delivery, duplicates, rotation</h2>
 <ul>
 <li>{{.R.Relay.Delivered}} push requests: {{.R.Relay.Acked}} acknowledged, {{.R.Failed}} failed, {{.R.Relay.Retried}} retries, {{.R.Relay.DeadLettered}} dead-lettered; statuses {{.R.Statuses}}.</li>

@@ -59,6 +59,7 @@ import (
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
 	"apigee-timescale/shared/logging"
+	"apigee-timescale/shared/privacy"
 	"apigee-timescale/shared/pushauth"
 )
 
@@ -70,6 +71,7 @@ const (
 	rollupRole     = "apigee_demo_rollup"
 	scheduleJobRun = "rollup-every-minute"
 	scheduleJobRot = "rotate-ingest-credentials"
+	demoPrivacy    = "client_ip=truncate,developer_email=hmac,identity.subject=hmac,identity.email=hmac"
 )
 
 type options struct {
@@ -82,6 +84,7 @@ type options struct {
 	batchMinutes int
 	report       string
 	logDir       string
+	privacy      string
 }
 
 func main() {
@@ -94,6 +97,7 @@ func main() {
 	flag.DurationVar(&o.rollupEvery, "rollup-every", 2*time.Second, "how often the scheduler calls rollup")
 	flag.IntVar(&o.batchMinutes, "rollup-minutes", 0, "minutes of rollups per run during the traffic (0: fewer than the simulated minutes between two calls)")
 	flag.StringVar(&o.report, "report", "demo-report.html", "where to write the HTML report")
+	flag.StringVar(&o.privacy, "privacy", demoPrivacy, "INGEST_PRIVACY of the demo's ingest, as new deployments have it (empty: personal fields stored in clear); INGEST_PRIVACY in the environment takes precedence")
 	flag.StringVar(&o.logDir, "logs", "", "directory for the functions' logs (default: a new temporary directory)")
 	flag.Parse()
 
@@ -138,6 +142,7 @@ type demo struct {
 	rollupRuns []rollup.Summary
 	rollupErrs []string
 	closers    []func()
+	privacy    privacy.Policy // what ingest applies
 }
 
 type rotation struct {
@@ -345,12 +350,16 @@ func (d *demo) setup(ctx context.Context) error {
 		return err
 	}
 	cfg.PushAudience, cfg.PushServiceAccount = endpoint, pushAccount
+	pz, err := d.setupPrivacy(ctx, &cfg)
+	if err != nil {
+		return err
+	}
 	ingLog, err := os.Create(filepath.Join(d.logDir, "ingest.log"))
 	if err != nil {
 		return err
 	}
 	d.onClose(func() { _ = ingLog.Close() })
-	if d.ingest, err = stack.ServeIngest(cfg, ingest.Deps{DB: d.ingestDB, Verifier: verifier, Logger: logging.New(ingLog, slog.LevelInfo)},
+	if d.ingest, err = stack.ServeIngest(cfg, ingest.Deps{DB: d.ingestDB, Verifier: verifier, Privacy: pz, Logger: logging.New(ingLog, slog.LevelInfo)},
 		fmt.Sprintf("127.0.0.1:%d", ingPort)); err != nil {
 		return err
 	}

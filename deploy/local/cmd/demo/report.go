@@ -45,6 +45,7 @@ type Report struct {
 	Minutes     []MinuteRow            // every proxy together
 	ByOrg       map[string][]MinuteRow // calls per organization
 	SpikeSeries map[string][]MinuteRow // per injected spike's proxy
+	Privacy     PrivacyReport
 	Checks      []Check
 }
 
@@ -205,6 +206,10 @@ func (d *demo) collect(ctx context.Context) (*Report, error) {
 		return nil, fmt.Errorf("report: batches: %w", err)
 	}
 
+	if r.Privacy, err = d.collectPrivacy(ctx, pattern); err != nil {
+		return nil, err
+	}
+
 	// Minute series from the rollups the rollup function wrote.
 	if r.Minutes, err = minutes(ctx, db, from, to, ""); err != nil {
 		return nil, err
@@ -317,6 +322,35 @@ func (r *Report) check() {
 		"%d rotations; %d failed delivery attempts (%v); %d dead-lettered", len(r.Rotations), r.Failed, r.Statuses, r.Relay.DeadLettered)
 
 	add(len(r.RollupErrs) == 0, "rollup runs succeeded", "%d runs; %s", len(r.RollupRuns), orNone(r.RollupErrs))
+
+	if pv := r.Privacy; pv.Policy != "" {
+		add(pv.ClearRows == 0 && pv.ClearRejects == 0 && pv.ClearLogLines == 0, "no simulated address or email in clear",
+			"INGEST_PRIVACY=%s; %d rows not as the policy stores them, %d quarantined rows and %d log lines holding one",
+			pv.Policy, pv.ClearRows, pv.ClearRejects, pv.ClearLogLines)
+	}
+}
+
+// writePrivacy shows the personal columns as stored.
+func (r *Report) writePrivacy(w io.Writer) {
+	pv := r.Privacy
+	if pv.Policy == "" {
+		fmt.Fprintln(w, "\nPersonal data: stored in clear (INGEST_PRIVACY is not set)")
+	} else {
+		fmt.Fprintf(w, "\nPersonal data as stored (INGEST_PRIVACY=%s): the most frequent client_ip, developer_email\n", pv.Policy)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  client_ip\tdeveloper_email\ttenant\tcalls")
+	for _, p := range pv.Sample {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\n", orDash(p.ClientIP), orDash(p.DeveloperEmail), p.Tenant, p.Calls)
+	}
+	tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func orNone(s []string) string {
@@ -365,6 +399,7 @@ func (r *Report) write(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %-16s %-14s %d\n", rj.Reason, field, rj.Count)
 	}
+	r.writePrivacy(w)
 	fmt.Fprintf(w, "\nDuplicates: %d records published twice (publisher retries, new Pub/Sub message IDs); %d duplicate rows absorbed by the (message_id, received_at) key in %d batches\n",
 		r.Sim.Duplicates, r.Duplicates, r.Batches)
 	fmt.Fprintf(w, "Deliveries: %d push requests, %d acknowledged, %d failed, %d retried, %d dead-lettered; statuses %v\n",

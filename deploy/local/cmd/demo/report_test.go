@@ -12,6 +12,7 @@ import (
 
 	"apigee-timescale/deploy/local/simulator"
 	"apigee-timescale/functions/rotate"
+	"apigee-timescale/shared/privacy"
 )
 
 var (
@@ -189,6 +190,53 @@ func TestNiceScale(t *testing.T) {
 		ticks := top / step
 		if top < v || (math.Abs(mant-1) > 1e-6 && math.Abs(mant-2) > 1e-6 && math.Abs(mant-5) > 1e-6) || ticks < 3 || ticks > 6 {
 			t.Fatalf("niceScale(%v) = %v, %v", v, top, step)
+		}
+	}
+}
+
+// The privacy check fails the report when anything is in clear, and the
+// report shows what is stored.
+func TestPrivacyCheck(t *testing.T) {
+	r := sample()
+	r.Privacy = PrivacyReport{Policy: demoPrivacy, Sample: []PersonalRow{{ClientIP: "203.0.113.0", DeveloperEmail: "p1:AAAAAAAAAAAAAAAAAAAAAA", Tenant: "acme-retail", Calls: 7}}}
+	r.check()
+	if !r.ok() {
+		t.Fatalf("checks failed: %+v", r.Checks)
+	}
+	var out strings.Builder
+	r.write(&out)
+	if !strings.Contains(out.String(), "p1:AAAAAAAAAAAAAAAAAAAAAA") || !strings.Contains(out.String(), "INGEST_PRIVACY="+demoPrivacy) {
+		t.Fatalf("the report does not show the stored pseudonyms:\n%s", out.String())
+	}
+	for _, clear := range []func(*PrivacyReport){
+		func(p *PrivacyReport) { p.ClearRows = 1 },
+		func(p *PrivacyReport) { p.ClearRejects = 1 },
+		func(p *PrivacyReport) { p.ClearLogLines = 1 },
+	} {
+		r := sample()
+		r.Privacy.Policy = demoPrivacy
+		clear(&r.Privacy)
+		r.check()
+		if r.ok() {
+			t.Fatalf("a value in clear passed the checks: %+v", r.Privacy)
+		}
+	}
+}
+
+func TestClearPatterns(t *testing.T) {
+	p, err := privacy.ParsePolicy(demoPrivacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := (&demo{privacy: p}).clearPattern()
+	for _, s := range []string{"203.0.113.7", "client 192.0.2.254 ", "2001:db8::1a2b", "web-team@acme.example"} {
+		if !re.MatchString(s) {
+			t.Errorf("%q not found", s)
+		}
+	}
+	for _, s := range []string{"203.0.113.0", "2001:db8::", "2001:db8::/48", "p1:Zm9vYmFyYmF6cXV4cXV1eA", "acme.example"} {
+		if re.MatchString(s) {
+			t.Errorf("%q taken for a clear value", s)
 		}
 	}
 }
