@@ -19,6 +19,7 @@ const module = "apigee-timescale"
 var product = []string{
 	"./functions/ingest", "./functions/rollup", "./functions/rotate",
 	"./functions/ingest/cmd/ingest", "./functions/rollup/cmd/rollup", "./functions/rotate/cmd/rotate",
+	"./functions/ingest/cmd/pseudonym",
 	"./migrations/cmd/migrate", "./deploy/gcp/cmd/dblogin",
 }
 

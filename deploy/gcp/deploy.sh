@@ -69,6 +69,9 @@ done
 : "${INGEST_MEMORY:=1Gi}" "${INGEST_CPU=1}" "${INGEST_CONCURRENCY:=80}"
 : "${INGEST_MIN_INSTANCES:=1}" "${INGEST_MAX_INSTANCES:=20}" "${INGEST_TIMEOUT:=60s}"
 : "${INGEST_REQUEST_TIMEOUT:=9s}"
+# No colon: INGEST_PRIVACY= (empty) turns pseudonymisation off on purpose.
+: "${INGEST_PRIVACY=client_ip=truncate,developer_email=hmac,identity.subject=hmac,identity.email=hmac}"
+: "${INGEST_PRIVACY_IPV4_PREFIX:=24}" "${INGEST_PRIVACY_IPV6_PREFIX:=48}"
 : "${ROLLUP_MEMORY:=512Mi}" "${ROLLUP_CPU=1}" "${ROLLUP_CONCURRENCY:=2}"
 : "${ROLLUP_MAX_INSTANCES:=2}" "${ROLLUP_TIMEOUT:=120s}"
 : "${RAW_RETENTION:=30d}" "${REJECTS_RETENTION:=14d}" "${ROLLUP_1M_RETENTION:=90d}" "${ROLLUP_1H_RETENTION:=400d}"
@@ -136,6 +139,7 @@ SUBSCRIPTION=$PREFIX-calls-ingest
 SECRET_INGEST=$PREFIX-ingest-db
 SECRET_ROLLUP=$PREFIX-rollup-db
 SECRET_ROTATE=$PREFIX-rotate-db
+SECRET_PRIVACY=$PREFIX-ingest-privacy-key
 JOB_ROLLUP=$PREFIX-rollup
 JOB_ROTATE=$PREFIX-rotate
 # Database logins of the rollup and rotate functions; the ingest logins
@@ -307,7 +311,7 @@ ensure_sa() { # ensure_sa ID DESCRIPTION
 		run gc iam service-accounts create "$PREFIX-$1" --display-name="$app_label $1" --description="$2"
 	fi
 }
-ensure_sa ingest "Runs $FN_INGEST: reads $SECRET_INGEST"
+ensure_sa ingest "Runs $FN_INGEST: reads $SECRET_INGEST and $SECRET_PRIVACY"
 ensure_sa rollup "Runs $FN_ROLLUP: reads $SECRET_ROLLUP"
 ensure_sa rotate "Runs $FN_ROTATE: rotates $SECRET_INGEST"
 ensure_sa push "Identity of the push subscription $SUBSCRIPTION: invokes $FN_INGEST"
@@ -370,7 +374,7 @@ ensure_secret() { # ensure_secret NAME
 		run gc secrets create "$1" --replication-policy=automatic --labels="app=$app_label"
 	fi
 }
-for s in "$SECRET_INGEST" "$SECRET_ROLLUP" "$SECRET_ROTATE"; do ensure_secret "$s"; done
+for s in "$SECRET_INGEST" "$SECRET_ROLLUP" "$SECRET_ROTATE" "$SECRET_PRIVACY"; do ensure_secret "$s"; done
 # Each function reads only its own secret; rotate also reads and versions the
 # ingest secret (secretVersionManager: add, and disable old versions; it has
 # no access to payloads, hence secretAccessor too).
@@ -379,6 +383,9 @@ ensure_binding secret "$SECRET_ROLLUP" "serviceAccount:$SA_ROLLUP" roles/secretm
 ensure_binding secret "$SECRET_ROTATE" "serviceAccount:$SA_ROTATE" roles/secretmanager.secretAccessor
 ensure_binding secret "$SECRET_INGEST" "serviceAccount:$SA_ROTATE" roles/secretmanager.secretAccessor
 ensure_binding secret "$SECRET_INGEST" "serviceAccount:$SA_ROTATE" roles/secretmanager.secretVersionManager
+# ingest reads the pseudonym key once at start; operators who run the
+# pseudonym command need their own accessor grant.
+ensure_binding secret "$SECRET_PRIVACY" "serviceAccount:$SA_INGEST" roles/secretmanager.secretAccessor
 
 # ---------------------------------------------------------------------------
 note "database: migrations and logins"
@@ -449,6 +456,16 @@ with_owner "$(tool migrate)" up
 bootstrap_login "$SECRET_INGEST" apigee_ingest_a apigee_ingest "$ROTATE_TTL"
 bootstrap_login "$SECRET_ROLLUP" "$LOGIN_ROLLUP" apigee_rollup
 bootstrap_login "$SECRET_ROTATE" "$LOGIN_ROTATE" apigee_rotate
+# The pseudonym key: 48 random bytes, once. A new version changes every
+# pseudonym from the next ingest revision on: that is erasure (README,
+# "Privacy"), not routine rotation, so a run never adds one by itself. The
+# key is never an argument of a command.
+if ! has_version "$SECRET_PRIVACY"; then
+	file=$work/privacy-key
+	$dry_run || (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$file")
+	run gc secrets versions add "$SECRET_PRIVACY" --data-file="$file"
+	rm -f "$file"
+fi
 
 # ---------------------------------------------------------------------------
 note "functions"
@@ -466,6 +483,10 @@ db_env() { # the shared/dbconn variables of a function reading secret $1
 	yaml_kv PUSH_AUDIENCE "$URL_INGEST"
 	yaml_kv PUSH_SERVICE_ACCOUNT "$SA_PUSH"
 	yaml_kv INGEST_REQUEST_TIMEOUT "$INGEST_REQUEST_TIMEOUT"
+	yaml_kv INGEST_PRIVACY "$INGEST_PRIVACY"
+	yaml_kv INGEST_PRIVACY_IPV4_PREFIX "$INGEST_PRIVACY_IPV4_PREFIX"
+	yaml_kv INGEST_PRIVACY_IPV6_PREFIX "$INGEST_PRIVACY_IPV6_PREFIX"
+	yaml_kv INGEST_PRIVACY_KEY_SECRET "$(secret_ref "$SECRET_PRIVACY")"
 } >"$work/env-ingest.yaml"
 {
 	db_env "$SECRET_ROLLUP"

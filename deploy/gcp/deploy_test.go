@@ -469,6 +469,7 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 			"secrets/apigee-ingest-db roles/secretmanager.secretAccessor " + m("ingest"),
 			"secrets/apigee-ingest-db roles/secretmanager.secretAccessor " + m("rotate"),
 			"secrets/apigee-ingest-db roles/secretmanager.secretVersionManager " + m("rotate"),
+			"secrets/apigee-ingest-privacy-key roles/secretmanager.secretAccessor " + m("ingest"),
 			"secrets/apigee-rollup-db roles/secretmanager.secretAccessor " + m("rollup"),
 			"secrets/apigee-rotate-db roles/secretmanager.secretAccessor " + m("rotate"),
 			"run services/apigee-ingest roles/run.invoker " + m("push"),
