@@ -9,7 +9,7 @@ import (
 
 // Batch is what a seal covers of one apigee.ingest_batches row.
 type Batch struct {
-	ID                                      int64
+	ID                                       int64
 	Inserted, Duplicates, Rejected, Messages int64
 	// MinReceived and MaxReceived are nil when the batch inserted no row.
 	MinReceived, MaxReceived *time.Time

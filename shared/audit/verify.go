@@ -34,7 +34,9 @@ type Problem struct {
 	Detail  string `json:"detail"`
 }
 
-func (p *Problem) String() string { return fmt.Sprintf("batch %d: %s: %s", p.BatchID, p.Kind, p.Detail) }
+func (p *Problem) String() string {
+	return fmt.Sprintf("batch %d: %s: %s", p.BatchID, p.Kind, p.Detail)
+}
 
 // Report is what one Verify call checked.
 type Report struct {
@@ -314,30 +316,53 @@ func (rv *rowVerifier) values() []any {
 	return rv.vals
 }
 
-func (rv *rowVerifier) check(ctx context.Context, q Querier, b *Batch, dropped []span, rep *Report) (*Problem, error) {
-	rows, err := q.Query(ctx, rv.sql, b.ID)
+// stored is what a batch's rows hash to now.
+type stored struct {
+	sum    [32]byte
+	n      int64
+	lo, hi time.Time
+}
+
+func (rv *rowVerifier) hash(ctx context.Context, q Querier, batchID int64) (stored, error) {
+	var st stored
+	rows, err := q.Query(ctx, rv.sql, batchID)
 	if err != nil {
-		return nil, fmt.Errorf("verify: rows of batch %d: %w", b.ID, err)
+		return st, fmt.Errorf("verify: rows of batch %d: %w", batchID, err)
 	}
-	h := NewHasher(b.ID)
-	var n int64
-	var lo, hi time.Time
+	h := NewHasher(batchID)
 	_, err = pgx.ForEachRow(rows, rv.targets, func() error {
 		vals := rv.values()
 		at := *vals[0].(*time.Time)
-		if n == 0 || at.Before(lo) {
-			lo = at
+		if st.n == 0 || at.Before(st.lo) {
+			st.lo = at
 		}
-		if n == 0 || at.After(hi) {
-			hi = at
+		if st.n == 0 || at.After(st.hi) {
+			st.hi = at
 		}
-		n++
+		st.n++
 		h.Row(vals)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("verify: rows of batch %d: %w", b.ID, err)
+		return st, fmt.Errorf("verify: rows of batch %d: %w", batchID, err)
 	}
+	st.sum = h.Sum()
+	return st, nil
+}
+
+// HashStored returns the rows_sha256 of the rows stored now under batchID
+// and how many there are.
+func HashStored(ctx context.Context, q Querier, batchID int64) ([32]byte, int64, error) {
+	st, err := newRowVerifier().hash(ctx, q, batchID)
+	return st.sum, st.n, err
+}
+
+func (rv *rowVerifier) check(ctx context.Context, q Querier, b *Batch, dropped []span, rep *Report) (*Problem, error) {
+	st, err := rv.hash(ctx, q, b.ID)
+	if err != nil {
+		return nil, err
+	}
+	n, lo, hi := st.n, st.lo, st.hi
 	rep.Rows += n
 	if b.MinReceived != nil && b.MaxReceived != nil && overlapsDropped(*b.MinReceived, *b.MaxReceived, dropped) {
 		// Retention took some or all of the batch's days: only a count
@@ -348,7 +373,7 @@ func (rv *rowVerifier) check(ctx context.Context, q Querier, b *Batch, dropped [
 		}
 		return nil, nil
 	}
-	switch sum := h.Sum(); {
+	switch sum := st.sum; {
 	case n < b.Inserted:
 		return &Problem{b.ID, MissingRow, fmt.Sprintf("%d rows of the %d it inserted are left", n, b.Inserted)}, nil
 	case n > b.Inserted:
@@ -360,3 +385,8 @@ func (rv *rowVerifier) check(ctx context.Context, q Querier, b *Batch, dropped [
 	}
 	return nil, nil
 }
+
+// TamperedError reports a Problem as an error, for callers that fail on it.
+type TamperedError struct{ Problem Problem }
+
+func (e *TamperedError) Error() string { return "audit: tampered: " + e.Problem.String() }
