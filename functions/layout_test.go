@@ -19,7 +19,7 @@ const module = "apigee-timescale"
 var product = []string{
 	"./functions/ingest", "./functions/rollup", "./functions/rotate",
 	"./functions/ingest/cmd/ingest", "./functions/rollup/cmd/rollup", "./functions/rotate/cmd/rotate",
-	"./migrations/cmd/migrate", "./deploy/gcp/cmd/dblogin",
+	"./functions/rollup/cmd/verify", "./migrations/cmd/migrate", "./deploy/gcp/cmd/dblogin",
 }
 
 // forbidden says why a dependency may not be part of the product, or "".
