@@ -72,6 +72,7 @@ type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // page is how many batch rows Verify reads at a time.
@@ -126,28 +127,61 @@ func Verify(ctx context.Context, q Querier, opt Options) (Report, error) {
 			rep.Done = true
 			return rep, nil
 		}
-		for i := range entries {
-			e := &entries[i]
-			p, err := check(ctx, q, rv, e, &prev, &prevID, head, dropped, &rep)
-			if err != nil {
+		for lo := 0; lo < len(entries); lo += pipelined {
+			stop, err := checkGroup(ctx, q, rv, entries[lo:min(lo+pipelined, len(entries))], &prev, &prevID, head, dropped, opt.Deadline, &rep)
+			if err != nil || stop {
 				return rep, err
-			}
-			rep.Through = e.id
-			if p != nil {
-				rep.Problem = p
-				return rep, nil
-			}
-			if !opt.Deadline.IsZero() && !time.Now().Before(opt.Deadline) {
-				return rep, nil
 			}
 		}
 		after = entries[len(entries)-1].id
 	}
 }
 
+// pipelined is how many batches' row queries go to the server at once: it
+// works on the next ones while this side hashes, which is about twice as
+// fast as one query at a time.
+const pipelined = 16
+
+// checkGroup checks a group of batches whose row queries it sends as one
+// pipeline. stop is true when a Problem or the deadline ends Verify.
+func checkGroup(ctx context.Context, q Querier, rv *rowVerifier, group []entry, prev *[32]byte, prevID **int64,
+	head int64, dropped []span, deadline time.Time, rep *Report) (stop bool, err error) {
+	b := &pgx.Batch{}
+	for i := range group {
+		b.Queue(rv.sql, group[i].id)
+	}
+	br := q.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); cerr != nil && err == nil && !stop {
+			err = fmt.Errorf("verify: rows: %w", cerr)
+		}
+	}()
+	for i := range group {
+		e := &group[i]
+		rows, err := br.Query()
+		if err != nil {
+			return true, fmt.Errorf("verify: rows of batch %d: %w", e.id, err)
+		}
+		p, err := check(rows, rv, e, prev, prevID, head, dropped, rep)
+		rows.Close()
+		if err != nil {
+			return true, err
+		}
+		rep.Through = e.id
+		if p != nil {
+			rep.Problem = p
+			return true, nil
+		}
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // check verifies one batch: its seal against the chain, then its rows
 // against the (now trusted) batch row.
-func check(ctx context.Context, q Querier, rv *rowVerifier, e *entry, prev *[32]byte, prevID **int64, head int64, dropped []span, rep *Report) (*Problem, error) {
+func check(rows pgx.Rows, rv *rowVerifier, e *entry, prev *[32]byte, prevID **int64, head int64, dropped []span, rep *Report) (*Problem, error) {
 	rep.Batches++
 	switch {
 	case e.sealed && !e.hasBatch:
@@ -169,7 +203,7 @@ func check(ctx context.Context, q Querier, rv *rowVerifier, e *entry, prev *[32]
 	default:
 		rep.Unsealed++
 	}
-	return rv.check(ctx, q, &e.batch, dropped, rep)
+	return rv.check(rows, &e.batch, dropped, rep)
 }
 
 func sameID(a, b *int64) bool { return (a == nil && b == nil) || (a != nil && b != nil && *a == *b) }
@@ -323,14 +357,10 @@ type stored struct {
 	lo, hi time.Time
 }
 
-func (rv *rowVerifier) hash(ctx context.Context, q Querier, batchID int64) (stored, error) {
+func (rv *rowVerifier) hash(rows pgx.Rows, batchID int64) (stored, error) {
 	var st stored
-	rows, err := q.Query(ctx, rv.sql, batchID)
-	if err != nil {
-		return st, fmt.Errorf("verify: rows of batch %d: %w", batchID, err)
-	}
 	h := NewHasher(batchID)
-	_, err = pgx.ForEachRow(rows, rv.targets, func() error {
+	_, err := pgx.ForEachRow(rows, rv.targets, func() error {
 		vals := rv.values()
 		at := *vals[0].(*time.Time)
 		if st.n == 0 || at.Before(st.lo) {
@@ -353,12 +383,17 @@ func (rv *rowVerifier) hash(ctx context.Context, q Querier, batchID int64) (stor
 // HashStored returns the rows_sha256 of the rows stored now under batchID
 // and how many there are.
 func HashStored(ctx context.Context, q Querier, batchID int64) ([32]byte, int64, error) {
-	st, err := newRowVerifier().hash(ctx, q, batchID)
+	rv := newRowVerifier()
+	rows, err := q.Query(ctx, rv.sql, batchID)
+	if err != nil {
+		return [32]byte{}, 0, fmt.Errorf("verify: rows of batch %d: %w", batchID, err)
+	}
+	st, err := rv.hash(rows, batchID)
 	return st.sum, st.n, err
 }
 
-func (rv *rowVerifier) check(ctx context.Context, q Querier, b *Batch, dropped []span, rep *Report) (*Problem, error) {
-	st, err := rv.hash(ctx, q, b.ID)
+func (rv *rowVerifier) check(rows pgx.Rows, b *Batch, dropped []span, rep *Report) (*Problem, error) {
+	st, err := rv.hash(rows, b.ID)
 	if err != nil {
 		return nil, err
 	}
