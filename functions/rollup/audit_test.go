@@ -270,3 +270,29 @@ func TestRetentionIsNotTampering(t *testing.T) {
 		}
 	})
 }
+
+// TestBudgetedVerifyContinues: with a tiny VERIFY_BUDGET each run checks
+// one batch and the next continues after it; damage fails the run naming
+// the batch.
+func TestBudgetedVerifyContinues(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		ids := writeBatches(t, ingestWriter(t, db), "e", []time.Duration{0}, []time.Duration{0}, []time.Duration{0})
+		cfg := testConfig()
+		cfg.VerifyBudget = time.Nanosecond
+		r := newTestRunner(t, db, cfg, nil)
+		for i, id := range ids[:2] {
+			s := mustRun(t, r)
+			if s.Verify == nil || s.Verify.Through != id || s.Verify.Batches != 1 {
+				t.Fatalf("run %d verified %+v, want batch %d alone", i+1, s.Verify, id)
+			}
+		}
+		if _, err := db.Admin.Exec(context.Background(), "SET ROLE apigee_owner; UPDATE apigee.api_calls SET tenant = 'other' WHERE message_id = 'e-2-0'; RESET ROLE"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := r.Run(context.Background())
+		var te *audit.TamperedError
+		if !errors.As(err, &te) || te.Problem.BatchID != ids[2] || te.Problem.Kind != audit.ChangedRow {
+			t.Fatalf("run after tampering: %v, want a changed row in batch %d", err, ids[2])
+		}
+	})
+}

@@ -85,7 +85,6 @@ type entry struct {
 	seal      []byte
 	hasBatch  bool
 	batch     Batch
-	committed time.Time
 }
 
 type span struct{ from, to time.Time }
