@@ -79,12 +79,12 @@ type Querier interface {
 const page = 1000
 
 type entry struct {
-	id        int64
-	sealed    bool
-	prevID    *int64
-	seal      []byte
-	hasBatch  bool
-	batch     Batch
+	id       int64
+	sealed   bool
+	prevID   *int64
+	seal     []byte
+	hasBatch bool
+	batch    Batch
 }
 
 type span struct{ from, to time.Time }
