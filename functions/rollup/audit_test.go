@@ -74,7 +74,7 @@ func writeBatches(t testing.TB, w *ingest.Writer, prefix string, ages ...[]time.
 
 func mustVerify(t testing.TB, q audit.Querier) audit.Report {
 	t.Helper()
-	rep, err := audit.Verify(context.Background(), q, audit.Options{})
+	rep, err := audit.Verify(context.Background(), q, audit.Options{Orphans: true})
 	if err != nil {
 		t.Fatalf("verify: %v", err)
 	}
@@ -133,6 +133,10 @@ func TestVerifyNamesTheDamage(t *testing.T) {
 				request_verb, request_path, response_status_code, batch_id)
 				SELECT received_at, 'forged', tenant, organization, environment, apiproxy, request_verb, request_path, 200, batch_id
 				FROM apigee.api_calls WHERE message_id = 'b-1-0'`}, audit.ExtraRow, target},
+			{"insert a row under an unknown batch id", []string{`INSERT INTO apigee.api_calls (received_at, message_id, tenant, organization, environment, apiproxy,
+				request_verb, request_path, response_status_code, batch_id)
+				SELECT received_at, 'forged', tenant, organization, environment, apiproxy, request_verb, request_path, 200, 999999
+				FROM apigee.api_calls WHERE message_id = 'b-1-0'`}, audit.ExtraRow, 999999},
 			{"delete a batch row", []string{fmt.Sprintf("DELETE FROM apigee.ingest_batches WHERE batch_id = %d", target)}, audit.MissingBatch, target},
 			{"delete a batch and its seal", []string{
 				fmt.Sprintf("DELETE FROM apigee.ingest_batches WHERE batch_id = %d", target),

@@ -65,6 +65,9 @@ type Options struct {
 	From int64
 	// Deadline, when set, stops Verify after the batch that passes it.
 	Deadline time.Time
+	// Orphans also looks, once every batch passed, for rows whose batch_id
+	// no batch row has (one more scan of apigee.api_calls).
+	Orphans bool
 }
 
 // Querier is a connection, a pool or a transaction.
@@ -124,7 +127,10 @@ func Verify(ctx context.Context, q Querier, opt Options) (Report, error) {
 		}
 		if len(entries) == 0 {
 			rep.Done = true
-			return rep, nil
+			if opt.Orphans {
+				rep.Problem, err = orphans(ctx, q)
+			}
+			return rep, err
 		}
 		for lo := 0; lo < len(entries); lo += pipelined {
 			stop, err := checkGroup(ctx, q, rv, entries[lo:min(lo+pipelined, len(entries))], &prev, &prevID, head, dropped, opt.Deadline, &rep)
@@ -240,6 +246,24 @@ func readEntries(ctx context.Context, q Querier, after int64) ([]entry, error) {
 		return nil, fmt.Errorf("verify: read batches: %w", err)
 	}
 	return out, nil
+}
+
+// orphans finds the lowest batch_id that rows carry but no batch row has:
+// rows added under an id no batch committed, or left behind by a batch
+// row deleted before it was sealed.
+func orphans(ctx context.Context, q Querier) (*Problem, error) {
+	var id, n int64
+	err := q.QueryRow(ctx, `
+		SELECT a.batch_id, count(*) FROM apigee.api_calls a
+		WHERE NOT EXISTS (SELECT 1 FROM apigee.ingest_batches b WHERE b.batch_id = a.batch_id)
+		GROUP BY 1 ORDER BY 1 LIMIT 1`).Scan(&id, &n)
+	if err == pgx.ErrNoRows {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("verify: rows without a batch: %w", err)
+	}
+	return &Problem{id, ExtraRow, fmt.Sprintf("%d rows carry this batch id, which no batch row has", n)}, nil
 }
 
 func retainedSpans(ctx context.Context, q Querier) ([]span, error) {

@@ -57,7 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	start := time.Now()
-	rep, err := audit.Verify(ctx, conn, audit.Options{})
+	rep, err := audit.Verify(ctx, conn, audit.Options{Orphans: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "verify: %v\n", err)
 		return exitError
