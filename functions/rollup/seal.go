@@ -41,7 +41,9 @@ type SealHead struct {
 // nextval before H was read: it was either over already or on that list,
 // so once the list has ended, each such batch is committed (and visible to
 // the next statement) or rolled back for good. A transaction starting
-// later takes an id > H. Only one run seals at a time (the run's advisory
+// later takes an id > H. (That needs the sequence's CACHE 1, as migration
+// 00002 creates it: with a larger cache a session could hand out, later,
+// an id ≤ H it had reserved before.) Only one run seals at a time (the run's advisory
 // lock), and the primary key on batch_id and the unique prev_batch_id
 // refuse a second seal for a batch or a fork of the chain.
 func (r *Runner) seal(ctx context.Context, conn *pgx.Conn, s *Summary) error {
@@ -50,9 +52,12 @@ func (r *Runner) seal(ctx context.Context, conn *pgx.Conn, s *Summary) error {
 		return fmt.Errorf("read batch sequence: %w", err)
 	}
 	ok, err := waitForWriters(ctx, conn, r.sealWait)
-	if err != nil || !ok {
-		s.SealWaiting = !ok
+	if err != nil {
 		return err
+	}
+	if !ok {
+		s.SealWaiting = true
+		return nil
 	}
 	head, headSeal, err := chainHead(ctx, conn)
 	if err != nil {

@@ -54,6 +54,10 @@ REVOKE ALL ON apigee.audit_seals, apigee.audit_retained FROM PUBLIC;
 GRANT SELECT, INSERT ON apigee.audit_seals, apigee.audit_retained TO apigee_rollup;
 GRANT SELECT ON SEQUENCE apigee.ingest_batch_id_seq TO apigee_rollup;
 
+-- Sealing's horizon (functions/rollup/seal.go) holds only while no session
+-- reserves ids ahead: keep the default cache of one.
+ALTER SEQUENCE apigee.ingest_batch_id_seq CACHE 1;
+
 -- Where the rollup's budgeted verify continues from (0: the start).
 ALTER TABLE apigee.rollup_state ADD COLUMN verified_through bigint NOT NULL DEFAULT 0;
 GRANT UPDATE (verified_through) ON apigee.rollup_state TO apigee_rollup;
