@@ -15,6 +15,7 @@ help:
 	@echo "make db-down       stop them"
 	@echo "make demo          the whole system on this machine in about a minute (demo-report.html)"
 	@echo "make reliability   the reliability suite (private TimescaleDB cluster on :55442)"
+	@echo "make verify        check the tamper evidence (rows hashes + seal chain) of DATABASE_URL"
 	@echo "make bench         run the benchmarks and print ratios (bench-ingest, bench-rollup)"
 	@echo "make deploy        deploy to Google Cloud (deploy/gcp/README.md); deploy-dry-run prints it"
 	@echo "make shellcheck    lint every shell script"

@@ -19,7 +19,7 @@ const module = "apigee-timescale"
 var product = []string{
 	"./functions/ingest", "./functions/rollup", "./functions/rotate",
 	"./functions/ingest/cmd/ingest", "./functions/rollup/cmd/rollup", "./functions/rotate/cmd/rotate",
-	"./functions/ingest/cmd/pseudonym",
+	"./functions/ingest/cmd/pseudonym", "./functions/rollup/cmd/verify",
 	"./migrations/cmd/migrate", "./deploy/gcp/cmd/dblogin",
 }
 

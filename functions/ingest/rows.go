@@ -10,7 +10,7 @@ import (
 
 // recordColumns are the columns filled from a Record, in the column order
 // of apigee.api_calls; the message's own columns follow them. Together they
-// are the COPY order and the order of the canonical hash (hash.go), so
+// are the COPY order and the order of the canonical hash (shared/audit), so
 // neither may change for rows already stored. ingested_at takes its default.
 var recordColumns = record.Columns()
 

@@ -14,6 +14,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -27,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"apigee-timescale/shared/audit"
 	"apigee-timescale/shared/record"
 )
 
@@ -202,6 +204,22 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}
 	return res, nil
 }
+
+// HashCalls returns rows_sha256 of a batch's inserted rows, in the
+// canonical encoding of shared/audit, which the verifier recomputes from
+// the rows stored WHERE batch_id = id. calls must be in (message_id,
+// received_at) order.
+func HashCalls(batchID int64, calls []Call) [32]byte {
+	h := audit.NewHasher(batchID)
+	rows := &callRows{calls: calls, batchID: batchID}
+	for rows.Next() {
+		vals, _ := rows.Values()
+		h.Row(vals)
+	}
+	return h.Sum()
+}
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
 
 // copyCalls stages calls and moves the new ones into apigee.api_calls,
 // recording the minutes they touched. It returns the calls inserted, in

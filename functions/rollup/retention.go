@@ -8,6 +8,22 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// retainSQL applies one tier's retention and, for raw ranges, records each
+// dropped range with the seal chain's head in apigee.audit_retained, in the
+// same statement, so a range is never gone without the record that tells
+// verify its batches' rows left through retention, not tampering. (The CTE
+// is referenced twice, so PostgreSQL runs apply_retention once.)
+const retainSQL = `
+WITH r AS (
+	SELECT relation, range_from, range_to, outcome FROM apigee.apply_retention($1::text, $2::interval)
+), recorded AS (
+	INSERT INTO apigee.audit_retained (relation, range_from, range_to, head_batch_id, head_seal)
+	SELECT r.relation, r.range_from, r.range_to, h.batch_id, h.seal
+	FROM r LEFT JOIN LATERAL (SELECT batch_id, seal FROM apigee.audit_seals ORDER BY batch_id DESC LIMIT 1) h ON true
+	WHERE r.outcome = 'dropped' AND $1::text = 'raw'
+)
+SELECT relation, range_from, range_to, outcome FROM r`
+
 // retain applies each tier's retention through apigee.apply_retention,
 // the owner's SECURITY DEFINER function (drop_chunks on TimescaleDB, detach
 // and drop of whole partitions on PostgreSQL; never row deletes on raw
@@ -26,7 +42,7 @@ func (r *Runner) retain(ctx context.Context, conn *pgx.Conn, s *Summary) error {
 		if t.keep == Off {
 			continue
 		}
-		rows, err := conn.Query(ctx, "SELECT relation, range_from, range_to, outcome FROM apigee.apply_retention($1, $2::interval)", t.tier, interval(t.keep))
+		rows, err := conn.Query(ctx, retainSQL, t.tier, interval(t.keep))
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.tier, err)
 		}

@@ -35,6 +35,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"apigee-timescale/shared/audit"
 )
 
 // LockKey is the advisory lock (per database) held by a working run.
@@ -53,6 +55,8 @@ type Runner struct {
 	pub Publisher
 	// now is the clock anomaly windows and partitions are placed by.
 	now func() time.Time
+	// sealWait bounds the wait for ingest transactions before sealing.
+	sealWait time.Duration
 	// batch, when set, is the reduced refresh batch size (see shrink).
 	batch atomic.Int64
 }
@@ -60,7 +64,7 @@ type Runner struct {
 // NewRunner returns a Runner. pub may be nil: anomalies are then recorded
 // but not published.
 func NewRunner(db DB, cfg Config, pub Publisher) *Runner {
-	return &Runner{db: db, cfg: cfg, pub: pub, now: time.Now}
+	return &Runner{db: db, cfg: cfg, pub: pub, now: time.Now, sealWait: defaultSealWait}
 }
 
 // Summary is what one run did; it is the function's JSON answer.
@@ -94,6 +98,15 @@ type Summary struct {
 	ChunksDropped int      `json:"chunks_dropped"`
 	Dropped       []string `json:"dropped,omitempty"`
 	Held          []string `json:"held,omitempty"`
+	// BatchesSealed counts batches appended to the seal chain, SealHead is
+	// the chain's head after the run (none before the first batch), and
+	// SealWaiting says sealing waited for ingest transactions in vain and
+	// sealed nothing (the next run tries again).
+	BatchesSealed int       `json:"batches_sealed"`
+	SealHead      *SealHead `json:"seal_head,omitempty"`
+	SealWaiting   bool      `json:"seal_waiting,omitempty"`
+	// Verify is what the budgeted verify checked (VERIFY_BUDGET).
+	Verify *audit.Report `json:"verify,omitempty"`
 	// AnomaliesFound counts new anomalies; AlertsPublished alerts sent.
 	AnomaliesFound  int    `json:"anomalies_found"`
 	AlertsPublished int    `json:"alerts_published"`
@@ -102,8 +115,8 @@ type Summary struct {
 }
 
 // Run performs one run: maintenance (chunk hardening, partitions ahead),
-// the incremental refresh within the time budget, retention, and anomaly
-// detection with alerts. Steps after a failed one still run; the error
+// sealing committed batches (seal.go), the incremental refresh within the time budget, retention, and anomaly
+// detection with alerts, and a budgeted verify (verify.go). Steps after a failed one still run; the error
 // joins every failure and the summary says what was done.
 func (r *Runner) Run(ctx context.Context) (Summary, error) {
 	// Budget and duration use the wall clock; r.now only places the data
@@ -153,9 +166,11 @@ func (r *Runner) Run(ctx context.Context) (Summary, error) {
 		storage, err = r.maintain(ctx, conn, &s)
 		return err
 	})
+	step("seal", func() error { return r.seal(ctx, conn, &s) })
 	step("refresh", func() error { return r.refresh(ctx, conn, storage, start.Add(r.cfg.RunBudget), &s) })
 	step("retention", func() error { return r.retain(ctx, conn, &s) })
 	step("anomalies", func() error { return r.anomalies(ctx, conn, &s) })
+	step("verify", func() error { return r.verify(ctx, conn, &s) })
 	if err := errors.Join(errs...); err != nil {
 		r.record(ctx, conn, &s, start, err)
 		return r.fail(&s, start, err)

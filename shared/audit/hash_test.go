@@ -1,4 +1,4 @@
-package ingest_test
+package audit_test
 
 import (
 	"encoding/hex"
@@ -7,16 +7,23 @@ import (
 	"testing"
 	"time"
 
-	"apigee-timescale/functions/ingest"
+	"apigee-timescale/shared/audit"
 	"apigee-timescale/shared/record"
 )
 
+// goldenRow is a record with the message's own columns.
+type goldenRow struct {
+	record.Record
+	PubSubMessageID string
+	PublishTime     time.Time
+}
+
 // goldenCalls sets every column once with a value and once as NULL, so a
 // change to the column order or to any value's encoding shows.
-func goldenCalls() []ingest.Call {
+func goldenCalls() []goldenRow {
 	at := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)
 	i16, i32, i64, yes := int16(502), int32(7), int64(1<<40), true
-	full := ingest.Call{
+	full := goldenRow{
 		Record: record.Record{
 			MessageID: "a\"\\é\n", ReceivedAt: at, Organization: "org", Environment: "prod", APIProxy: "orders-v1",
 			APIProxyRevision: &i32, ProxyBasepath: "/orders", RequestVerb: "POST", RequestPath: "/orders/1",
@@ -33,20 +40,30 @@ func goldenCalls() []ingest.Call {
 		PubSubMessageID: "ps-1",
 		PublishTime:     at.Add(time.Second),
 	}
-	bare := ingest.Call{Record: record.Record{
+	bare := goldenRow{Record: record.Record{
 		MessageID: "b", ReceivedAt: at.Add(-time.Hour), Organization: "org", Environment: "prod",
 		APIProxy: "p", RequestVerb: "GET", RequestPath: "/", Tenant: "org",
 		ClientIP: netip.MustParseAddr("192.0.2.1"),
 	}}
-	return []ingest.Call{full, bare}
+	return []goldenRow{full, bare}
 }
 
-// TestHashGolden pins HashCalls to the bytes batches already stored were
+// TestHashGolden pins the Hasher to the bytes batches already stored were
 // hashed with: rows_sha256 must stay recomputable from the rows.
 func TestHashGolden(t *testing.T) {
 	const want = "17f923071ddd16c19a8c8ef3af714cdc66ad13046ef60a167de59e25fc4b93cb"
-	got := ingest.HashCalls(42, goldenCalls())
+	got := hashRows(42, goldenCalls())
 	if hex.EncodeToString(got[:]) != want {
-		t.Errorf("HashCalls = %x, want %s", got, want)
+		t.Errorf("hash = %x, want %s", got, want)
 	}
+}
+
+func hashRows(batchID int64, rows []goldenRow) [32]byte {
+	h := audit.NewHasher(batchID)
+	var vals []any
+	for i := range rows {
+		vals = audit.RowValues(vals, &rows[i].Record, rows[i].PubSubMessageID, rows[i].PublishTime, batchID)
+		h.Row(vals)
+	}
+	return h.Sum()
 }
