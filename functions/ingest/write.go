@@ -225,9 +225,15 @@ func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
 // recording the minutes they touched. It returns the calls inserted, in
 // (message_id, received_at) order.
 func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]Call, error) {
+	// A key (message_id, received_at) may come twice in one batch with
+	// different Pub/Sub metadata (a publisher retry is a new Pub/Sub
+	// message). ON CONFLICT would keep one copy, in no defined order, and
+	// RETURNING names only the key: staging one copy per key makes the
+	// stored row, and so rows_sha256, the one this function chose.
 	if len(calls) == 0 {
 		return nil, nil
 	}
+	calls = firstOfEachKey(calls)
 	n, err := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, &callRows{calls: calls, batchID: batchID})
 	if err != nil {
 		return nil, fmt.Errorf("write: copy: %w", err)
@@ -368,4 +374,33 @@ func IsDataError(err error) bool {
 func isNoPartition(err error) bool {
 	var pg *pgconn.PgError
 	return errors.As(err, &pg) && pg.Code == pgerrcode.CheckViolation && pg.ConstraintName == "" && pg.TableName != ""
+}
+
+// firstOfEachKey returns calls without later copies of a (message_id,
+// received_at) key, keeping the first delivered; calls itself when there are
+// none.
+func firstOfEachKey(calls []Call) []Call {
+	type key struct {
+		id string
+		at int64
+	}
+	seen := make(map[key]struct{}, len(calls))
+	var out []Call
+	for i := range calls {
+		k := key{calls[i].MessageID, calls[i].ReceivedAt.UnixMicro()}
+		if _, dup := seen[k]; dup {
+			if out == nil {
+				out = append(make([]Call, 0, len(calls)), calls[:i]...)
+			}
+			continue
+		}
+		seen[k] = struct{}{}
+		if out != nil {
+			out = append(out, calls[i])
+		}
+	}
+	if out == nil {
+		return calls
+	}
+	return out
 }

@@ -104,6 +104,39 @@ func TestWriteExactlyOnce(t *testing.T) {
 	})
 }
 
+// A publisher retry is a second Pub/Sub message with the same record: when
+// both land in one batch, the row stored is the first delivered, and
+// rows_sha256 is the hash of that row, so the verifier can recompute it.
+func TestRetryInOneBatchStoresTheFirstCopy(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		ctx := context.Background()
+		w := NewWriter(ingestPool(t, db))
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		first, retry := testCall("m1", "t", now), testCall("m1", "t", now)
+		first.PubSubMessageID, retry.PubSubMessageID = "ps-1", "ps-2"
+		first.PublishTime, retry.PublishTime = now, now.Add(time.Second)
+		for _, order := range [][]Call{{first, retry}, {retry, first}} {
+			if _, err := db.Admin.Exec(ctx, "SET session_replication_role = replica; DELETE FROM apigee.api_calls; SET session_replication_role = DEFAULT"); err != nil {
+				t.Fatal(err)
+			}
+			res, err := w.Write(ctx, &Batch{Messages: 2, Calls: order})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stored string
+			if err := db.Admin.QueryRow(ctx, "SELECT pubsub_message_id FROM apigee.api_calls WHERE batch_id = $1", res.BatchID).Scan(&stored); err != nil {
+				t.Fatal(err)
+			}
+			if stored != order[0].PubSubMessageID || res.Inserted != 1 || res.Duplicates != 1 {
+				t.Fatalf("stored %s (%+v), want %s: the first delivered, once", stored, res, order[0].PubSubMessageID)
+			}
+			if want := HashCalls(res.BatchID, order[:1]); res.SHA256 != want {
+				t.Fatalf("rows_sha256 is not the hash of the stored row")
+			}
+		}
+	})
+}
+
 func TestHashIsRecomputable(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)
 	a := []Call{testCall("a", "t", now), testCall("b", "t", now)}
