@@ -92,6 +92,15 @@ func (p *parser) internString(b []byte) string {
 	return s
 }
 
+// unquote decodes the string v, in p.buf if it has escapes. The hot
+// callers first take the bytes of a plain ASCII string, the common case, as
+// they are, without a call.
+func (p *parser) unquote(b []byte, v val) ([]byte, error) {
+	out, buf, err := unquote(b, v, p.buf)
+	p.buf = buf
+	return out, err
+}
+
 // text decodes the string field v. Optional fields treat absent, null and ""
 // alike; max is in bytes, 0 for no limit.
 func (p *parser) text(b []byte, v val, name string, max int, required bool) ([]byte, *Reject) {
@@ -104,10 +113,12 @@ func (p *parser) text(b []byte, v val, name string, max int, required bool) ([]b
 	if v.kind != kindString {
 		return nil, invalid(name, "%s must be a string, got %s", name, v.kind)
 	}
-	out, buf, err := unquote(b, v, p.buf)
-	p.buf = buf
-	if err != nil {
-		return nil, invalid(name, "%s %v", name, err)
+	out := b[v.start+1 : v.end-1]
+	if v.esc || v.nonASCII {
+		var err error
+		if out, err = p.unquote(b, v); err != nil {
+			return nil, invalid(name, "%s %v", name, err)
+		}
 	}
 	if max > 0 && len(out) > max {
 		return nil, invalid(name, "%s is %d bytes long, the limit is %d", name, len(out), max)
@@ -338,13 +349,15 @@ func (p *parser) collect(b []byte, i, depth int, m *located) (end int, serr *syn
 }
 
 func (p *parser) note(b []byte, k, v val, m *located) {
-	key, buf, err := unquote(b, k, p.buf)
-	p.buf = buf
-	if err != nil {
-		if m.badKey == nil {
-			m.badKey = invalid(fieldName(b[k.start+1:k.end-1]), "the key %s %v", p.token(b, k), err)
+	key := b[k.start+1 : k.end-1]
+	if k.esc || k.nonASCII {
+		var err error
+		if key, err = p.unquote(b, k); err != nil {
+			if m.badKey == nil {
+				m.badKey = invalid(fieldName(b[k.start+1:k.end-1]), "the key %s %v", p.token(b, k), err)
+			}
+			return
 		}
-		return
 	}
 	id := lookupField(key)
 	if id == fUnknown {
@@ -688,8 +701,7 @@ func (p *parser) object(b []byte, obj fieldID, v val, m *located) *Reject {
 		if !ok {
 			return nil
 		}
-		key, buf, err := unquote(b, k, p.buf)
-		p.buf = buf
+		key, err := p.unquote(b, k)
 		if err != nil {
 			continue // not a name we know
 		}

@@ -253,3 +253,45 @@ func TestSchemaMatchesTable(t *testing.T) {
 		t.Errorf("schema identity members %v, table %v", members, want)
 	}
 }
+
+// TestKeyIndexSeparatesFields keeps a key lookup at one comparison: a new
+// field whose key shares a bucket with another's would still be found, only
+// more slowly.
+func TestKeyIndexSeparatesFields(t *testing.T) {
+	for h, bucket := range topLevel.buckets {
+		if len(bucket) > 1 {
+			t.Errorf("bucket %d holds %v: no seed tried separates them; change keyHash", h, bucket)
+		}
+	}
+}
+
+func TestLookup(t *testing.T) {
+	for i, f := range fields {
+		id := fieldID(i)
+		switch p := parentOf(id); {
+		case f.Key == "":
+		case p < 0:
+			if got := lookupField([]byte(f.Key)); got != id {
+				t.Errorf("lookupField(%q) = %d, want %d", f.Key, got, id)
+			}
+		default:
+			member := f.Key[len(fields[p].Key)+1:]
+			if got := lookupMember(fieldID(p), []byte(member)); got != id {
+				t.Errorf("lookupMember(%q, %q) = %d, want %d", fields[p].Key, member, got, id)
+			}
+			if got := lookupField([]byte(f.Key)); got != fUnknown {
+				t.Errorf("lookupField(%q) = %d, want fUnknown: a member is not a top-level field", f.Key, got)
+			}
+		}
+	}
+	for _, key := range []string{"", "s", "schemA", "Schema", "schema ", "tenants", "target_response_cod", "subject", "identity.", "jsonPayload"} {
+		if got := lookupField([]byte(key)); got != fUnknown {
+			t.Errorf("lookupField(%q) = %d (%s), want fUnknown", key, got, fields[got].Key)
+		}
+	}
+	for _, key := range []string{"", "subjec", "Subject", "identity.subject", "schema"} {
+		if got := lookupMember(topLevel.lookup([]byte("identity")), []byte(key)); got != fUnknown {
+			t.Errorf("lookupMember(identity, %q) = %d, want fUnknown", key, got)
+		}
+	}
+}
