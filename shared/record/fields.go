@@ -530,12 +530,29 @@ func (p *parser) messageID(b []byte, v val, f *Field) (string, *Reject) {
 	if rej != nil {
 		return "", rej
 	}
-	for _, c := range string(s) {
-		if unicode.IsControl(c) {
-			return "", invalid(f.Key, "%s %s contains a control character", f.Key, p.token(b, v))
-		}
+	if hasControl(s) {
+		return "", invalid(f.Key, "%s %s contains a control character", f.Key, p.token(b, v))
 	}
 	return string(s), nil
+}
+
+// hasControl reports whether s holds a control character (unicode.IsControl).
+// Message ids are ASCII: their bytes are checked without decoding runes.
+func hasControl(s []byte) bool {
+	for i, c := range s {
+		if c >= utf8.RuneSelf {
+			for _, r := range string(s[i:]) {
+				if unicode.IsControl(r) {
+					return true
+				}
+			}
+			return false
+		}
+		if c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
 }
 
 // integer stores a numeric field; the optional ones point into nums, one

@@ -275,78 +275,6 @@ func marshalNonEmpty[V any](m map[string]V) []byte {
 	return b
 }
 
-// keyIndex finds a top-level field from a key in about one comparison: a
-// multiplicative hash of the key's length and its first and last two bytes
-// picks a bucket, and keySeed is chosen at init so that no two fields share
-// one. (A switch over the names would be faster still but a second list of
-// the fields; a linear search within a length bucket cost ~2k instructions
-// a record.) Buckets are lists, so a table where no seed separates two keys
-// stays correct, only slower; TestKeyIndexSeparatesFields catches that.
-type keyIndex struct {
-	seed    uint32
-	buckets [1 << keyHashBits][]keySlot
-}
-
-// keySlot keeps a bucket's key next to its id: a lookup does not touch the
-// (large) Field.
-type keySlot struct {
-	key string
-	id  fieldID
-}
-
-const keyHashBits = 7
-
-func keyHash(key []byte, seed uint32) uint32 {
-	n := len(key)
-	w := uint32(n) | uint32(key[0])<<8 | uint32(key[n-2])<<16 | uint32(key[n-1])<<24
-	return (w * seed) >> (32 - keyHashBits)
-}
-
-var topLevel = func() *keyIndex {
-	var keys []keySlot
-	for i, f := range fields {
-		if f.Key != "" && parentOf(fieldID(i)) < 0 {
-			keys = append(keys, keySlot{f.Key, fieldID(i)})
-		}
-	}
-	return newKeyIndex(keys)
-}()
-
-// newKeyIndex indexes keys (each at least 2 bytes) with the first seed that
-// puts each in a bucket of its own, or the last tried.
-func newKeyIndex(keys []keySlot) *keyIndex {
-	x := new(keyIndex)
-	seed := uint32(0x9e3779b1) // golden ratio: a good multiplier to start from
-	for try := 0; ; try, seed = try+1, seed+2 {
-		*x = keyIndex{seed: seed}
-		separate := true
-		for _, k := range keys {
-			h := keyHash([]byte(k.key), seed)
-			separate = separate && len(x.buckets[h]) == 0
-			x.buckets[h] = append(x.buckets[h], k)
-		}
-		if separate || try == 1000 {
-			return x
-		}
-	}
-}
-
-// lookup returns the field named key, or fUnknown.
-func (x *keyIndex) lookup(key []byte) fieldID {
-	if len(key) < 2 {
-		return fUnknown
-	}
-	for _, k := range x.buckets[keyHash(key, x.seed)] {
-		if k.key == string(key) {
-			return k.id
-		}
-	}
-	return fUnknown
-}
-
-// lookupField returns the top-level field named key, or fUnknown.
-func lookupField(key []byte) fieldID { return topLevel.lookup(key) }
-
 // parentOf returns the object field a member belongs to (identity for
 // identity.subject), -1 for a top-level field.
 func parentOf(id fieldID) int {
@@ -357,25 +285,4 @@ func parentOf(id fieldID) int {
 		}
 	}
 	return -1
-}
-
-// memberIndex lists, for each object field, its members' names within the
-// object (subject for identity.subject).
-var memberIndex = func() (m [numFields][]keySlot) {
-	for i := range fields {
-		if p := parentOf(fieldID(i)); p >= 0 {
-			m[p] = append(m[p], keySlot{fields[i].Key[len(fields[p].Key)+1:], fieldID(i)})
-		}
-	}
-	return m
-}()
-
-// lookupMember returns the member field of the object field obj named key.
-func lookupMember(obj fieldID, key []byte) fieldID {
-	for _, k := range memberIndex[obj] {
-		if len(k.key) == len(key) && k.key == string(key) {
-			return k.id
-		}
-	}
-	return fUnknown
 }

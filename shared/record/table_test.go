@@ -255,12 +255,12 @@ func TestSchemaMatchesTable(t *testing.T) {
 }
 
 // TestKeyIndexSeparatesFields keeps a key lookup at one comparison: a new
-// field whose key shares a bucket with another's would still be found, only
+// field whose key shares a slot with another's would still be found, only
 // more slowly.
 func TestKeyIndexSeparatesFields(t *testing.T) {
-	for h, bucket := range topLevel.buckets {
-		if len(bucket) > 1 {
-			t.Errorf("bucket %d holds %v: no seed tried separates them; change keyHash", h, bucket)
+	for i, x := range append([]*keyIndex{&topLevel}, memberIndex[:]...) {
+		if x != nil && x.linear {
+			t.Errorf("index %d: no multiplier tried gives each key a slot of its own; change keyIndex.slot", i)
 		}
 	}
 }
@@ -284,7 +284,7 @@ func TestLookup(t *testing.T) {
 			}
 		}
 	}
-	for _, key := range []string{"", "s", "schemA", "Schema", "schema ", "tenants", "target_response_cod", "subject", "identity.", "jsonPayload"} {
+	for _, key := range []string{"", "s", "schemA", "Schema", "schema ", "tenants", "target_response_cod", "target_response_codf", "response_status_code_", "subject", "identity.", "jsonPayload", "a\x00", "\x00", "\x00\x00\x00\x00\x00\x00", "schema\x00\x00"} {
 		if got := lookupField([]byte(key)); got != fUnknown {
 			t.Errorf("lookupField(%q) = %d (%s), want fUnknown", key, got, fields[got].Key)
 		}
@@ -292,6 +292,34 @@ func TestLookup(t *testing.T) {
 	for _, key := range []string{"", "subjec", "Subject", "identity.subject", "schema"} {
 		if got := lookupMember(topLevel.lookup([]byte("identity")), []byte(key)); got != fUnknown {
 			t.Errorf("lookupMember(identity, %q) = %d, want fUnknown", key, got)
+		}
+	}
+}
+
+func TestKeyIndexLongAndLinear(t *testing.T) {
+	keys := func() []keySlot {
+		return []keySlot{
+			{key: "aaaaaaaaaaaaaaaaXbbbbbbbbbbbb", id: 1}, // longer than keyWords covers
+			{key: "ab", id: 2},
+			{key: "abcde", id: 3},
+			{key: "abcdefghijklmnopqrst", id: 4},
+		}
+	}
+	hashed := newKeyIndex(keys())
+	linear := &keyIndex{linear: true, all: keys()}
+	for i := range linear.slots {
+		linear.slots[i].id = fUnknown
+	}
+	for name, x := range map[string]*keyIndex{"hashed": hashed, "linear": linear} {
+		for key, want := range map[string]fieldID{
+			"aaaaaaaaaaaaaaaaXbbbbbbbbbbbb": 1, "aaaaaaaaaaaaaaaaYbbbbbbbbbbbb": fUnknown,
+			"ab": 2, "ba": fUnknown, "a": fUnknown, "": fUnknown,
+			"abcde": 3, "abcdf": fUnknown, "abcd": fUnknown,
+			"abcdefghijklmnopqrst": 4, "abcdefghijklmnopqrsT": fUnknown, "abcdefghiJklmnopqrst": fUnknown,
+		} {
+			if got := x.lookup([]byte(key)); got != want {
+				t.Errorf("%s: lookup(%q) = %d, want %d", name, key, got, want)
+			}
 		}
 	}
 }

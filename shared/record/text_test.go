@@ -1,6 +1,9 @@
 package record
 
-import "testing"
+import (
+	"testing"
+	"unicode"
+)
 
 func TestStorableAndClip(t *testing.T) {
 	tests := []struct {
@@ -25,5 +28,24 @@ func TestStorableAndClip(t *testing.T) {
 				t.Errorf("Clip(%q, %d) = %q, want %q", tt.in, tt.max, got, tt.clip)
 			}
 		})
+	}
+}
+
+func TestHasControl(t *testing.T) {
+	for s, want := range map[string]bool{
+		"": false, "rrt-1-a": false, "a\x00b": true, "a\x1fb": true, "a\x7fb": true, "a b~": false,
+		"é": false, "aé\x01": true, "a\u0085b": true, "a\u009fb": true, "a\u00a0b": false, "\u2028": false,
+		"a\xffb": false, // invalid UTF-8 is U+FFFD, not a control; the decoder rejects it before
+	} {
+		if got := hasControl([]byte(s)); got != want {
+			t.Errorf("hasControl(%q) = %v, want %v", s, got, want)
+		}
+		ref := false
+		for _, r := range s {
+			ref = ref || unicode.IsControl(r)
+		}
+		if ref != want {
+			t.Errorf("%q: unicode.IsControl says %v", s, ref)
+		}
 	}
 }
