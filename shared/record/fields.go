@@ -454,17 +454,17 @@ func (p *parser) field(b []byte, id fieldID, m *located, r *Record, nums **optNu
 		return p.schema(b, v)
 	case KindText:
 		if s, rej = p.str(b, v, f.Key, f.Max, f.Required, f.intern); s == "" && rej == nil && defaults[id] != fUnknown {
-			s = *fields[defaults[id]].ref(r).(*string)
+			s = *at[string](r, defaults[id])
 		}
 	case KindMessageID:
 		s, rej = p.messageID(b, v, f)
 	case KindTime:
 		var t time.Time
 		t, rej = p.receivedAt(b, v)
-		*f.ref(r).(*time.Time) = t
+		*at[time.Time](r, id) = t
 		return rej
 	case KindInt:
-		return p.integer(b, v, f, r, nums)
+		return p.integer(b, v, id, r, nums)
 	case KindVerb:
 		s, rej = p.verb(b, v, f)
 	case KindPath:
@@ -472,12 +472,12 @@ func (p *parser) field(b []byte, id fieldID, m *located, r *Record, nums **optNu
 	case KindIP:
 		var a netip.Addr
 		a, rej = p.clientIP(b, v, f)
-		*f.ref(r).(*netip.Addr) = a
+		*at[netip.Addr](r, id) = a
 		return rej
 	case KindUserAgent:
 		s, rej = p.userAgent(b, v, f)
 	case KindBool:
-		return p.boolean(b, v, f, r, nums)
+		return p.boolean(b, v, id, r, nums)
 	case KindObject:
 		return p.object(b, id, v, m)
 	case KindAuth:
@@ -485,21 +485,21 @@ func (p *parser) field(b []byte, id fieldID, m *located, r *Record, nums **optNu
 	case KindScopes:
 		var scopes []string
 		scopes, rej = p.scopes(b, v, f)
-		*f.ref(r).(*[]string) = scopes
+		*at[[]string](r, id) = scopes
 		return rej
 	case KindAttributes:
 		var attrs map[string]string
 		attrs, rej = p.attributes(b, v, f)
-		*f.ref(r).(*map[string]string) = attrs
+		*at[map[string]string](r, id) = attrs
 		return rej
 	case KindExtra:
 		var extra map[string]json.RawMessage
 		extra, rej = p.extra(b)
-		*f.ref(r).(*map[string]json.RawMessage) = extra
+		*at[map[string]json.RawMessage](r, id) = extra
 		return rej
 	}
 	if rej == nil {
-		*f.ref(r).(*string) = s
+		*at[string](r, id) = s
 	}
 	return rej
 }
@@ -557,31 +557,33 @@ func hasControl(s []byte) bool {
 
 // integer stores a numeric field; the optional ones point into nums, one
 // allocation for all of a record's.
-func (p *parser) integer(b []byte, v val, f *Field, r *Record, nums **optNums) *Reject {
+func (p *parser) integer(b []byte, v val, id fieldID, r *Record, nums **optNums) *Reject {
+	f := &fields[id]
 	u, ok, rej := p.uint(b, v, f.Key, uint64(f.Max), f.Required)
 	if rej != nil || !ok {
 		return rej
 	}
-	switch x := f.ref(r).(type) {
-	case *int16:
-		*x = int16(u)
-	case **int16:
+	switch layout[id].st {
+	case stInt16:
+		*at[int16](r, id) = int16(u)
+	case stOptInt16:
 		n := (*nums).get(nums)
-		*x = &n.i16[n.n16]
-		**x, n.n16 = int16(u), n.n16+1
-	case **int32:
+		n.i16[n.n16] = int16(u)
+		*at[*int16](r, id), n.n16 = &n.i16[n.n16], n.n16+1
+	case stOptInt32:
 		n := (*nums).get(nums)
-		*x = &n.i32[n.n32]
-		**x, n.n32 = int32(u), n.n32+1
-	case **int64:
+		n.i32[n.n32] = int32(u)
+		*at[*int32](r, id), n.n32 = &n.i32[n.n32], n.n32+1
+	case stOptInt64:
 		n := (*nums).get(nums)
-		*x = &n.i64[n.n64]
-		**x, n.n64 = int64(u), n.n64+1
+		n.i64[n.n64] = int64(u)
+		*at[*int64](r, id), n.n64 = &n.i64[n.n64], n.n64+1
 	}
 	return nil
 }
 
-func (p *parser) boolean(b []byte, v val, f *Field, r *Record, nums **optNums) *Reject {
+func (p *parser) boolean(b []byte, v val, id fieldID, r *Record, nums **optNums) *Reject {
+	f := &fields[id]
 	if v.absent() {
 		return nil
 	}
@@ -602,7 +604,7 @@ func (p *parser) boolean(b []byte, v val, f *Field, r *Record, nums **optNums) *
 	}
 	n := (*nums).get(nums)
 	n.b = e
-	*f.ref(r).(**bool) = &n.b
+	*at[*bool](r, id) = &n.b
 	return nil
 }
 

@@ -6,11 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // topLevelKeys are the JSON keys of the record object, in table order.
@@ -320,6 +322,48 @@ func TestKeyIndexLongAndLinear(t *testing.T) {
 			if got := x.lookup([]byte(key)); got != want {
 				t.Errorf("%s: lookup(%q) = %d, want %d", name, key, got, want)
 			}
+		}
+	}
+}
+
+// TestLayoutMatchesRef holds the decoder's typed pointers (at) to the
+// table's ref: the same address and, through the interface, the same type.
+func TestLayoutMatchesRef(t *testing.T) {
+	r := new(Record)
+	for i, f := range fields {
+		id := fieldID(i)
+		var got any
+		switch layout[id].st {
+		case stNone:
+			if f.ref != nil {
+				t.Errorf("%s: has a ref but no layout", f.Key)
+			}
+			continue
+		case stString:
+			got = at[string](r, id)
+		case stTime:
+			got = at[time.Time](r, id)
+		case stInt16:
+			got = at[int16](r, id)
+		case stOptInt16:
+			got = at[*int16](r, id)
+		case stOptInt32:
+			got = at[*int32](r, id)
+		case stOptInt64:
+			got = at[*int64](r, id)
+		case stOptBool:
+			got = at[*bool](r, id)
+		case stAddr:
+			got = at[netip.Addr](r, id)
+		case stStrings:
+			got = at[[]string](r, id)
+		case stStringMap:
+			got = at[map[string]string](r, id)
+		case stRawMap:
+			got = at[map[string]json.RawMessage](r, id)
+		}
+		if want := f.ref(r); got != want {
+			t.Errorf("%s: the decoder writes %T %p, ref returns %T %p", f.Key, got, got, want, want)
 		}
 	}
 }
