@@ -1,6 +1,7 @@
 package record
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -537,8 +538,19 @@ func (p *parser) messageID(b []byte, v val, f *Field) (string, *Reject) {
 }
 
 // hasControl reports whether s holds a control character (unicode.IsControl).
-// Message ids are ASCII: their bytes are checked without decoding runes.
+// Message ids are ASCII: eight bytes at a time are checked to lie in
+// 0x20-0x7e without decoding runes; a word that may not is looked at byte
+// by byte.
 func hasControl(s []byte) bool {
+	const ones, highs, spaces = 0x0101010101010101, 0x8080808080808080, 0x2020202020202020
+	for len(s) >= 8 {
+		// w-spaces sets a byte's high bit if it is below 0x20 (bytes below
+		// the first such borrow nothing), w+ones if it is 0x7f, w if >= 0x80.
+		if w := binary.LittleEndian.Uint64(s); ((w-spaces)|(w+ones)|w)&highs != 0 {
+			break
+		}
+		s = s[8:]
+	}
 	for i, c := range s {
 		if c >= utf8.RuneSelf {
 			for _, r := range string(s[i:]) {
