@@ -127,10 +127,24 @@ func (p *parser) text(b []byte, v val, name string, max int, required bool) ([]b
 	return out, nil
 }
 
+// plainText returns v's bytes when v is a non-empty string of at most max
+// bytes (0: no limit) without escapes or non-ASCII bytes, the common case,
+// for which text would return them after checks it need not make.
+func plainText(b []byte, v val, max int) ([]byte, bool) {
+	n := v.end - v.start - 2
+	if v.kind != kindString || v.esc || v.nonASCII || n <= 0 || max > 0 && n > max {
+		return nil, false
+	}
+	return b[v.start+1 : v.end-1], true
+}
+
 func (p *parser) str(b []byte, v val, name string, max int, required, intern bool) (string, *Reject) {
-	out, rej := p.text(b, v, name, max, required)
-	if rej != nil || out == nil {
-		return "", rej
+	out, ok := plainText(b, v, max)
+	if !ok {
+		var rej *Reject
+		if out, rej = p.text(b, v, name, max, required); rej != nil || out == nil {
+			return "", rej
+		}
 	}
 	if intern {
 		return p.internString(out), nil
@@ -280,9 +294,12 @@ func (p *parser) uint(b []byte, v val, name string, max uint64, required bool) (
 	case kindNumber:
 		u, e = jsonUint(b[v.start:v.end])
 	case kindString:
-		s, rej := p.text(b, v, name, 0, false)
-		if rej != nil {
-			return 0, false, rej
+		s, ok := plainText(b, v, 0)
+		if !ok {
+			var rej *Reject
+			if s, rej = p.text(b, v, name, 0, false); rej != nil {
+				return 0, false, rej
+			}
 		}
 		u, e = digitsUint(s)
 	default:
