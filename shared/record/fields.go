@@ -1,6 +1,7 @@
 package record
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -92,6 +93,15 @@ func (p *parser) internString(b []byte) string {
 	return s
 }
 
+// unquote decodes the string v, in p.buf if it has escapes. The hot
+// callers first take the bytes of a plain ASCII string, the common case, as
+// they are, without a call.
+func (p *parser) unquote(b []byte, v val) ([]byte, error) {
+	out, buf, err := unquote(b, v, p.buf)
+	p.buf = buf
+	return out, err
+}
+
 // text decodes the string field v. Optional fields treat absent, null and ""
 // alike; max is in bytes, 0 for no limit.
 func (p *parser) text(b []byte, v val, name string, max int, required bool) ([]byte, *Reject) {
@@ -104,10 +114,12 @@ func (p *parser) text(b []byte, v val, name string, max int, required bool) ([]b
 	if v.kind != kindString {
 		return nil, invalid(name, "%s must be a string, got %s", name, v.kind)
 	}
-	out, buf, err := unquote(b, v, p.buf)
-	p.buf = buf
-	if err != nil {
-		return nil, invalid(name, "%s %v", name, err)
+	out := b[v.start+1 : v.end-1]
+	if v.esc || v.nonASCII {
+		var err error
+		if out, err = p.unquote(b, v); err != nil {
+			return nil, invalid(name, "%s %v", name, err)
+		}
 	}
 	if max > 0 && len(out) > max {
 		return nil, invalid(name, "%s is %d bytes long, the limit is %d", name, len(out), max)
@@ -115,10 +127,24 @@ func (p *parser) text(b []byte, v val, name string, max int, required bool) ([]b
 	return out, nil
 }
 
+// plainText returns v's bytes when v is a non-empty string of at most max
+// bytes (0: no limit) without escapes or non-ASCII bytes, the common case,
+// for which text would return them after checks it need not make.
+func plainText(b []byte, v val, max int) ([]byte, bool) {
+	n := v.end - v.start - 2
+	if v.kind != kindString || v.esc || v.nonASCII || n <= 0 || max > 0 && n > max {
+		return nil, false
+	}
+	return b[v.start+1 : v.end-1], true
+}
+
 func (p *parser) str(b []byte, v val, name string, max int, required, intern bool) (string, *Reject) {
-	out, rej := p.text(b, v, name, max, required)
-	if rej != nil || out == nil {
-		return "", rej
+	out, ok := plainText(b, v, max)
+	if !ok {
+		var rej *Reject
+		if out, rej = p.text(b, v, name, max, required); rej != nil || out == nil {
+			return "", rej
+		}
 	}
 	if intern {
 		return p.internString(out), nil
@@ -268,9 +294,12 @@ func (p *parser) uint(b []byte, v val, name string, max uint64, required bool) (
 	case kindNumber:
 		u, e = jsonUint(b[v.start:v.end])
 	case kindString:
-		s, rej := p.text(b, v, name, 0, false)
-		if rej != nil {
-			return 0, false, rej
+		s, ok := plainText(b, v, 0)
+		if !ok {
+			var rej *Reject
+			if s, rej = p.text(b, v, name, 0, false); rej != nil {
+				return 0, false, rej
+			}
 		}
 		u, e = digitsUint(s)
 	default:
@@ -338,13 +367,15 @@ func (p *parser) collect(b []byte, i, depth int, m *located) (end int, serr *syn
 }
 
 func (p *parser) note(b []byte, k, v val, m *located) {
-	key, buf, err := unquote(b, k, p.buf)
-	p.buf = buf
-	if err != nil {
-		if m.badKey == nil {
-			m.badKey = invalid(fieldName(b[k.start+1:k.end-1]), "the key %s %v", p.token(b, k), err)
+	key := b[k.start+1 : k.end-1]
+	if k.esc || k.nonASCII {
+		var err error
+		if key, err = p.unquote(b, k); err != nil {
+			if m.badKey == nil {
+				m.badKey = invalid(fieldName(b[k.start+1:k.end-1]), "the key %s %v", p.token(b, k), err)
+			}
+			return
 		}
-		return
 	}
 	id := lookupField(key)
 	if id == fUnknown {
@@ -441,17 +472,17 @@ func (p *parser) field(b []byte, id fieldID, m *located, r *Record, nums **optNu
 		return p.schema(b, v)
 	case KindText:
 		if s, rej = p.str(b, v, f.Key, f.Max, f.Required, f.intern); s == "" && rej == nil && defaults[id] != fUnknown {
-			s = *fields[defaults[id]].ref(r).(*string)
+			s = *at[string](r, defaults[id])
 		}
 	case KindMessageID:
 		s, rej = p.messageID(b, v, f)
 	case KindTime:
 		var t time.Time
 		t, rej = p.receivedAt(b, v)
-		*f.ref(r).(*time.Time) = t
+		*at[time.Time](r, id) = t
 		return rej
 	case KindInt:
-		return p.integer(b, v, f, r, nums)
+		return p.integer(b, v, id, r, nums)
 	case KindVerb:
 		s, rej = p.verb(b, v, f)
 	case KindPath:
@@ -459,12 +490,12 @@ func (p *parser) field(b []byte, id fieldID, m *located, r *Record, nums **optNu
 	case KindIP:
 		var a netip.Addr
 		a, rej = p.clientIP(b, v, f)
-		*f.ref(r).(*netip.Addr) = a
+		*at[netip.Addr](r, id) = a
 		return rej
 	case KindUserAgent:
 		s, rej = p.userAgent(b, v, f)
 	case KindBool:
-		return p.boolean(b, v, f, r, nums)
+		return p.boolean(b, v, id, r, nums)
 	case KindObject:
 		return p.object(b, id, v, m)
 	case KindAuth:
@@ -472,21 +503,21 @@ func (p *parser) field(b []byte, id fieldID, m *located, r *Record, nums **optNu
 	case KindScopes:
 		var scopes []string
 		scopes, rej = p.scopes(b, v, f)
-		*f.ref(r).(*[]string) = scopes
+		*at[[]string](r, id) = scopes
 		return rej
 	case KindAttributes:
 		var attrs map[string]string
 		attrs, rej = p.attributes(b, v, f)
-		*f.ref(r).(*map[string]string) = attrs
+		*at[map[string]string](r, id) = attrs
 		return rej
 	case KindExtra:
 		var extra map[string]json.RawMessage
 		extra, rej = p.extra(b)
-		*f.ref(r).(*map[string]json.RawMessage) = extra
+		*at[map[string]json.RawMessage](r, id) = extra
 		return rej
 	}
 	if rej == nil {
-		*f.ref(r).(*string) = s
+		*at[string](r, id) = s
 	}
 	return rej
 }
@@ -517,41 +548,71 @@ func (p *parser) messageID(b []byte, v val, f *Field) (string, *Reject) {
 	if rej != nil {
 		return "", rej
 	}
-	for _, c := range string(s) {
-		if unicode.IsControl(c) {
-			return "", invalid(f.Key, "%s %s contains a control character", f.Key, p.token(b, v))
-		}
+	if hasControl(s) {
+		return "", invalid(f.Key, "%s %s contains a control character", f.Key, p.token(b, v))
 	}
 	return string(s), nil
 }
 
+// hasControl reports whether s holds a control character (unicode.IsControl).
+// Message ids are ASCII: eight bytes at a time are checked to lie in
+// 0x20-0x7e without decoding runes; a word that may not is looked at byte
+// by byte.
+func hasControl(s []byte) bool {
+	const ones, highs, spaces = 0x0101010101010101, 0x8080808080808080, 0x2020202020202020
+	for len(s) >= 8 {
+		// w-spaces sets a byte's high bit if it is below 0x20 (bytes below
+		// the first such borrow nothing), w+ones if it is 0x7f, w if >= 0x80.
+		if w := binary.LittleEndian.Uint64(s); ((w-spaces)|(w+ones)|w)&highs != 0 {
+			break
+		}
+		s = s[8:]
+	}
+	for i, c := range s {
+		if c >= utf8.RuneSelf {
+			for _, r := range string(s[i:]) {
+				if unicode.IsControl(r) {
+					return true
+				}
+			}
+			return false
+		}
+		if c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
 // integer stores a numeric field; the optional ones point into nums, one
 // allocation for all of a record's.
-func (p *parser) integer(b []byte, v val, f *Field, r *Record, nums **optNums) *Reject {
+func (p *parser) integer(b []byte, v val, id fieldID, r *Record, nums **optNums) *Reject {
+	f := &fields[id]
 	u, ok, rej := p.uint(b, v, f.Key, uint64(f.Max), f.Required)
 	if rej != nil || !ok {
 		return rej
 	}
-	switch x := f.ref(r).(type) {
-	case *int16:
-		*x = int16(u)
-	case **int16:
+	switch layout[id].st {
+	case stInt16:
+		*at[int16](r, id) = int16(u)
+	case stOptInt16:
 		n := (*nums).get(nums)
-		*x = &n.i16[n.n16]
-		**x, n.n16 = int16(u), n.n16+1
-	case **int32:
+		n.i16[n.n16] = int16(u)
+		*at[*int16](r, id), n.n16 = &n.i16[n.n16], n.n16+1
+	case stOptInt32:
 		n := (*nums).get(nums)
-		*x = &n.i32[n.n32]
-		**x, n.n32 = int32(u), n.n32+1
-	case **int64:
+		n.i32[n.n32] = int32(u)
+		*at[*int32](r, id), n.n32 = &n.i32[n.n32], n.n32+1
+	case stOptInt64:
 		n := (*nums).get(nums)
-		*x = &n.i64[n.n64]
-		**x, n.n64 = int64(u), n.n64+1
+		n.i64[n.n64] = int64(u)
+		*at[*int64](r, id), n.n64 = &n.i64[n.n64], n.n64+1
 	}
 	return nil
 }
 
-func (p *parser) boolean(b []byte, v val, f *Field, r *Record, nums **optNums) *Reject {
+func (p *parser) boolean(b []byte, v val, id fieldID, r *Record, nums **optNums) *Reject {
+	f := &fields[id]
 	if v.absent() {
 		return nil
 	}
@@ -572,7 +633,7 @@ func (p *parser) boolean(b []byte, v val, f *Field, r *Record, nums **optNums) *
 	}
 	n := (*nums).get(nums)
 	n.b = e
-	*f.ref(r).(**bool) = &n.b
+	*at[*bool](r, id) = &n.b
 	return nil
 }
 
@@ -688,8 +749,7 @@ func (p *parser) object(b []byte, obj fieldID, v val, m *located) *Reject {
 		if !ok {
 			return nil
 		}
-		key, buf, err := unquote(b, k, p.buf)
-		p.buf = buf
+		key, err := p.unquote(b, k)
 		if err != nil {
 			continue // not a name we know
 		}

@@ -275,30 +275,6 @@ func marshalNonEmpty[V any](m map[string]V) []byte {
 	return b
 }
 
-// topLevel maps a key's length to the top-level fields of that length: a
-// lookup costs a few byte comparisons and no allocation.
-var topLevel = func() (idx [32][]fieldID) {
-	for i, f := range fields {
-		if f.Key != "" && parentOf(fieldID(i)) < 0 {
-			idx[len(f.Key)] = append(idx[len(f.Key)], fieldID(i))
-		}
-	}
-	return idx
-}()
-
-// lookupField returns the top-level field named key, or fUnknown.
-func lookupField(key []byte) fieldID {
-	if len(key) >= len(topLevel) {
-		return fUnknown
-	}
-	for _, id := range topLevel[len(key)] {
-		if fields[id].Key == string(key) {
-			return id
-		}
-	}
-	return fUnknown
-}
-
 // parentOf returns the object field a member belongs to (identity for
 // identity.subject), -1 for a top-level field.
 func parentOf(id fieldID) int {
@@ -309,19 +285,4 @@ func parentOf(id fieldID) int {
 		}
 	}
 	return -1
-}
-
-// lookupMember returns the member field of the object field obj named key.
-func lookupMember(obj fieldID, key []byte) fieldID {
-	prefix := fields[obj].Key
-	for i := int(obj) + 1; i < numFields; i++ {
-		k := fields[i].Key
-		if len(k) <= len(prefix) || k[:len(prefix)] != prefix || k[len(prefix)] != '.' {
-			break
-		}
-		if k[len(prefix)+1:] == string(key) {
-			return fieldID(i)
-		}
-	}
-	return fUnknown
 }

@@ -6,11 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // topLevelKeys are the JSON keys of the record object, in table order.
@@ -251,5 +253,117 @@ func TestSchemaMatchesTable(t *testing.T) {
 	}
 	if slices.Sort(want); !slices.Equal(members, want) {
 		t.Errorf("schema identity members %v, table %v", members, want)
+	}
+}
+
+// TestKeyIndexSeparatesFields keeps a key lookup at one comparison: a new
+// field whose key shares a slot with another's would still be found, only
+// more slowly.
+func TestKeyIndexSeparatesFields(t *testing.T) {
+	for i, x := range append([]*keyIndex{&topLevel}, memberIndex[:]...) {
+		if x != nil && x.linear {
+			t.Errorf("index %d: no multiplier tried gives each key a slot of its own; change keyIndex.slot", i)
+		}
+	}
+}
+
+func TestLookup(t *testing.T) {
+	for i, f := range fields {
+		id := fieldID(i)
+		switch p := parentOf(id); {
+		case f.Key == "":
+		case p < 0:
+			if got := lookupField([]byte(f.Key)); got != id {
+				t.Errorf("lookupField(%q) = %d, want %d", f.Key, got, id)
+			}
+		default:
+			member := f.Key[len(fields[p].Key)+1:]
+			if got := lookupMember(fieldID(p), []byte(member)); got != id {
+				t.Errorf("lookupMember(%q, %q) = %d, want %d", fields[p].Key, member, got, id)
+			}
+			if got := lookupField([]byte(f.Key)); got != fUnknown {
+				t.Errorf("lookupField(%q) = %d, want fUnknown: a member is not a top-level field", f.Key, got)
+			}
+		}
+	}
+	for _, key := range []string{"", "s", "schemA", "Schema", "schema ", "tenants", "target_response_cod", "target_response_codf", "response_status_code_", "subject", "identity.", "jsonPayload", "a\x00", "\x00", "\x00\x00\x00\x00\x00\x00", "schema\x00\x00"} {
+		if got := lookupField([]byte(key)); got != fUnknown {
+			t.Errorf("lookupField(%q) = %d (%s), want fUnknown", key, got, fields[got].Key)
+		}
+	}
+	for _, key := range []string{"", "subjec", "Subject", "identity.subject", "schema"} {
+		if got := lookupMember(topLevel.lookup([]byte("identity")), []byte(key)); got != fUnknown {
+			t.Errorf("lookupMember(identity, %q) = %d, want fUnknown", key, got)
+		}
+	}
+}
+
+func TestKeyIndexLongAndLinear(t *testing.T) {
+	keys := func() []keySlot {
+		return []keySlot{
+			{key: "aaaaaaaaaaaaaaaaXbbbbbbbbbbbb", id: 1}, // longer than keyWords covers
+			{key: "ab", id: 2},
+			{key: "abcde", id: 3},
+			{key: "abcdefghijklmnopqrst", id: 4},
+		}
+	}
+	hashed := newKeyIndex(keys())
+	linear := &keyIndex{linear: true, all: keys()}
+	for i := range linear.slots {
+		linear.slots[i].id = fUnknown
+	}
+	for name, x := range map[string]*keyIndex{"hashed": hashed, "linear": linear} {
+		for key, want := range map[string]fieldID{
+			"aaaaaaaaaaaaaaaaXbbbbbbbbbbbb": 1, "aaaaaaaaaaaaaaaaYbbbbbbbbbbbb": fUnknown,
+			"ab": 2, "ba": fUnknown, "a": fUnknown, "": fUnknown,
+			"abcde": 3, "abcdf": fUnknown, "abcd": fUnknown,
+			"abcdefghijklmnopqrst": 4, "abcdefghijklmnopqrsT": fUnknown, "abcdefghiJklmnopqrst": fUnknown,
+		} {
+			if got := x.lookup([]byte(key)); got != want {
+				t.Errorf("%s: lookup(%q) = %d, want %d", name, key, got, want)
+			}
+		}
+	}
+}
+
+// TestLayoutMatchesRef holds the decoder's typed pointers (at) to the
+// table's ref: the same address and, through the interface, the same type.
+func TestLayoutMatchesRef(t *testing.T) {
+	r := new(Record)
+	for i, f := range fields {
+		id := fieldID(i)
+		var got any
+		switch layout[id].st {
+		case stNone:
+			if f.ref != nil {
+				t.Errorf("%s: has a ref but no layout", f.Key)
+			}
+			continue
+		case stString:
+			got = at[string](r, id)
+		case stTime:
+			got = at[time.Time](r, id)
+		case stInt16:
+			got = at[int16](r, id)
+		case stOptInt16:
+			got = at[*int16](r, id)
+		case stOptInt32:
+			got = at[*int32](r, id)
+		case stOptInt64:
+			got = at[*int64](r, id)
+		case stOptBool:
+			got = at[*bool](r, id)
+		case stAddr:
+			got = at[netip.Addr](r, id)
+		case stStrings:
+			got = at[[]string](r, id)
+		case stStringMap:
+			got = at[map[string]string](r, id)
+		case stRawMap:
+			got = at[map[string]json.RawMessage](r, id)
+		}
+		if want := f.ref(r); got != want {
+			t.Errorf("%s: the decoder writes %T %p, ref returns %T %p", f.Key, got, got, want, want)
+		}
 	}
 }
