@@ -1082,7 +1082,8 @@ func TestForwardedClientIP(t *testing.T) {
 
 // A header with commas is recorded whole: the template must read
 // request.header.{name}.values.string, since request.header.{name} is only
-// the value before the first comma.
+// the value before the first comma. X-Forwarded-For gives the forwarded
+// client address.
 func TestMultiValueHeadersAreRecordedWhole(t *testing.T) {
 	const ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0"
 	vars := map[string]string{}
@@ -1090,6 +1091,7 @@ func TestMultiValueHeadersAreRecordedWhole(t *testing.T) {
 		vars[kv[0]] = kv[1]
 	}
 	apigee.RequestHeader(vars, "User-Agent", ua)
+	apigee.RequestHeader(vars, "X-Forwarded-For", "203.0.113.9, 198.51.100.7")
 	data := renderCall(t, vars, "")
 	p := record.Parse(data, record.DefaultLimits())
 	if len(p.Records) != 1 {
@@ -1097,5 +1099,8 @@ func TestMultiValueHeadersAreRecordedWhole(t *testing.T) {
 	}
 	if got := p.Records[0].UserAgent; got != ua {
 		t.Errorf("useragent %q, want %q", got, ua)
+	}
+	if got := p.Records[0].ForwardedClientIP.String(); got != "203.0.113.9" {
+		t.Errorf("forwarded_client_ip %q, want the first X-Forwarded-For entry", got)
 	}
 }

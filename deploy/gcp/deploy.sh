@@ -70,7 +70,7 @@ done
 : "${INGEST_MIN_INSTANCES:=1}" "${INGEST_MAX_INSTANCES:=20}" "${INGEST_TIMEOUT:=60s}"
 : "${INGEST_REQUEST_TIMEOUT:=9s}"
 # No colon: INGEST_PRIVACY= (empty) turns pseudonymisation off on purpose.
-: "${INGEST_PRIVACY=client_ip=truncate,developer_email=hmac,identity.subject=hmac,identity.email=hmac}"
+: "${INGEST_PRIVACY=client_ip=truncate,forwarded_client_ip=truncate,developer_email=hmac,identity.subject=hmac,identity.email=hmac}"
 : "${INGEST_PRIVACY_IPV4_PREFIX:=24}" "${INGEST_PRIVACY_IPV6_PREFIX:=48}"
 : "${ROLLUP_MEMORY:=512Mi}" "${ROLLUP_CPU=1}" "${ROLLUP_CONCURRENCY:=2}"
 : "${ROLLUP_MAX_INSTANCES:=2}" "${ROLLUP_TIMEOUT:=120s}"

@@ -21,7 +21,7 @@ import (
 
 const (
 	privacyKey = "ingest-test-key-0123456789abcdef0123456789"
-	allPrivate = "client_ip=truncate,developer_email=hmac,identity.subject=hmac,identity.email=hmac"
+	allPrivate = "client_ip=truncate,forwarded_client_ip=truncate,developer_email=hmac,identity.subject=hmac,identity.email=hmac"
 	// The personal values of the test traffic: none may be found stored
 	// or logged.
 	clientIP  = "198.51.100.23"

@@ -5,29 +5,13 @@ import (
 	"strings"
 	"time"
 
-	"apigee-timescale/shared/record"
+	"apigee-timescale/shared/audit"
 )
 
-// recordColumns are the columns filled from a Record, in the column order
-// of apigee.api_calls; the message's own columns follow them. Together they
-// are the COPY order and the order of the canonical hash (shared/audit), so
-// neither may change for rows already stored. ingested_at takes its default.
-var recordColumns = record.Columns()
-
-var messageColumns = []struct{ name, sqlType string }{
-	{"pubsub_message_id", "text"}, {"publish_time", "timestamptz"}, {"batch_id", "bigint"},
-}
-
-var stageColumns = func() []string {
-	var cols []string
-	for _, f := range recordColumns {
-		cols = append(cols, f.Column)
-	}
-	for _, c := range messageColumns {
-		cols = append(cols, c.name)
-	}
-	return cols
-}()
+// stageColumns are the COPY order, which is the canonical hash's
+// (shared/audit owns both, from the record's field table and the message's
+// own columns); ingested_at takes its default.
+var stageColumns = audit.Columns()
 
 // createStageSQL declares the staging table column by column (not LIKE
 // apigee.api_calls) because the ingest role may not read the raw table's
@@ -35,11 +19,8 @@ var stageColumns = func() []string {
 // batch.
 var createStageSQL = func() string {
 	var cols []string
-	for _, f := range recordColumns {
-		cols = append(cols, f.Column+" "+f.SQLType)
-	}
-	for _, c := range messageColumns {
-		cols = append(cols, c.name+" "+c.sqlType)
+	for i, t := range audit.SQLTypes() {
+		cols = append(cols, stageColumns[i]+" "+t)
 	}
 	return "CREATE TEMP TABLE IF NOT EXISTS apigee_stage_calls (\n\t" + strings.Join(cols, ", ") + "\n) ON COMMIT DELETE ROWS"
 }()
@@ -89,16 +70,8 @@ func (c *callRows) Err() error { return nil }
 
 func (c *callRows) Values() ([]any, error) {
 	r := &c.calls[c.i-1]
-	if c.row == nil {
-		c.row = make([]any, len(stageColumns))
-	}
-	v := c.row
-	for i := range recordColumns {
-		v[i] = recordColumns[i].Value(&r.Record)
-	}
-	n := len(recordColumns)
-	v[n], v[n+1], v[n+2] = nullString(r.PubSubMessageID), nullTime(r.PublishTime), c.batchID
-	return v, nil
+	c.row = audit.RowValues(c.row, &r.Record, r.PubSubMessageID, r.PublishTime, c.batchID)
+	return c.row, nil
 }
 
 // rejectColumns turns rejects into the 13 column arrays of insertRejectsSQL.

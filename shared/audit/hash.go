@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"hash"
+	"maps"
 	"strconv"
 	"time"
 
@@ -19,15 +20,52 @@ import (
 // message and the batch, not from the record.
 var messageColumns = []string{"pubsub_message_id", "publish_time", "batch_id"}
 
-// columns is the hash order: the field table's columns by ordinal, then
-// the message's. It is also ingest's COPY order.
+// recordColumns is the field table's stored fields in hash order: the
+// first revision's by ordinal, then those added later (Field.Added > 0),
+// which follow the message's columns.
+var recordColumns, firstAdded = func() ([]record.Field, int) {
+	var first, added []record.Field
+	for _, f := range record.Columns() {
+		if f.Added > 0 {
+			added = append(added, f)
+		} else {
+			first = append(first, f)
+		}
+	}
+	return append(first, added...), len(first) + len(messageColumns)
+}()
+
+// columns is the hash order: the first revision's record columns, the
+// message's, then the record columns added later. It is also ingest's COPY
+// order.
 var columns = func() []string {
 	var cols []string
-	for _, f := range record.Columns() {
+	for _, f := range recordColumns[:firstAdded-len(messageColumns)] {
 		cols = append(cols, f.Column)
 	}
-	return append(cols, messageColumns...)
+	cols = append(cols, messageColumns...)
+	for _, f := range recordColumns[firstAdded-len(messageColumns):] {
+		cols = append(cols, f.Column)
+	}
+	return cols
 }()
+
+// messageTypes are the SQL types of messageColumns.
+var messageTypes = map[string]string{"pubsub_message_id": "text", "publish_time": "timestamptz", "batch_id": "bigint"}
+
+// SQLTypes returns the SQL type of each column, in Columns order.
+func SQLTypes() []string {
+	types := map[string]string{}
+	maps.Copy(types, messageTypes)
+	for _, f := range recordColumns {
+		types[f.Column] = f.SQLType
+	}
+	out := make([]string, len(columns))
+	for i, c := range columns {
+		out[i] = types[c]
+	}
+	return out
+}
 
 // extraColumn is the one column whose JSON the hash canonicalises: it holds
 // unknown fields as the gateway sent them, which jsonb then normalises.
@@ -48,6 +86,10 @@ func Columns() []string { return append([]string(nil), columns...) }
 // The encoding is the batch id as 8 big-endian bytes, then one bracketed,
 // comma-separated list per row, in Columns order, each followed by "\n";
 // rows sorted by (message_id, received_at), message_id compared bytewise.
+// A column added after the first revision (Field.Added) is written only
+// when it is not NULL, after the others, as ,"column":value — so a row
+// stored before the column existed (NULL there) hashes as it did, and the
+// name keeps the encoding unambiguous whichever added columns are set.
 // Values: strings and timestamps quoted as Go's strconv.Quote does (fast,
 // and unambiguous), timestamps as RFC 3339 UTC with microseconds, NULL as
 // null, numbers and booleans bare, inet and text[] as JSON strings and
@@ -71,6 +113,10 @@ func NewHasher(batchID int64) *Hasher {
 func (h *Hasher) Row(vals []any) {
 	b := append(h.buf[:0], '[')
 	for i, v := range vals {
+		if i >= firstAdded {
+			b = appendAdded(b, columns[i], v)
+			continue
+		}
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -85,6 +131,20 @@ func (h *Hasher) Row(vals []any) {
 	h.buf = b
 }
 
+// appendAdded writes an added column's ,"column":value, or nothing for NULL.
+func appendAdded(b []byte, column string, v any) []byte {
+	n := len(b)
+	b = append(b, ',')
+	b = strconv.AppendQuote(b, column)
+	b = append(b, ':')
+	m := len(b)
+	b = appendCanonical(b, v)
+	if string(b[m:]) == "null" {
+		return b[:n]
+	}
+	return b
+}
+
 // Sum returns the hash of the rows added so far.
 func (h *Hasher) Sum() [32]byte {
 	var sum [32]byte
@@ -95,19 +155,19 @@ func (h *Hasher) Sum() [32]byte {
 // RowValues returns r's row in Columns order, as COPY writes it and the
 // hash encodes it, reusing dst when it is long enough.
 func RowValues(dst []any, r *record.Record, pubsubID string, publish time.Time, batchID int64) []any {
-	cols := recordColumns
 	if len(dst) < len(columns) {
 		dst = make([]any, len(columns))
 	}
-	for i := range cols {
-		dst[i] = cols[i].Value(r)
+	n := firstAdded - len(messageColumns)
+	for i := range n {
+		dst[i] = recordColumns[i].Value(r)
 	}
-	n := len(cols)
 	dst[n], dst[n+1], dst[n+2] = nullString(pubsubID), nullTime(publish), batchID
+	for i := n; i < len(recordColumns); i++ {
+		dst[i+len(messageColumns)] = recordColumns[i].Value(r)
+	}
 	return dst[:len(columns)]
 }
-
-var recordColumns = record.Columns()
 
 func nullString(s string) *string {
 	if s == "" {

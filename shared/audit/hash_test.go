@@ -67,3 +67,24 @@ func hashRows(batchID int64, rows []goldenRow) [32]byte {
 	}
 	return h.Sum()
 }
+
+// A column added after the first revision changes nothing for rows that
+// leave it NULL (TestHashGolden's, stored before it existed) and is hashed,
+// under its name, when set.
+func TestAddedColumnsHashOnlyWhenSet(t *testing.T) {
+	rows := goldenCalls()
+	before := hashRows(42, rows)
+	rows[1].ForwardedClientIP = netip.MustParseAddr("198.51.100.7")
+	with := hashRows(42, rows)
+	if with == before {
+		t.Fatal("forwarded_client_ip is not hashed when set")
+	}
+	rows[1].ForwardedClientIP = netip.MustParseAddr("198.51.100.8")
+	if hashRows(42, rows) == with {
+		t.Fatal("the hash ignores forwarded_client_ip's value")
+	}
+	rows[1].ForwardedClientIP = netip.Addr{}
+	if hashRows(42, rows) != before {
+		t.Fatal("an unset added column changes the hash of a first-revision row")
+	}
+}

@@ -72,7 +72,7 @@ func (e *ConfigError) Error() string { return e.Var + ": " + e.Msg }
 
 // Policy is the mode of every personal field, and the truncation widths.
 type Policy struct {
-	// Modes by field key (client_ip, developer_email, identity.subject,
+	// Modes by field key (client_ip, forwarded_client_ip, developer_email, identity.subject,
 	// identity.email); absent means Keep.
 	Modes    map[string]Mode
 	IPv4Bits int

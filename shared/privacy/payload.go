@@ -14,7 +14,7 @@ import (
 //
 //   - JSON (a record, a LogEntry carrying one, an array or a stream of
 //     them) is rewritten: every member named like a personal field
-//     (client_ip, developer_email, and subject and email inside an identity
+//     (client_ip, forwarded_client_ip, developer_email, and subject and email inside an identity
 //     object, at any depth, also inside a textPayload string that is JSON)
 //     takes the field's mode, like a stored row; other bytes keep their
 //     meaning (white space and escapes may change). A value the mode cannot
@@ -199,7 +199,7 @@ func memberField(key string, inIdentity bool) string {
 	switch {
 	case inIdentity && (key == "subject" || key == "email"):
 		return "identity." + key
-	case key == "client_ip", key == "developer_email", key == "identity":
+	case isAddress(key), key == "developer_email", key == "identity":
 		return key
 	}
 	return ""
@@ -234,7 +234,7 @@ func (w *rewriter) personal(tok json.Token, field string, depth int) error {
 // transform is the stored form of a personal string value, or Withheld.
 func (p *Pseudonymiser) transform(field, tenant, s string) string {
 	m := p.policy.Mode(field)
-	if field == "client_ip" {
+	if isAddress(field) {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			return Withheld

@@ -51,10 +51,11 @@ func newTest(tb testing.TB, spec string) *Pseudonymiser {
 
 func personalRecord(tenant string) record.Record {
 	return record.Record{
-		Tenant:         tenant,
-		ClientIP:       netip.MustParseAddr(ip),
-		DeveloperEmail: email,
-		Identity:       record.Identity{Subject: subject, Email: idEmail, Issuer: "https://issuer.example"},
+		Tenant:            tenant,
+		ClientIP:          netip.MustParseAddr(ip),
+		ForwardedClientIP: netip.MustParseAddr(ip),
+		DeveloperEmail:    email,
+		Identity:          record.Identity{Subject: subject, Email: idEmail, Issuer: "https://issuer.example"},
 	}
 }
 
@@ -163,12 +164,18 @@ func TestEachModeOnEachField(t *testing.T) {
 			}
 			return r.ClientIP.String()
 		},
+		"forwarded_client_ip": func(r *record.Record) string {
+			if !r.ForwardedClientIP.IsValid() {
+				return ""
+			}
+			return r.ForwardedClientIP.String()
+		},
 		"developer_email":  func(r *record.Record) string { return r.DeveloperEmail },
 		"identity.subject": func(r *record.Record) string { return r.Identity.Subject },
 		"identity.email":   func(r *record.Record) string { return r.Identity.Email },
 	}
 	in := personalRecord("tenant-a")
-	original := map[string]string{"client_ip": ip, "developer_email": email, "identity.subject": subject, "identity.email": idEmail}
+	original := map[string]string{"client_ip": ip, "forwarded_client_ip": ip, "developer_email": email, "identity.subject": subject, "identity.email": idEmail}
 	keys, _ := ParseKeys([]byte(testKey))
 	for _, f := range PersonalFields() {
 		for _, m := range []Mode{Keep, HMAC, Truncate, Drop} {

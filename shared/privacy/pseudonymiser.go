@@ -76,6 +76,7 @@ func (p *Pseudonymiser) Records(rs []record.Record) {
 
 func (p *Pseudonymiser) apply(r *record.Record, text func(m Mode, tenant, v string) string) {
 	r.ClientIP = p.Addr(p.policy.Mode("client_ip"), r.ClientIP)
+	r.ForwardedClientIP = p.Addr(p.policy.Mode("forwarded_client_ip"), r.ForwardedClientIP)
 	r.DeveloperEmail = text(p.policy.Mode("developer_email"), r.Tenant, r.DeveloperEmail)
 	r.Identity.Subject = text(p.policy.Mode("identity.subject"), r.Tenant, r.Identity.Subject)
 	r.Identity.Email = text(p.policy.Mode("identity.email"), r.Tenant, r.Identity.Email)
@@ -84,7 +85,7 @@ func (p *Pseudonymiser) apply(r *record.Record, text func(m Mode, tenant, v stri
 // handled lists the personal fields Record knows; a test holds it to the
 // field table, so a field newly marked Personal cannot be stored in clear
 // unnoticed.
-var handled = []string{"client_ip", "developer_email", "identity.subject", "identity.email"}
+var handled = []string{"client_ip", "forwarded_client_ip", "developer_email", "identity.subject", "identity.email"}
 
 func (p *Pseudonymiser) text(m Mode, tenant, v string) string {
 	switch {
@@ -126,7 +127,7 @@ func (p *Pseudonymiser) Addr(m Mode, a netip.Addr) netip.Addr {
 // does not parse.
 func (p *Pseudonymiser) Value(key, tenant, v string) (string, bool) {
 	m := p.policy.Mode(key)
-	if key == "client_ip" {
+	if isAddress(key) {
 		a, err := netip.ParseAddr(v)
 		if err != nil || m == Drop {
 			return "", false
@@ -138,3 +139,7 @@ func (p *Pseudonymiser) Value(key, tenant, v string) (string, bool) {
 	}
 	return p.text(m, tenant, v), true
 }
+
+// isAddress reports whether the personal field key holds an IP address
+// (truncated, never hmac'd: its column is inet).
+func isAddress(key string) bool { return key == "client_ip" || key == "forwarded_client_ip" }

@@ -48,6 +48,7 @@ type Record struct {
 	TargetResponseTime                  *int32 // ms
 	RequestSize, ResponseSize           *int64
 	ClientIP                            netip.Addr // IPv4-mapped IPv6 is unmapped; never has a zone
+	ForwardedClientIP                   netip.Addr // the X-Forwarded-For entry the shared flow picked; as ClientIP
 	UserAgent                           string     // truncated to 512 bytes on a UTF-8 boundary
 	TargetHost, FaultName               string
 	IsError                             *bool

@@ -47,9 +47,14 @@ type Field struct {
 	Personal bool   // personal data (GDPR): who called, or from where
 	Column   string // column of apigee.api_calls; "" when not stored
 	Ordinal  int    // the column's position in apigee.api_calls: the COPY and canonical hash order
-	SQLType  string
-	Apigee   string // the flow variable the shared flow fills it from; "" when the template leaves it out
-	Doc      string // one sentence for FORMAT.md
+	// Added is the revision of the format that added the field (0: the
+	// first). A column added later is hashed only when set, after the
+	// first revision's columns (shared/audit), so rows stored before it
+	// still hash as they did.
+	Added   int
+	SQLType string
+	Apigee  string // the flow variable the shared flow fills it from; "" when the template leaves it out
+	Doc     string // one sentence for FORMAT.md
 
 	intern bool              // the value repeats across the records of one message
 	ref    func(*Record) any // a pointer to the Record field
@@ -126,8 +131,12 @@ var fields = [...]Field{
 		ref: func(r *Record) any { return &r.ResponseSize }},
 	{Key: "client_ip", Name: "ClientIP", Kind: KindIP, Personal: true,
 		Column: "client_ip", Ordinal: 17, SQLType: "inet", Apigee: "client.ip",
-		Doc: "No zone; an IPv4-mapped IPv6 address is stored as IPv4.",
+		Doc: "No zone; an IPv4-mapped IPv6 address is stored as IPv4. On Apigee X, the address that connected to the load balancer.",
 		ref: func(r *Record) any { return &r.ClientIP }},
+	{Key: "forwarded_client_ip", Name: "ForwardedClientIP", Kind: KindIP, Personal: true, Added: 2,
+		Column: "forwarded_client_ip", Ordinal: 37, SQLType: "inet", Apigee: "timescale.forwarded_client_ip",
+		Doc: "The X-Forwarded-For entry at index timescale.in.xff_index (default 0, the first; -1 the last, as Apigee's client IP resolution counts), when it is an address; absent otherwise. Client-supplied entries can be forged: pick the index your load balancers make trustworthy.",
+		ref: func(r *Record) any { return &r.ForwardedClientIP }},
 	{Key: "useragent", Name: "UserAgent", Kind: KindUserAgent, Max: 512, intern: true,
 		Column: "useragent", Ordinal: 18, SQLType: "text", Apigee: "request.header.User-Agent.values.string",
 		Doc: "Never rejected, because the client controls it: NUL is dropped, invalid UTF-8 replaced by U+FFFD, and the value cut to the limit on a character boundary.",

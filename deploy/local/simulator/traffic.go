@@ -294,6 +294,9 @@ func (m *model) call(at time.Time) (map[string]string, Call) {
 		"verifyapikey.VA-VerifyAPIKey.tenant":    a.tenant,
 	}
 	apigee.RequestHeader(vars, "User-Agent", userAgents[r.IntN(len(userAgents))])
+	// Behind Google's load balancer: the client, then the balancer's own
+	// address (client.ip is the balancer's peer).
+	apigee.RequestHeader(vars, "X-Forwarded-For", clientIP(r)+", 35.191.0.1")
 	if verb != "GET" && verb != "DELETE" {
 		vars["request.header.Content-Length"] = strconv.Itoa(40 + r.IntN(4000))
 	}

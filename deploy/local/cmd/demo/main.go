@@ -71,7 +71,7 @@ const (
 	rollupRole     = "apigee_demo_rollup"
 	scheduleJobRun = "rollup-every-minute"
 	scheduleJobRot = "rotate-ingest-credentials"
-	demoPrivacy    = "client_ip=truncate,developer_email=hmac,identity.subject=hmac,identity.email=hmac"
+	demoPrivacy    = "client_ip=truncate,forwarded_client_ip=truncate,developer_email=hmac,identity.subject=hmac,identity.email=hmac"
 )
 
 type options struct {
