@@ -1,7 +1,6 @@
 package rotate_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -25,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/api/iterator"
 
+	"apigee-timescale/deploy/local/stack"
 	"apigee-timescale/deploy/local/standin/secretmanagertest"
 	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/rotate"
@@ -50,7 +50,7 @@ type fixture struct {
 	secret         string
 	loginA, loginB string
 	rotDB          *dbconn.DB
-	logs           *syncBuffer
+	logs           *stack.SyncBuffer
 	svc            *rotate.Service
 
 	mu        sync.Mutex
@@ -86,7 +86,7 @@ func newFixture(t *testing.T, kind testkit.Kind) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{db: db, host: u.Hostname(), port: u.Port(), logs: &syncBuffer{}, known: map[string]secrets.DBCredentials{}}
+	f := &fixture{db: db, host: u.Hostname(), port: u.Port(), logs: &stack.SyncBuffer{}, known: map[string]secrets.DBCredentials{}}
 	f.loginA, f.loginB = isolatedLogins(t, db)
 
 	_, rotDSN := db.Login(t, "apigee_rotate")
@@ -369,23 +369,6 @@ func wrapped(id, data string, attrs map[string]string) string {
 	return string(b)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func randHex(t testing.TB) string {
 	b := make([]byte, 4)
 	if _, err := rand.Read(b); err != nil {
@@ -413,7 +396,7 @@ func (d *fakeDialer) Dial(ctx context.Context, instance string, _ ...cloudsqlcon
 // both directions.
 type tapProxy struct {
 	addr string
-	seen syncBuffer
+	seen stack.SyncBuffer
 }
 
 func newTapProxy(t testing.TB, target string) *tapProxy {
