@@ -25,10 +25,13 @@ func testRollupDuringIngest(t *testing.T, tg *target) {
 	ctx := context.Background()
 	ing, _, _ := h.startIngest(t)
 	relay, rec := h.relay(t, h.sub, ing.URL, nil)
-	run := h.startRollup(t, "RAW_RETENTION=2d", "REJECTS_RETENTION=2d")
+	run := h.startRollup(t, "RAW_RETENTION=7d", "REJECTS_RETENTION=7d", "RUN_BUDGET=3s")
+
+	// Under a sustained load the refresh always has new minutes to chase;
+	// RUN_BUDGET (3s here) ends it so that retention gets its turn.
 
 	// Old calls, stored before the load; no rollup has seen them yet.
-	old := h.callsEnding(t, 2000, time.Now().Add(-4*24*time.Hour))
+	old := h.callsEnding(t, 2000, time.Now().Add(-10*24*time.Hour))
 	if _, err := h.publish(ctx, h.topic, old, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +112,7 @@ func testRollupDuringIngest(t *testing.T, tg *target) {
 	// Exact totals: every minute of the load counted once in api_calls_1m
 	// and api_calls_1h, and the old calls kept in the minute rollups
 	// though their raw rows are gone.
-	recent := time.Now().Add(-24 * time.Hour)
+	recent := time.Now().Add(-24 * time.Hour) // between the load and the old calls
 	var badMinutes, sum1m, sum1h, oldSum int64
 	if err := h.db.Admin.QueryRow(ctx, `
 		WITH raw AS (SELECT date_trunc('minute', received_at) AS m, count(*) AS c FROM apigee.api_calls GROUP BY 1),
