@@ -1,0 +1,250 @@
+//go:build reliability && soak
+
+package reliability
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"apigee-timescale/deploy/local/stack"
+)
+
+// Soak settings (`make soak` passes them).
+const (
+	envSoakDuration     = "SOAK_DURATION"
+	defaultSoakDuration = 30 * time.Minute
+	envSoakRate         = "SOAK_RATE"
+	defaultSoakRate     = 200 // records per second per database
+	soakInterval        = time.Minute
+	soakMaxConns        = 8 // the ingest pool, DB_MAX_CONNS
+)
+
+// TestSoak pushes steady traffic through the relay into one ingest process
+// per database for SOAK_DURATION, printing every minute the process's RSS
+// and goroutines, its open connections, the p99 answer time and the rows
+// stored, and at the end whether each stayed flat (a leak grows; a
+// sustainable rate keeps the answer time and the rows per minute level).
+// It is behind the extra build tag soak: `make soak`, never `make test`.
+func TestSoak(t *testing.T) {
+	duration, rate := defaultSoakDuration, defaultSoakRate
+	if v := os.Getenv(envSoakDuration); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 2*soakInterval {
+			t.Fatalf("%s=%q: want a duration of at least %v", envSoakDuration, v, 2*soakInterval)
+		}
+		duration = d
+	}
+	if v := os.Getenv(envSoakRate); v != "" {
+		r, err := strconv.Atoi(v)
+		if err != nil || r < 1 {
+			t.Fatalf("%s=%q: want records per second", envSoakRate, v)
+		}
+		rate = r
+	}
+	eachParallel(t, func(t *testing.T, tg *target) { soak(t, tg, duration, rate) })
+}
+
+// soakSample is one minute's reading.
+type soakSample struct {
+	rss        int64
+	goroutines int
+	httpConns  int // client connections open to ingest, one goroutine each
+	conns      int64
+	p99        time.Duration
+	rows       int64 // stored so far
+	perMinute  int64 // stored during the minute
+}
+
+func soak(t *testing.T, tg *target, duration time.Duration, rate int) {
+	h := newHarness(t, tg)
+	// The runtime's scheduler trace lists every goroutine of the deployed
+	// binary every 10 s; counting them needs no change to the product.
+	ing, _, logs := h.startIngest(t, "GODEBUG=schedtrace=10000,scheddetail=1", fmt.Sprintf("DB_MAX_CONNS=%d", soakMaxConns))
+	relay, rec := h.relay(t, h.sub, ing.URL, nil)
+
+	// The publisher runs until the last minute has been sampled.
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	published := make(chan int64, 1)
+	go func() {
+		var n int64
+		for ctx.Err() == nil {
+			// Five seconds at a time, so the records are rendered as they go.
+			p, err := h.publish(context.Background(), h.topic, h.calls(t, 5*rate), float64(rate))
+			if err != nil {
+				t.Error(err)
+				break
+			}
+			n += int64(len(p))
+		}
+		published <- n
+	}()
+
+	var samples []soakSample
+	tick := time.NewTicker(soakInterval)
+	defer tick.Stop()
+	for minute := 1; minute <= int(duration/soakInterval); minute++ {
+		<-tick.C
+		s := h.soakSample(t, ing, logs, rec)
+		if len(samples) > 0 {
+			s.perMinute = s.rows - samples[len(samples)-1].rows
+		} else {
+			s.perMinute = s.rows
+		}
+		samples = append(samples, s)
+		t.Logf("%s minute %3d: RSS %3d MiB, %3d goroutines (%3d HTTP connections), %d database connections, p99 answer %6.1f ms, %8d rows stored (+%d)",
+			tg.name, minute, s.rss>>20, s.goroutines, s.httpConns, s.conns, float64(s.p99.Microseconds())/1000, s.rows, s.perMinute)
+	}
+	stop()
+	n := <-published
+	waitAcked(t, relay, n, 2*time.Minute)
+	var rows, distinct int64
+	if err := h.db.Admin.QueryRow(context.Background(),
+		"SELECT count(*), count(DISTINCT message_id) FROM apigee.api_calls").Scan(&rows, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if rows != n || distinct != n {
+		t.Errorf("%d published, %d rows (%d distinct): want each stored once", n, rows, distinct)
+	}
+	alive(t, ing)
+	t.Logf("%s soak %v at %d/s: %s; %d published, %d rows, each once; relay %+v",
+		tg.name, duration, rate, flatness(t, samples, rate), n, rows, relay.Stats())
+}
+
+// soakSample reads the current values.
+func (h *harness) soakSample(t *testing.T, ing *stack.Process, logs *stack.SyncBuffer, rec *stack.Recorder) soakSample {
+	t.Helper()
+	var s soakSample
+	var err error
+	if s.rss, err = ing.RSS(); err != nil {
+		t.Fatal(err)
+	}
+	s.goroutines = goroutines(logs.String())
+	if s.httpConns, err = established(ing.Port); err != nil {
+		t.Fatal(err)
+	}
+	s.conns = h.count(t, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'reliability-ingest'", h.db.Name)
+	s.rows = h.count(t, "SELECT coalesce(sum(rows_inserted), 0) FROM apigee.ingest_batches")
+	// p99 over the attempts of the last minute.
+	from := time.Now().Add(-soakInterval)
+	var took []time.Duration
+	for _, as := range rec.All() {
+		for _, a := range as {
+			if a.Start.After(from) {
+				took = append(took, a.Took)
+			}
+		}
+	}
+	if len(took) > 0 {
+		slices.Sort(took)
+		s.p99 = took[len(took)*99/100]
+	}
+	return s
+}
+
+var (
+	schedHeader = regexp.MustCompile(`(?m)^SCHED \d+ms:`)
+	schedG      = regexp.MustCompile(`(?m)^\s+G\d+: status=(\d+)`)
+)
+
+// goroutines counts the live goroutines (not idle, not dead) in the last
+// complete scheduler trace of a GODEBUG=scheddetail=1 process log: the one
+// before the last header.
+func goroutines(log string) int {
+	heads := schedHeader.FindAllStringIndex(log, -1)
+	if len(heads) < 2 {
+		return -1
+	}
+	block := log[heads[len(heads)-2][0]:heads[len(heads)-1][0]]
+	n := 0
+	for _, m := range schedG.FindAllStringSubmatch(block, -1) {
+		if m[1] != "0" && m[1] != "6" { // _Gidle, _Gdead
+			n++
+		}
+	}
+	return n
+}
+
+// flatness compares every minute after the first (the warm-up) with the
+// second, within tolerances that a leak or a backlog soon exceeds, and
+// says for each measure whether it stayed flat.
+func flatness(t *testing.T, samples []soakSample, rate int) string {
+	t.Helper()
+	if len(samples) < 3 {
+		t.Errorf("%d samples: too short a soak to judge", len(samples))
+		return "too short to judge"
+	}
+	base := samples[1]
+	later := samples[2:]
+	want := int64(rate) * int64(soakInterval/time.Second)
+	type check struct {
+		name   string
+		ok     bool
+		detail string
+	}
+	maxOf := func(f func(soakSample) int64) int64 {
+		m := f(later[0])
+		for _, s := range later[1:] {
+			m = max(m, f(s))
+		}
+		return m
+	}
+	minOf := func(f func(soakSample) int64) int64 {
+		m := f(later[0])
+		for _, s := range later[1:] {
+			m = min(m, f(s))
+		}
+		return m
+	}
+	rss := maxOf(func(s soakSample) int64 { return s.rss })
+	// Each open HTTP connection has its goroutine, and how many the relay
+	// keeps open follows its concurrency of the moment: a leak is what
+	// grows besides them.
+	own := func(s soakSample) int64 { return int64(s.goroutines - s.httpConns) }
+	gor := maxOf(own)
+	conns := maxOf(func(s soakSample) int64 { return s.conns })
+	p99 := time.Duration(maxOf(func(s soakSample) int64 { return int64(s.p99) }))
+	lo, hi := minOf(func(s soakSample) int64 { return s.perMinute }), maxOf(func(s soakSample) int64 { return s.perMinute })
+	checks := []check{
+		{"RSS", rss <= base.rss*5/4+8<<20, fmt.Sprintf("%d→max %d MiB", base.rss>>20, rss>>20)},
+		{"goroutines", base.goroutines > 0 && gor <= own(base)+10, fmt.Sprintf("%d→max %d besides HTTP connections", own(base), gor)},
+		{"connections", conns <= soakMaxConns, fmt.Sprintf("%d→max %d (pool %d)", base.conns, conns, soakMaxConns)},
+		{"p99", p99 <= 2*base.p99+50*time.Millisecond, fmt.Sprintf("%.1f→max %.1f ms", float64(base.p99.Microseconds())/1000, float64(p99.Microseconds())/1000)},
+		{"rows/min", lo >= want*9/10 && hi <= want*11/10, fmt.Sprintf("%d–%d per minute, offered %d", lo, hi, want)},
+	}
+	var parts []string
+	for _, c := range checks {
+		verdict := "flat"
+		if !c.ok {
+			verdict = "NOT flat"
+			t.Errorf("soak: %s not flat: %s", c.name, c.detail)
+		}
+		parts = append(parts, fmt.Sprintf("%s %s (%s)", c.name, verdict, c.detail))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// established counts the established TCP connections to a local port, from
+// /proc/net/tcp (IPv4 loopback is where the relay connects).
+func established(port int) (int, error) {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return 0, fmt.Errorf("established: %w", err)
+	}
+	local := fmt.Sprintf(":%04X", port)
+	n := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[1], local) && f[3] == "01" {
+			n++
+		}
+	}
+	return n, nil
+}
