@@ -52,30 +52,8 @@ func testRollupDuringIngest(t *testing.T, tg *target) {
 		_ = relay.WaitFor(ctx, func(s pushrelay.Stats) bool { return s.Acked+s.DeadLettered >= int64(len(old)+n) })
 		close(done)
 	}()
-	var runs, skipped, dropped int
-	var droppedDuringLoad bool
-	var slowestRun time.Duration
-	for loading := true; loading; {
-		sum := run(t)
-		runs++
-		slowestRun = max(slowestRun, time.Duration(sum.DurationMS)*time.Millisecond)
-		if sum.Status == "skipped" {
-			skipped++
-		}
-		if sum.ChunksDropped > 0 {
-			dropped += sum.ChunksDropped
-			select {
-			case <-done:
-			default:
-				droppedDuringLoad = true
-			}
-		}
-		select {
-		case <-done:
-			loading = false
-		case <-time.After(300 * time.Millisecond):
-		}
-	}
+	rs := runUntil(t, run, done)
+	dropped := rs.dropped
 	wait()
 	waitAcked(t, relay, int64(len(old)+n), time.Second)
 	loadTook := time.Since(loadStart)
@@ -94,8 +72,8 @@ func testRollupDuringIngest(t *testing.T, tg *target) {
 
 	h.assertStoredOnce(t, msgs) // and none of the old calls: their chunk is gone
 	alive(t, ing)
-	if !droppedDuringLoad {
-		t.Fatalf("retention dropped %d chunks, none during the load (%d runs)", dropped, runs)
+	if !rs.droppedDuringLoad {
+		t.Fatalf("retention dropped %d chunks, none during the load (%d runs)", dropped, rs.runs)
 	}
 	var deadlocks int64
 	if err := h.db.Admin.QueryRow(ctx, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").Scan(&deadlocks); err != nil {
@@ -109,12 +87,55 @@ func testRollupDuringIngest(t *testing.T, tg *target) {
 		t.Errorf("%d attempts without an answer, slowest %v; want every answer within the %v push deadline", a.timeouts, a.slowest, pushDeadline)
 	}
 
-	// Exact totals: every minute of the load counted once in api_calls_1m
-	// and api_calls_1h, and the old calls kept in the minute rollups
-	// though their raw rows are gone.
+	sum1m, oldSum := h.assertRollupsExact(t, n, len(old))
+	t.Logf("%d rollup runs (%d skipped, slowest %v) during %d calls over %v; retention dropped %d chunks/partitions during the load; 0 deadlocks; ingest answers %v, slowest %v; rollups exact: %d calls in 1m and 1h, %d old calls kept in 1m",
+		rs.runs, rs.skipped, rs.slowest, n, loadTook.Round(time.Millisecond), dropped, rec.Statuses(), a.slowest.Round(time.Millisecond), sum1m, oldSum)
+}
+
+// rollupRuns is what the runs during a load did.
+type rollupRuns struct {
+	runs, skipped, dropped int
+	droppedDuringLoad      bool
+	slowest                time.Duration
+}
+
+// runUntil triggers rollup runs one after the other, 300 ms apart, until
+// done is closed.
+func runUntil(t *testing.T, run func(*testing.T) rollup.Summary, done <-chan struct{}) rollupRuns {
+	t.Helper()
+	var rs rollupRuns
+	for {
+		sum := run(t)
+		rs.runs++
+		rs.slowest = max(rs.slowest, time.Duration(sum.DurationMS)*time.Millisecond)
+		if sum.Status == "skipped" {
+			rs.skipped++
+		}
+		if sum.ChunksDropped > 0 {
+			rs.dropped += sum.ChunksDropped
+			select {
+			case <-done:
+			default:
+				rs.droppedDuringLoad = true
+			}
+		}
+		select {
+		case <-done:
+			return rs
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// assertRollupsExact checks that every minute of the load is counted once
+// in api_calls_1m and api_calls_1h (n calls in all), and that the old
+// calls stay counted in the minute rollups though their raw rows are gone;
+// it returns the minute rollups' totals, recent and old.
+func (h *harness) assertRollupsExact(t *testing.T, n, old int) (sum1m, oldSum int64) {
+	t.Helper()
 	recent := time.Now().Add(-24 * time.Hour) // between the load and the old calls
-	var badMinutes, sum1m, sum1h, oldSum int64
-	if err := h.db.Admin.QueryRow(ctx, `
+	var badMinutes, sum1h int64
+	if err := h.db.Admin.QueryRow(context.Background(), `
 		WITH raw AS (SELECT date_trunc('minute', received_at) AS m, count(*) AS c FROM apigee.api_calls GROUP BY 1),
 		     r1m AS (SELECT bucket_start AS m, sum(calls) AS c FROM apigee.api_calls_1m WHERE bucket_start > $1 GROUP BY 1)
 		SELECT (SELECT count(*) FROM raw FULL JOIN r1m USING (m) WHERE raw.c IS DISTINCT FROM r1m.c),
@@ -124,12 +145,11 @@ func testRollupDuringIngest(t *testing.T, tg *target) {
 		recent).Scan(&badMinutes, &sum1m, &sum1h, &oldSum); err != nil {
 		t.Fatal(err)
 	}
-	if badMinutes != 0 || sum1m != n || sum1h != n || oldSum != int64(len(old)) {
+	if badMinutes != 0 || sum1m != int64(n) || sum1h != int64(n) || oldSum != int64(old) {
 		t.Fatalf("rollups: %d minutes differ from the raw rows; 1m total %d, 1h total %d, want %d; old calls in 1m %d, want %d",
-			badMinutes, sum1m, sum1h, n, oldSum, len(old))
+			badMinutes, sum1m, sum1h, n, oldSum, old)
 	}
-	t.Logf("%d rollup runs (%d skipped, slowest %v) during %d calls over %v; retention dropped %d chunks/partitions during the load; 0 deadlocks; ingest answers %v, slowest %v; rollups exact: %d calls in 1m and 1h, %d old calls kept in 1m",
-		runs, skipped, slowestRun, n, loadTook.Round(time.Millisecond), dropped, rec.Statuses(), a.slowest.Round(time.Millisecond), sum1m, oldSum)
+	return sum1m, oldSum
 }
 
 // startRollup starts the rollup function as a child process, logging in as
