@@ -290,7 +290,7 @@ func TestThousandConcurrentRequestsShareBatches(t *testing.T) {
 func TestDatabaseOutage(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		_, dsn := db.Login(t, "apigee_ingest")
-		proxy, viaProxy := newCutProxy(t, dsn)
+		proxy, viaProxy := testkit.NewProxy(t, dsn)
 		s := newServiceDSN(t, viaProxy, func(c *Config, _ *Deps) {
 			c.RequestTimeout = 2 * time.Second
 			c.Batch.WriteTimeout = time.Second
@@ -304,7 +304,7 @@ func TestDatabaseOutage(t *testing.T) {
 		if code := post(t, s, bodies[0], nil); code != http.StatusNoContent {
 			t.Fatalf("warm-up: %d", code)
 		}
-		proxy.cut()
+		proxy.Cut()
 		start := time.Now()
 		codes := deliverConcurrently(t, s, bodies, 50)
 		if codes[http.StatusNoContent] != 0 || codes[http.StatusServiceUnavailable]+codes[http.StatusTooManyRequests] != len(bodies) {
@@ -314,7 +314,7 @@ func TestDatabaseOutage(t *testing.T) {
 			t.Fatalf("answers took %v during the outage", el)
 		}
 		// Pub/Sub redelivers everything unacknowledged once the database is back.
-		proxy.restore()
+		proxy.Restore()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			codes = deliverConcurrently(t, s, bodies, 50)

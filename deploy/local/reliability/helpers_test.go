@@ -22,11 +22,59 @@ import (
 	"apigee-timescale/deploy/local/standin/pushrelay"
 )
 
-// Environment of the private cluster.
+// Environment of the private clusters: a superuser URL and a data
+// directory (for the restart script) for each database the suite runs on.
 const (
-	envServer = "RELIABILITY_TIMESCALEDB_URL"
-	envData   = "RELIABILITY_TSDB_DATA"
+	envServer   = "RELIABILITY_TIMESCALEDB_URL"
+	envData     = "RELIABILITY_TSDB_DATA"
+	envPGServer = "RELIABILITY_POSTGRES_URL"
+	envPGData   = "RELIABILITY_PG_DATA"
 )
+
+// target is one private cluster the suite runs on.
+type target struct {
+	name   string // subtest name: timescaledb or postgres
+	server string // superuser URL
+	data   string // data directory, for restart
+	script string // deploy/local script that manages it
+	env    func(port, data string) []string
+}
+
+var targets = []struct {
+	target
+	serverVar, dataVar string
+}{
+	{target{name: "timescaledb", script: "timescaledb.sh", env: func(port, data string) []string {
+		return []string{"TSDB_PORT=" + port, "TSDB_DATA=" + data}
+	}}, envServer, envData},
+	{target{name: "postgres", script: "postgres.sh", env: func(port, data string) []string {
+		return []string{"PG_PORT=" + port, "PG_DATA_DIR=" + data}
+	}}, envPGServer, envPGData},
+}
+
+// each runs fn as a subtest on every private cluster, one after the
+// other: TimescaleDB and plain PostgreSQL (what Cloud SQL runs).
+func each(t *testing.T, fn func(t *testing.T, tg *target)) {
+	t.Helper()
+	for _, c := range targets {
+		t.Run(c.name, func(t *testing.T) {
+			tg := c.target
+			tg.server = require(t, c.serverVar)
+			tg.data = require(t, c.dataVar)
+			fn(t, &tg)
+		})
+	}
+}
+
+// eachParallel is each with the databases at once, for a test that
+// mostly waits (the machine has room for two of it).
+func eachParallel(t *testing.T, fn func(t *testing.T, tg *target)) {
+	t.Helper()
+	each(t, func(t *testing.T, tg *target) {
+		t.Parallel()
+		fn(t, tg)
+	})
+}
 
 // require returns the value of an environment variable, skipping the test
 // when it is unset, or failing it under CI=true.
@@ -62,6 +110,7 @@ func binary(t *testing.T, name string) string {
 		binaries, buildErr = stack.Build(ctx, dir, map[string]string{
 			"ingest": "./functions/ingest/cmd/ingest",
 			"rotate": "./functions/rotate/cmd/rotate",
+			"rollup": "./functions/rollup/cmd/rollup",
 		})
 	})
 	if buildErr != nil {
@@ -78,6 +127,7 @@ func binary(t *testing.T, name string) string {
 // with a login in apigee_ingest, pstest with a topic and a subscription,
 // and a generator of Apigee records.
 type harness struct {
+	tg        *target
 	db        *stack.Database
 	ps        *stack.PubSub
 	topic     string
@@ -87,9 +137,9 @@ type harness struct {
 	gen       *simulator.Generator
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, tg *target) *harness {
 	t.Helper()
-	server := require(t, envServer)
+	server := tg.server
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	suffix := stack.RandomSuffix(4)
@@ -126,15 +176,21 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{db: db, ps: ps, topic: topic, sub: sub, ingestDSN: dsn, gen: gen}
+	return &harness{tg: tg, db: db, ps: ps, topic: topic, sub: sub, ingestDSN: dsn, gen: gen}
 }
 
 // calls renders n good records with event times spread over the last hour.
 func (h *harness) calls(t *testing.T, n int) []simulator.Message {
 	t.Helper()
+	return h.callsEnding(t, n, time.Now().Add(-time.Minute))
+}
+
+// callsEnding renders n good records with event times spread over the 50
+// minutes before end.
+func (h *harness) callsEnding(t *testing.T, n int, end time.Time) []simulator.Message {
+	t.Helper()
 	h.genMu.Lock()
 	defer h.genMu.Unlock()
-	end := time.Now().Add(-time.Minute)
 	out := make([]simulator.Message, n)
 	for i := range out {
 		at := end.Add(-time.Duration(float64(50*time.Minute) * float64(n-i) / float64(n)))
@@ -239,6 +295,10 @@ func (h *harness) ingestProcess(t *testing.T, port int, logs *stack.SyncBuffer, 
 	return p
 }
 
+// pushDeadline is the relays' acknowledgement deadline, the push
+// subscription's: an answer later than this is no answer.
+const pushDeadline = 10 * time.Second
+
 // relay starts a push relay from sub to endpoint with quick retries and a
 // recorder of every attempt; tweak adjusts the configuration.
 func (h *harness) relay(t *testing.T, sub, endpoint string, tweak func(*pushrelay.Config)) (*stack.Relay, *stack.Recorder) {
@@ -248,7 +308,7 @@ func (h *harness) relay(t *testing.T, sub, endpoint string, tweak func(*pushrela
 		Client:       h.ps.Client,
 		Subscription: sub,
 		Endpoint:     endpoint,
-		AckDeadline:  10 * time.Second,
+		AckDeadline:  pushDeadline,
 		MinBackoff:   100 * time.Millisecond,
 		MaxBackoff:   time.Second,
 		MaxInFlight:  200,
@@ -343,10 +403,19 @@ func tail(s string, n int) string {
 
 // restartCluster restarts the private cluster with the project's script,
 // as an operator (or a managed service's maintenance) would.
-func restartCluster(t *testing.T) {
+func restartCluster(t *testing.T, tg *target) {
 	t.Helper()
-	data := require(t, envData)
-	u, err := url.Parse(require(t, envServer))
+	out := clusterCommand(t, tg, "restart")
+	if !strings.Contains(out, "server started") {
+		t.Logf("restart output:\n%s", out)
+	}
+}
+
+// clusterCommand runs the cluster's script with action (restart, down,
+// up) and returns its output.
+func clusterCommand(t *testing.T, tg *target, action string) string {
+	t.Helper()
+	u, err := url.Parse(tg.server)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,14 +423,12 @@ func restartCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	script := filepath.Join(root, "deploy", "local", "timescaledb.sh")
-	out, err := runCommand(script, []string{"TSDB_PORT=" + u.Port(), "TSDB_DATA=" + data}, "restart")
+	script := filepath.Join(root, "deploy", "local", tg.script)
+	out, err := runCommand(script, tg.env(u.Port(), tg.data), action)
 	if err != nil {
-		t.Fatalf("restart cluster: %v\n%s", err, out)
+		t.Fatalf("%s %s: %v\n%s", tg.script, action, err, out)
 	}
-	if !strings.Contains(out, "server started") {
-		t.Logf("restart output:\n%s", out)
-	}
+	return out
 }
 
 // runCommand runs a command with extra environment and returns its
@@ -397,4 +464,39 @@ func summarize(errs map[string]int) map[string]int {
 		out[e] += n
 	}
 	return out
+}
+
+// answers summarizes every attempt a recorder saw: the slowest answer,
+// the attempts that got none (refused, or past the deadline), and the
+// non-ack answers.
+type answers struct {
+	slowest  time.Duration
+	timeouts int
+	nonAck   int
+}
+
+func answered(rec *stack.Recorder) answers {
+	var a answers
+	for _, as := range rec.All() {
+		for _, at := range as {
+			a.slowest = max(a.slowest, at.Took)
+			switch {
+			case at.Status == 0:
+				a.timeouts++
+			case !at.Acked():
+				a.nonAck++
+			}
+		}
+	}
+	return a
+}
+
+// alive fails the test if the process has exited.
+func alive(t *testing.T, p *stack.Process) {
+	t.Helper()
+	select {
+	case <-p.Done():
+		t.Fatalf("%s exited: %v", p.Name, p.ExitErr())
+	default:
+	}
 }

@@ -26,9 +26,10 @@ import (
 // TestDatabaseRestartDuringLoad restarts the database server while records
 // stream in: ingest answers non-ack while it is down, the relay retries,
 // and in the end every record is stored exactly once.
-func TestDatabaseRestartDuringLoad(t *testing.T) {
-	require(t, envData)
-	h := newHarness(t)
+func TestDatabaseRestartDuringLoad(t *testing.T) { each(t, testDatabaseRestartDuringLoad) }
+
+func testDatabaseRestartDuringLoad(t *testing.T, tg *target) {
+	h := newHarness(t, tg)
 	ing, _, _ := h.startIngest(t)
 	relay, rec := h.relay(t, h.sub, ing.URL, nil)
 
@@ -45,7 +46,7 @@ func TestDatabaseRestartDuringLoad(t *testing.T) {
 	if _, err := h.db.WaitCount(ctx, n/4, "SELECT count(*) FROM apigee.api_calls"); err != nil {
 		t.Fatal(err)
 	}
-	restartCluster(t)
+	restartCluster(t, tg)
 	// The admin pool's connections died with the server; pgxpool replaces them.
 	var startedAfter time.Time
 	var atRestart int64
@@ -137,8 +138,10 @@ func (m multiply) RoundTrip(req *http.Request) (*http.Response, error) {
 // TestDuplicateStorm delivers every message three times concurrently, and
 // publishes a share of the records twice (a publisher retry: a new Pub/Sub
 // message ID, the same record): each record is stored once.
-func TestDuplicateStorm(t *testing.T) {
-	h := newHarness(t)
+func TestDuplicateStorm(t *testing.T) { each(t, testDuplicateStorm) }
+
+func testDuplicateStorm(t *testing.T, tg *target) {
+	h := newHarness(t, tg)
 	ing, _, _ := h.startIngest(t)
 	rec := stack.NewRecorder(nil)
 	relay, _ := h.relay(t, h.sub, ing.URL, func(c *pushrelay.Config) {
@@ -191,8 +194,10 @@ func TestDuplicateStorm(t *testing.T) {
 // TestMalformedFlood mixes 10,000 malformed messages of every kind into
 // good traffic: each is quarantined with its reason and acknowledged at
 // the first attempt, and every good record is stored.
-func TestMalformedFlood(t *testing.T) {
-	h := newHarness(t)
+func TestMalformedFlood(t *testing.T) { each(t, testMalformedFlood) }
+
+func testMalformedFlood(t *testing.T, tg *target) {
+	h := newHarness(t, tg)
 	ing, _, _ := h.startIngest(t)
 	relay, rec := h.relay(t, h.sub, ing.URL, nil)
 
@@ -264,8 +269,10 @@ func TestMalformedFlood(t *testing.T) {
 // records stream in, as Cloud Run does when it scales in: every message
 // it acknowledged is stored by the time it exits, and what it did not
 // acknowledge is redelivered to the next instance and stored once.
-func TestSIGTERMDuringLoad(t *testing.T) {
-	h := newHarness(t)
+func TestSIGTERMDuringLoad(t *testing.T) { each(t, testSIGTERMDuringLoad) }
+
+func testSIGTERMDuringLoad(t *testing.T, tg *target) {
+	h := newHarness(t, tg)
 	first, port, logs := h.startIngest(t, "INGEST_DRAIN_TIMEOUT=8s")
 	relay, rec := h.relay(t, h.sub, first.URL, nil)
 
@@ -329,8 +336,10 @@ func TestSIGTERMDuringLoad(t *testing.T) {
 // subscriptions): ingest answers non-ack within its request timeout
 // (before the push deadline), refuses what exceeds its queue at once, its
 // memory stays bounded, and once the lock goes it catches up by itself.
-func TestSlowDatabase(t *testing.T) {
-	h := newHarness(t)
+func TestSlowDatabase(t *testing.T) { each(t, testSlowDatabase) }
+
+func testSlowDatabase(t *testing.T, tg *target) {
+	h := newHarness(t, tg)
 	const requestTimeout = 2 * time.Second
 	ing, _, _ := h.startIngest(t,
 		"INGEST_REQUEST_TIMEOUT="+requestTimeout.String(),

@@ -17,8 +17,10 @@ import (
 // (DB_SECRET) and its connections live one second, so it keeps opening
 // connections as either login and must follow the rotations: not one
 // delivery may fail.
-func TestRotationDuringLoad(t *testing.T) {
-	h := newHarness(t)
+func TestRotationDuringLoad(t *testing.T) { each(t, testRotationDuringLoad) }
+
+func testRotationDuringLoad(t *testing.T, tg *target) {
+	h := newHarness(t, tg)
 	ctx := context.Background()
 	sm, err := stack.StartSecretManager()
 	if err != nil {

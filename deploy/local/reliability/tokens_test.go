@@ -27,8 +27,10 @@ import (
 // Ingest runs in process here: its verifier must fetch the local signer's
 // keys, which the deployed command cannot be told to do (it always asks
 // Google).
-func TestBadTokensAreRefused(t *testing.T) {
-	h := newHarness(t)
+func TestBadTokensAreRefused(t *testing.T) { each(t, testBadTokensAreRefused) }
+
+func testBadTokensAreRefused(t *testing.T, tg *target) {
+	h := newHarness(t, tg)
 	signer := pushauthtest.NewSigner(t)
 	const pusher = "pubsub-push@reliability.iam.gserviceaccount.com"
 	port, err := stack.FreePort()
