@@ -35,6 +35,7 @@ app_label=apigee-timescale
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 die() { echo "deploy.sh: $*" >&2; exit 1; }
 note() { echo "== $*"; }
+warn() { echo "deploy.sh: warning: $*" >&2; }
 
 config=$here/config.env
 dry_run=false
@@ -65,6 +66,9 @@ done
 : "${DB_OWNER_URL_SECRET:=}" "${DB_PORT:=5432}" "${DB_SSLMODE:=require}"
 : "${CLOUDSQL_INSTANCE:=}" "${CLOUDSQL_PRIVATE_IP:=false}" "${VPC_CONNECTOR:=}"
 : "${DB_STORAGE:=}" "${DB_MAX_CONNS:=8}" "${PREFIX:=apigee}"
+# Connections kept free beside the functions' pools (migrations, psql, a
+# dashboard): the sizing check below.
+: "${CONN_MARGIN:=10}"
 : "${GO_RUNTIME:=go126}" "${BUILD_SERVICE_ACCOUNT:=}" "${INGRESS_SETTINGS:=all}"
 : "${INGEST_MEMORY:=1Gi}" "${INGEST_CPU=1}" "${INGEST_CONCURRENCY:=80}"
 : "${INGEST_MIN_INSTANCES:=1}" "${INGEST_MAX_INSTANCES:=20}" "${INGEST_TIMEOUT:=60s}"
@@ -117,7 +121,7 @@ check_cpu ROLLUP "$ROLLUP_CONCURRENCY" "$ROLLUP_CPU"
 	die "INGEST_REQUEST_TIMEOUT must be whole seconds (e.g. 9s) below ACK_DEADLINE ($ACK_DEADLINE s): a late answer counts as a failure"
 [ -n "$DB_HOST" ] || [ -n "$CLOUDSQL_INSTANCE" ] || die "set DB_HOST, or CLOUDSQL_INSTANCE"
 if [ -n "$APIGEE_ORG" ] && [ -z "$APIGEE_ENV" ]; then die "APIGEE_ORG is set: set APIGEE_ENV too"; fi
-for t in ALERT_REJECT_BATCHES ALERT_NON_ACK ALERT_JOB_FAILURES DB_MAX_CONNS DB_PORT; do
+for t in ALERT_REJECT_BATCHES ALERT_NON_ACK ALERT_JOB_FAILURES DB_MAX_CONNS DB_PORT CONN_MARGIN; do
 	[[ ${!t} =~ ^[0-9]+$ ]] || die "$t must be a whole number"
 done
 
@@ -450,7 +454,20 @@ bootstrap_login() {
 $dry_run || build_tools
 # The schema first (goose: applies only what is pending), as the owner,
 # never at function start-up.
-with_owner "$(tool migrate)" up
+migrated=$(with_owner "$(tool migrate)" up)
+printf '%s\n' "$migrated"
+# Every instance of every function may hold DB_MAX_CONNS connections at peak
+# (rotate runs one instance); they must fit in what the server lets ordinary
+# roles open, with a margin for migrations, psql and the rollup's readers.
+need=$(((INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES + 1) * DB_MAX_CONNS))
+available=$(sed -n 's/^connections available: \([0-9]*\)$/\1/p' <<<"$migrated")
+if $dry_run; then
+	note "connections: up to $need at peak ((INGEST_MAX_INSTANCES $INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES $ROLLUP_MAX_INSTANCES + rotate 1) × DB_MAX_CONNS $DB_MAX_CONNS); checked against the server on a real run"
+elif [ -z "$available" ]; then
+	warn "could not read the server's connection limit; make sure it allows $need connections ((ingest + rollup + rotate instances) × DB_MAX_CONNS)"
+elif [ "$need" -gt $((available - CONN_MARGIN)) ]; then
+	die "the functions may open $need connections ((INGEST_MAX_INSTANCES $INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES $ROLLUP_MAX_INSTANCES + rotate 1) × DB_MAX_CONNS $DB_MAX_CONNS), but the server allows ordinary roles $available (max_connections less reserved), less a margin of $CONN_MARGIN: lower INGEST_MAX_INSTANCES or DB_MAX_CONNS, or raise max_connections"
+fi
 # The ingest secret is rotated by functions/rotate from then on; its first
 # credential expires like the ones rotate creates.
 bootstrap_login "$SECRET_INGEST" apigee_ingest_a apigee_ingest "$ROTATE_TTL"

@@ -932,3 +932,35 @@ func TestShellcheck(t *testing.T) {
 		t.Errorf("shellcheck %q: %v\n%s", scripts, err, out)
 	}
 }
+
+// The functions' pools must fit in the server's connections: after
+// migrating, deploy.sh stops before deploying any function when
+// (ingest + rollup + rotate instances) × DB_MAX_CONNS exceeds what ordinary
+// roles may open less CONN_MARGIN, and names every number.
+func TestConnectionLimitIsChecked(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, available string
+		ok              bool
+	}{
+		{"fits", "194", true}, // (20 + 2 + 1) × 8 = 184 ≤ 194 − 10
+		{"too few", "193", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, map[string]string{"APIGEE_ORG": ""})
+			e.extraEnviron = append(e.extraEnviron, "FAKE_DB_CONNECTIONS="+tt.available)
+			r := e.run(tt.ok)
+			deployed := slices.ContainsFunc(toolCalls(r.calls, "gcloud"), func(c call) bool {
+				return slices.Contains(c.Argv, "functions") && slices.Contains(c.Argv, "deploy")
+			})
+			if deployed != tt.ok {
+				t.Errorf("functions deployed: %v, want %v", deployed, tt.ok)
+			}
+			if !tt.ok && !strings.Contains(r.stderr, "may open 184 connections") || !tt.ok && !strings.Contains(r.stderr, "allows ordinary roles 193") {
+				t.Errorf("stderr does not give the numbers:\n%s", r.stderr)
+			}
+		})
+	}
+}

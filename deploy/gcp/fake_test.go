@@ -81,6 +81,9 @@ func fakeMain(tool string, args []string) int {
 			err = fmt.Errorf("migrate: want the single argument up, got %q", args)
 		} else {
 			fmt.Fprintln(f.stdout, "nothing to apply")
+			// What migrate up prints last: max_connections less the
+			// reserved slots (FAKE_DB_CONNECTIONS, as a server's settings).
+			fmt.Fprintf(f.stdout, "connections available: %s\n", cmp.Or(os.Getenv("FAKE_DB_CONNECTIONS"), "497"))
 		}
 	case "dblogin":
 		err = f.dblogin(args)

@@ -1,6 +1,8 @@
 // Command migrate applies the embedded schema migrations to DATABASE_URL.
 //
-//	migrate up       apply every pending migration (a second run does nothing)
+//	migrate up       apply every pending migration (a second run does nothing),
+//	                 then print "connections available: N", what ordinary roles
+//	                 may open (deploy/gcp/deploy.sh sizes the pools against it)
 //	migrate status   list migrations and when each was applied
 //	migrate version  print the current schema version
 //
@@ -24,6 +26,13 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// availableSQL is the connections roles without superuser (or
+// pg_use_reserved_connections, PostgreSQL 16+) may open: the functions'
+// pools must fit in it.
+const availableSQL = `SELECT current_setting('max_connections')::int
+	- current_setting('superuser_reserved_connections')::int
+	- coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0)`
 
 func run(ctx context.Context, args []string) error {
 	if len(args) != 1 {
@@ -56,6 +65,11 @@ func run(ctx context.Context, args []string) error {
 		if len(res) == 0 {
 			fmt.Println("nothing to apply")
 		}
+		var n int
+		if err := db.QueryRowContext(ctx, availableSQL).Scan(&n); err != nil {
+			return fmt.Errorf("up: read max_connections: %w", err)
+		}
+		fmt.Printf("connections available: %d\n", n)
 	case "status":
 		st, err := p.Status(ctx)
 		if err != nil {
