@@ -17,7 +17,7 @@ help:
 	@echo "make reliability   the reliability suite on private TimescaleDB (:55442) and PostgreSQL (:55443) clusters"
 	@echo "make soak          steady push traffic for SOAK_DURATION (30m), flatness of RSS, goroutines, connections, p99"
 	@echo "make verify        check the tamper evidence (rows hashes + seal chain) of DATABASE_URL"
-	@echo "make bench         run the benchmarks and print ratios (bench-ingest, bench-rollup)"
+	@echo "make bench         run the benchmarks and print ratios (bench-ingest, bench-rollup; bench-record: decoder instructions per record)"
 	@echo "make deploy        deploy to Google Cloud (deploy/gcp/README.md); deploy-dry-run prints it"
 	@echo "make shellcheck    lint every shell script"
 	@echo "make lint-apigee   lint the Apigee shared flows with apigeelint (Apigee X profile; also part of make test)"

@@ -24,3 +24,21 @@ bench-rollup:
 	@BENCH_DATABASE_URL="$${TEST_TIMESCALEDB_URL:-}" deploy/local/setup.sh bench; \
 	url="$${TEST_TIMESCALEDB_URL:-$$(deploy/local/timescaledb.sh up | tail -n1)}"; \
 	TEST_TIMESCALEDB_URL="$$url" $(GO) test -run '^$$' -bench BenchmarkRollup -benchtime 1x -timeout 30m ./functions/rollup/
+
+# bench-record counts the record decoder's instructions per record with
+# callgrind (repeatable on a busy machine, unlike ns/op): the difference
+# between two iteration counts, so start-up cost cancels. Go's preemption
+# signals crash callgrind, hence asyncpreemptoff.
+.PHONY: bench-record
+bench-record:
+	@set -euo pipefail; command -v valgrind >/dev/null || { echo "bench-record: valgrind is not installed (apt-get install valgrind)"; exit 1; }; \
+	bin=$$(mktemp -d)/record.test; $(GO) test -c -o $$bin ./shared/record/; cd shared/record; \
+	for spec in 1-record:6000:10000:4000 500-record:20:60:20000; do \
+		IFS=: read -r name lo hi per <<<"$$spec"; n=(); \
+		for it in $$lo $$hi; do \
+			n+=($$(GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 GOGC=off valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+				$$bin -test.run '^$$' -test.bench "Parse/$$name" -test.benchtime=$${it}x 2>&1 >/dev/null | \
+				sed -n 's/.*Collected : \([0-9]*\).*/\1/p')); \
+		done; \
+		echo "Parse/$$name: $$(( (n[1] - n[0]) / per )) instructions per record"; \
+	done
