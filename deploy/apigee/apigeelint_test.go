@@ -6,13 +6,25 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"testing"
 )
 
-// apigeelintVersion is the linter deploy/local/setup.sh installs (npm,
-// outside the repository); the test refuses any other, so a result is
-// always the pinned linter's.
-const apigeelintVersion = "2.85.1"
+// pinnedApigeelint returns the version deploy/local/setup.sh installs (npm,
+// outside the repository), read from the script so the pin is written once;
+// the test refuses any other, so a result is always the pinned linter's.
+func pinnedApigeelint(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "local", "setup.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*apigeelint_version=([0-9.]+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("deploy/local/setup.sh pins no apigeelint_version")
+	}
+	return string(m[1])
+}
 
 // apigeelintPath finds the linter: $APIGEELINT, then setup.sh's install
 // folders (root, then the user's cache), then PATH. Without it the test
@@ -63,8 +75,8 @@ func TestApigeelint(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s --version: %v", bin, err)
 	}
-	if got := string(out); got != apigeelintVersion+"\n" {
-		t.Fatalf("%s is version %q, want %s (deploy/local/setup.sh test installs it)", bin, got, apigeelintVersion)
+	if want := pinnedApigeelint(t); string(out) != want+"\n" {
+		t.Fatalf("%s is version %q, want %s (deploy/local/setup.sh test installs it)", bin, out, want)
 	}
 	for _, b := range bundles {
 		t.Run(b.name, func(t *testing.T) {
