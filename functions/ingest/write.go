@@ -233,7 +233,7 @@ func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]C
 	if len(calls) == 0 {
 		return nil, nil
 	}
-	calls = firstOfEachKey(calls)
+	calls, index := firstOfEachKey(calls)
 	n, err := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, &callRows{calls: calls, batchID: batchID})
 	if err != nil {
 		return nil, fmt.Errorf("write: copy: %w", err)
@@ -245,14 +245,6 @@ func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]C
 	if err != nil {
 		return nil, fmt.Errorf("write: insert: %w", err)
 	}
-	type key struct {
-		id string
-		at int64
-	}
-	index := make(map[key]int, len(calls))
-	for i := range calls {
-		index[key{calls[i].MessageID, calls[i].ReceivedAt.UnixMicro()}] = i
-	}
 	inserted := make([]Call, 0, len(calls))
 	for rows.Next() {
 		var id string
@@ -261,7 +253,7 @@ func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]C
 			rows.Close()
 			return nil, fmt.Errorf("write: insert: %w", err)
 		}
-		i, ok := index[key{id, at.UnixMicro()}]
+		i, ok := index[callKey{id, at.UnixMicro()}]
 		if !ok {
 			rows.Close()
 			return nil, fmt.Errorf("write: insert returned unknown key %q", id)
@@ -376,31 +368,34 @@ func isNoPartition(err error) bool {
 	return errors.As(err, &pg) && pg.Code == pgerrcode.CheckViolation && pg.ConstraintName == "" && pg.TableName != ""
 }
 
-// firstOfEachKey returns calls without later copies of a (message_id,
-// received_at) key, keeping the first delivered; calls itself when there are
-// none.
-func firstOfEachKey(calls []Call) []Call {
-	type key struct {
-		id string
-		at int64
-	}
-	seen := make(map[key]struct{}, len(calls))
-	var out []Call
+// callKey is a row's key in apigee.api_calls, received_at in the
+// microseconds PostgreSQL keeps.
+type callKey struct {
+	id string
+	at int64
+}
+
+// firstOfEachKey returns calls without later copies of a key, keeping the
+// first delivered (calls itself when there are none), and each kept call's
+// position by key, to match what INSERT … RETURNING names.
+func firstOfEachKey(calls []Call) ([]Call, map[callKey]int) {
+	index := make(map[callKey]int, len(calls))
+	var out []Call // nil until a later copy shows up
 	for i := range calls {
-		k := key{calls[i].MessageID, calls[i].ReceivedAt.UnixMicro()}
-		if _, dup := seen[k]; dup {
+		k := callKey{calls[i].MessageID, calls[i].ReceivedAt.UnixMicro()}
+		if _, dup := index[k]; dup {
 			if out == nil {
 				out = append(make([]Call, 0, len(calls)), calls[:i]...)
 			}
 			continue
 		}
-		seen[k] = struct{}{}
+		index[k] = len(index) // its position among the calls kept
 		if out != nil {
 			out = append(out, calls[i])
 		}
 	}
 	if out == nil {
-		return calls
+		return calls, index
 	}
-	return out
+	return out, index
 }
