@@ -24,13 +24,7 @@ import (
 // ingestPool connects as a login in apigee_ingest, as the function does.
 func ingestPool(t *testing.T, db *testkit.DB) *pgxpool.Pool {
 	t.Helper()
-	_, dsn := db.Login(t, "apigee_ingest")
-	pool, err := pgxpool.New(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
+	return db.LoginPool(t, "apigee_ingest")
 }
 
 func testCall(id, tenant string, at time.Time) Call {

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/ingest"
@@ -43,13 +42,7 @@ func auditCall(id string, at time.Time) ingest.Call {
 
 func ingestWriter(t testing.TB, db *testkit.DB) *ingest.Writer {
 	t.Helper()
-	_, dsn := db.Login(t, "apigee_ingest")
-	pool, err := pgxpool.New(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return ingest.NewWriter(pool)
+	return ingest.NewWriter(db.LoginPool(t, "apigee_ingest"))
 }
 
 // writeBatches writes n batches of the given ages through the ingest

@@ -104,13 +104,7 @@ func insertCalls(tb testing.TB, db *testkit.DB, calls []call) {
 // role the function runs as.
 func rollupPool(tb testing.TB, db *testkit.DB) *pgxpool.Pool {
 	tb.Helper()
-	_, dsn := db.Login(tb, "apigee_rollup")
-	pool, err := pgxpool.New(context.Background(), dsn)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(pool.Close)
-	return pool
+	return db.LoginPool(tb, "apigee_rollup")
 }
 
 // testConfig is DefaultConfig with anything a test may tune.

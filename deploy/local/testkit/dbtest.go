@@ -146,6 +146,19 @@ func (d *DB) Login(tb testing.TB, groups ...string) (role, dsn string) {
 	return role, u.String()
 }
 
+// LoginPool is Login, then a pool logged in as that role (members of the
+// groups, as a function's login is), closed when the test ends.
+func (d *DB) LoginPool(tb testing.TB, groups ...string) *pgxpool.Pool {
+	tb.Helper()
+	_, dsn := d.Login(tb, groups...)
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		tb.Fatalf("testkit: pool: %v", err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool
+}
+
 // Connect opens a single connection to dsn, closed when the test ends.
 func Connect(tb testing.TB, dsn string) *pgx.Conn {
 	tb.Helper()
