@@ -41,6 +41,9 @@ func FuzzParse(f *testing.F) {
 		"[" + rec("a") + "," + rec("b")[:30],
 		strings.Repeat(rec("a")+"\n", 21),
 		pretty(rec("a")) + "\n{\n  \"a\":\n" + pretty(rec("b")) + "\n" + rec("c"),
+		// An unknown field with characters json.Marshal escapes (CI's fuzzer found
+		// the re-encoding of "&" as "\u0026" in the idempotency check).
+		strings.Replace(rec("a"), "{", `{"":"&","x<y>":"a\u0026b<c>",`, 1),
 	} {
 		f.Add([]byte(s))
 	}
