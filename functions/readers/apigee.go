@@ -58,7 +58,7 @@ func NewAPIClient(ctx context.Context, org, endpoint string) (*APIClient, error)
 // partial list is never taken for deleted apps.
 func (a *APIClient) ListApps(ctx context.Context) ([]App, error) {
 	var apps []App
-	call := a.svc.Organizations.Apps.List("organizations/"+a.org).Expand(true).Status("approved").PageSize(pageSize)
+	call := a.svc.Organizations.Apps.List("organizations/" + a.org).Expand(true).IncludeCred(false).Status("approved").PageSize(pageSize)
 	err := call.Pages(ctx, func(r *apigee.GoogleCloudApigeeV1ListAppsResponse) error {
 		for _, x := range r.App {
 			if x == nil {

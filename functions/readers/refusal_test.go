@@ -34,7 +34,9 @@ func TestRefusals(t *testing.T) {
 		if _, err := db.Admin.Exec(ctx, "CREATE ROLE "+pgx.Identifier{taken}.Sanitize()+" NOLOGIN"); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _, _ = db.Admin.Exec(context.Background(), "DROP ROLE IF EXISTS "+pgx.Identifier{taken}.Sanitize()) })
+		t.Cleanup(func() {
+			_, _ = db.Admin.Exec(context.Background(), "DROP ROLE IF EXISTS "+pgx.Identifier{taken}.Sanitize())
+		})
 		cases := []struct {
 			app    apigeeapi.App
 			reason string
