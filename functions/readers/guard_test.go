@@ -27,7 +27,9 @@ func TestDatabaseGuards(t *testing.T) {
 		if _, err := db.Admin.Exec(ctx, "CREATE ROLE "+pgx.Identifier{foreign}.Sanitize()+" NOLOGIN IN ROLE apigee_app_reader"); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _, _ = db.Admin.Exec(context.Background(), "DROP ROLE IF EXISTS "+pgx.Identifier{foreign}.Sanitize()) })
+		t.Cleanup(func() {
+			_, _ = db.Admin.Exec(context.Background(), "DROP ROLE IF EXISTS "+pgx.Identifier{foreign}.Sanitize())
+		})
 		_, dsn := db.Login(t, "apigee_reader_sync")
 		conn := testkit.Connect(t, dsn)
 		cases := []struct {
