@@ -80,12 +80,13 @@ func (a *APIClient) ListApps(ctx context.Context) ([]App, error) {
 	return apps, nil
 }
 
-// classifyAPIError marks what a retry may cure (the API overloaded or down)
-// as unavailable; permission and not-found errors are configuration.
+// classifyAPIError marks what a retry may cure as unavailable: the API
+// overloaded or down, or not reached at all. Its other answers (permission
+// denied, no such organization) are configuration.
 func classifyAPIError(err error) error {
 	var ge *googleapi.Error
-	if errors.As(err, &ge) && (ge.Code == http.StatusTooManyRequests || ge.Code >= 500) {
-		return fmt.Errorf("apigee apps list: %w: %w", function.ErrUnavailable, err)
+	if errors.As(err, &ge) && ge.Code != http.StatusTooManyRequests && ge.Code < 500 {
+		return fmt.Errorf("apigee apps list: %w", err)
 	}
-	return fmt.Errorf("apigee apps list: %w", err)
+	return fmt.Errorf("apigee apps list: %w: %w", function.ErrUnavailable, err)
 }

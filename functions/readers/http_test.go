@@ -44,6 +44,14 @@ func TestHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	authed := f.service(t, v)
+	down, err := readers.NewAPIClient(context.Background(), org, "http://127.0.0.1:1/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unreachable, err := readers.NewService(readers.Config{Org: org}, readers.Deps{DB: db.LoginPool(t, "apigee_reader_sync"), Apps: down})
+	if err != nil {
+		t.Fatal(err)
+	}
 	bearer := map[string]string{"Authorization": "Bearer " + signer.IDToken(t, aud, sa, time.Hour)}
 	cases := []struct {
 		name, method, target string
@@ -57,6 +65,7 @@ func TestHTTP(t *testing.T) {
 		{"bad dry_run", http.MethodPost, "/?dry_run=maybe", f.svc, nil, 0, http.StatusBadRequest, readers.StatusFailed},
 		{"dry run", http.MethodPost, "/?dry_run=true", f.svc, nil, 0, http.StatusOK, readers.StatusPlanned},
 		{"Apigee unavailable", http.MethodPost, "/", f.svc, nil, http.StatusServiceUnavailable, http.StatusServiceUnavailable, readers.StatusFailed},
+		{"Apigee unreachable", http.MethodPost, "/", unreachable, nil, 0, http.StatusServiceUnavailable, readers.StatusFailed},
 		{"Apigee forbids", http.MethodPost, "/", f.svc, nil, http.StatusForbidden, http.StatusInternalServerError, readers.StatusFailed},
 		{"no token", http.MethodPost, "/", authed, nil, 0, http.StatusUnauthorized, readers.StatusFailed},
 		{"wrong audience", http.MethodPost, "/", authed, map[string]string{"Authorization": "Bearer " + signer.IDToken(t, "https://elsewhere", sa, time.Hour)}, 0, http.StatusUnauthorized, readers.StatusFailed},
