@@ -17,13 +17,15 @@ import (
 	"apigee-timescale/deploy/local/standin/apigeeapi"
 	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/functions/readers"
+	"apigee-timescale/functions/rollup"
 	"apigee-timescale/shared/logging"
 )
 
 const org = "test-org"
 
 // fixture is one sync setup: a fresh database holding calls of acme,
-// globex and initech (and hooli in the allow-list), the sync logged in as
+// globex and initech (acme, globex and hooli in the allow-list, initech
+// known through its hour rollup), the sync logged in as
 // a member of apigee_reader_sync, and a stand-in Apigee API serving pages
 // of two apps.
 type fixture struct {
@@ -51,8 +53,18 @@ func newFixture(t *testing.T, db *testkit.DB) *fixture {
 			t.Fatal(err)
 		}
 	}
-	if _, err := db.Admin.Exec(ctx, "INSERT INTO apigee.known_tenants (tenant) VALUES ('hooli')"); err != nil {
+	// acme and globex are known from the allow-list; initech only from its
+	// hour rollup, written by the real rollup run; hooli has no calls yet.
+	if _, err := db.Admin.Exec(ctx, "INSERT INTO apigee.known_tenants (tenant) VALUES ('acme'), ('globex'), ('hooli')"); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := db.Admin.Exec(ctx, "INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start) VALUES (1, date_trunc('minute', $1::timestamptz))", now); err != nil {
+		t.Fatal(err)
+	}
+	cfg := rollup.DefaultConfig()
+	cfg.RunBudget = time.Minute
+	if sum, err := rollup.NewRunner(db.LoginPool(t, "apigee_rollup"), cfg, nil).Run(ctx); err != nil || sum.HoursRefreshed == 0 {
+		t.Fatalf("rollup run for initech's hour: %+v, %v", sum, err)
 	}
 	f := &fixture{db: db, api: api, logs: &stack.SyncBuffer{}}
 	f.svc = f.service(t, nil)

@@ -74,10 +74,13 @@ func TestSyncLifecycle(t *testing.T) {
 			t.Fatalf("change run: %+v", sum)
 		}
 		f.wantSynced(t, role1, []string{"globex", "hooli"})
-		f.api.Put(org, reader("app-1", "globex", user))
-		f.sync(t, false)
-		f.wantSynced(t, role1, []string{"globex"}, user)
-		t.Run("rows after the change", func(t *testing.T) { wantSees(t, userDSN, role1, map[string]int{"globex": 1}) })
+		// initech is known only through its hour rollup.
+		f.api.Put(org, reader("app-1", "globex,initech", user))
+		if sum := f.sync(t, false); len(sum.Refused) != 0 {
+			t.Fatalf("a tenant with an hour rollup refused: %+v", sum.Refused)
+		}
+		f.wantSynced(t, role1, []string{"globex", "initech"}, user)
+		t.Run("rows after the change", func(t *testing.T) { wantSees(t, userDSN, role1, map[string]int{"globex": 1, "initech": 1}) })
 
 		// Attribute removed; app revoked.
 		f.api.Put(org, apigeeapi.App{AppID: "app-4", Name: "app app-4", Attributes: []apigeeapi.Attribute{{Name: readers.AttrTenants, Value: "acme"}}})

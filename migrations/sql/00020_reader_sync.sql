@@ -49,9 +49,10 @@ ALTER TABLE apigee.reader_apps OWNER TO apigee_owner;
 GRANT SELECT ON apigee.reader_apps TO apigee_reader_sync;
 GRANT SELECT ON apigee.tenant_grants TO apigee_reader_sync;
 
--- Tenants that may be granted although no call of theirs is stored yet.
--- A tenant is known when it is listed here or has rows in api_calls or
--- api_calls_1h; the sync refuses an app that names any other.
+-- Tenants that may be granted although no hour rollup of theirs exists yet.
+-- A tenant is known when it is listed here or has rows in api_calls_1h; the
+-- sync refuses an app that names any other. Not the raw rows: no index leads
+-- with tenant there, and an unknown name would scan every raw row.
 CREATE TABLE apigee.known_tenants (
     tenant   text PRIMARY KEY,
     added_at timestamptz NOT NULL DEFAULT now()
@@ -82,7 +83,6 @@ AS $$
     FROM unnest(tenants) t
     WHERE NOT EXISTS (SELECT 1 FROM apigee.known_tenants k WHERE k.tenant = t)
       AND NOT EXISTS (SELECT 1 FROM apigee.api_calls_1h h WHERE h.tenant = t)
-      AND NOT EXISTS (SELECT 1 FROM apigee.api_calls c WHERE c.tenant = t)
 $$;
 -- +goose StatementEnd
 ALTER FUNCTION apigee.unknown_tenants(text[]) OWNER TO apigee_owner;
