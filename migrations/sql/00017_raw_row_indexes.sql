@@ -19,7 +19,7 @@
 -- api_calls_tenant_idx: dashboards, anomalies and the README's queries read
 -- the rollups; retention drops whole chunks or partitions; the rollup reads
 -- by time. A deployment that queries raw rows per proxy or per tenant
--- without a time window can add its own index (about 65 bytes a row each).
+-- without a time window can add its own index (65–75 bytes a row each).
 --
 -- The dedupe key. api_calls_key holds a 64-bit hash of message_id, not the
 -- text: 24 bytes an entry whatever the id's length, against 40–60 for
