@@ -29,8 +29,8 @@ const rawFilter = `received_at BETWEEN $__from AND $__to
 // from the raw rows with percentile_cont, as someone without rollups
 // would; the README's p95 per proxy per minute has both forms here.
 var rawQuestions = map[string]string{
-	"Calls":      `SELECT count(*) AS calls FROM apigee.api_calls WHERE ` + rawFilter,
-	"Error rate": `SELECT (count(*) FILTER (WHERE coalesce(is_error, false) OR response_status_code >= 500))::float8 / nullif(count(*), 0) FROM apigee.api_calls WHERE ` + rawFilter,
+	"Calls":       `SELECT count(*) AS calls FROM apigee.api_calls WHERE ` + rawFilter,
+	"Error rate":  `SELECT (count(*) FILTER (WHERE coalesce(is_error, false) OR response_status_code >= 500))::float8 / nullif(count(*), 0) FROM apigee.api_calls WHERE ` + rawFilter,
 	"p95 latency": `SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY total_response_time) FROM apigee.api_calls WHERE ` + rawFilter,
 	"Traffic by proxy": `SELECT $__bucket AS time, apiproxy, count(*)::float8 / ($__interval_ms / 1000.0)
 		FROM apigee.api_calls WHERE ` + rawFilter + ` GROUP BY 1, 2 ORDER BY 1, 2`,
