@@ -6,8 +6,9 @@
 //
 // Rollups are incremental. Ingest records every (batch, minute) it wrote
 // into in apigee.rollup_invalidations, in the same transaction as the rows;
-// a run consumes those rows, recomputes exactly those minutes from the raw
-// rows and their hours from the minute rows, replacing what was there. A
+// a run consumes those rows, recomputes exactly those minutes and their
+// hours from the raw rows (one sort per run of hours, recompute.go),
+// replacing what was there. A
 // recompute replaces rather than adds, so re-runs and redelivered messages
 // never double-count, and late rows for an old minute correct that minute
 // and its hour.
@@ -17,7 +18,8 @@
 // next run continues where it stopped.
 //
 // The schema (rollup tables, the latency histogram type and its functions,
-// views, anomalies, the retention function) is in migrations 00010–00014.
+// views, anomalies, the retention function) is in migrations 00010–00014
+// and 00018.
 // Config documents every setting and its default. The benchmark:
 //
 //	go test -run '^$' -bench BenchmarkRollup -benchtime 1x -timeout 30m ./functions/rollup/
@@ -79,7 +81,8 @@ type Summary struct {
 	// MinutesRefreshed and HoursRefreshed count recomputed buckets.
 	MinutesRefreshed int `json:"minutes_refreshed"`
 	HoursRefreshed   int `json:"hours_refreshed"`
-	// RowsRead counts the raw rows aggregated into minute rows.
+	// RowsRead counts the raw rows aggregated into the refreshed minutes'
+	// rows (a late minute's hour reads its other minutes' rows too).
 	RowsRead int64 `json:"rows_read"`
 	// RollupRowsWritten counts minute and hour rows written.
 	RollupRowsWritten int64 `json:"rollup_rows_written"`
