@@ -130,6 +130,15 @@ func TestLatencyHistFunctions(t *testing.T) {
 		{"merge equals the histogram of the union",
 			`SELECT count(*) FROM (SELECT apigee.latency_hist_add(apigee.latency_hist_of('{1,5,5,900}'), apigee.latency_hist_of('{0,5,70}')) AS a,
 				apigee.latency_hist_of('{1,5,5,900,0,5,70}') AS b) s WHERE a = b`, 1},
+		{"run-length encoding of sorted bins", `SELECT count(*) FROM (SELECT apigee.latency_hist_rle(ARRAY[-2147483648, 3, 3, 7, 7, 7]) AS h) s
+				WHERE (h).bins = '{-2147483648,3,7}' AND (h).counts = '{1,2,3}'`, 1},
+		{"repeated bins count like one", `SELECT apigee.latency_hist_quantile(ROW('{5,5,5,9}', '{1,1,1,1}')::apigee.latency_hist, 0.5)
+				- apigee.latency_hist_quantile(ROW('{5,9}', '{3,1}')::apigee.latency_hist, 0.5) + 1`, 1},
+		{"aggregate merge compacts repeated bins", `SELECT count(*) FROM (SELECT apigee.latency_hist_merge(h) AS m FROM (VALUES
+				(ROW('{1,1,4}', '{1,1,1}')::apigee.latency_hist), (apigee.latency_hist_rle('{1,2}')), (ROW('{4,4}', '{1,1}')::apigee.latency_hist)) v(h)) s
+				WHERE (m).bins = '{1,2,4}' AND (m).counts = '{3,1,3}'`, 1},
+		{"aggregate merge past the compaction threshold", `SELECT apigee.latency_hist_count(apigee.latency_hist_merge(apigee.latency_hist_of(ARRAY[g, g + 1, g * 7]::float8[])))
+				FROM generate_series(1, 3000) g`, 9000},
 		{"aggregate merge", `SELECT apigee.latency_hist_count(apigee.latency_hist_merge(h)) FROM (VALUES
 				(apigee.latency_hist_of('{1,2}')), (NULL), (apigee.latency_hist_of('{}')), (apigee.latency_hist_of('{3,4,5}'))) v(h)`, 5},
 	}

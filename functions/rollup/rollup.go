@@ -6,8 +6,9 @@
 //
 // Rollups are incremental. Ingest records every (batch, minute) it wrote
 // into in apigee.rollup_invalidations, in the same transaction as the rows;
-// a run consumes those rows, recomputes exactly those minutes from the raw
-// rows and their hours from the minute rows, replacing what was there. A
+// a run consumes those rows, recomputes exactly those minutes and their
+// hours from the raw rows (one sort per run of hours, recompute.go),
+// replacing what was there. A
 // recompute replaces rather than adds, so re-runs and redelivered messages
 // never double-count, and late rows for an old minute correct that minute
 // and its hour.
@@ -17,7 +18,8 @@
 // next run continues where it stopped.
 //
 // The schema (rollup tables, the latency histogram type and its functions,
-// views, anomalies, the retention function) is in migrations 00010–00014.
+// views, anomalies, the retention function) is in migrations 00010–00014
+// and 00018.
 // Config documents every setting and its default. The benchmark:
 //
 //	go test -run '^$' -bench BenchmarkRollup -benchtime 1x -timeout 30m ./functions/rollup/
@@ -38,6 +40,10 @@ import (
 
 	"apigee-timescale/shared/audit"
 )
+
+// refreshWorkMem is work_mem for a refresh transaction: enough to sort an
+// hour of 10,000 rows per minute in memory.
+const refreshWorkMem = "64MB"
 
 // LockKey is the advisory lock (per database) held by a working run.
 const LockKey int64 = 0x61706967_726f6c6c // "apigroll"
@@ -75,7 +81,8 @@ type Summary struct {
 	// MinutesRefreshed and HoursRefreshed count recomputed buckets.
 	MinutesRefreshed int `json:"minutes_refreshed"`
 	HoursRefreshed   int `json:"hours_refreshed"`
-	// RowsRead counts the raw rows aggregated into minute rows.
+	// RowsRead counts the raw rows aggregated into the refreshed minutes'
+	// rows (a late minute's hour reads its other minutes' rows too).
 	RowsRead int64 `json:"rows_read"`
 	// RollupRowsWritten counts minute and hour rows written.
 	RollupRowsWritten int64 `json:"rollup_rows_written"`
@@ -319,6 +326,11 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
+	// The recompute sorts an hour of raw rows; at production density that
+	// spills to disk under the default work_mem.
+	if _, err := tx.Exec(ctx, "SET LOCAL work_mem = '"+refreshWorkMem+"'"); err != nil {
+		return 0, fmt.Errorf("set work_mem: %w", err)
+	}
 	minutes, consumed, err := claimMinutes(ctx, tx, limit)
 	if err != nil || len(minutes) == 0 {
 		return 0, err
@@ -395,34 +407,6 @@ func hoursOf(minutes []time.Time) []time.Time {
 	return slices.Compact(hours)
 }
 
-// recompute replaces the minute and hour rollup rows of the given buckets,
-// run by contiguous run, and returns the raw rows read and rollup rows
-// written.
-func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rowsRead, written int64, err error) {
-	for _, rg := range runs(minutes, time.Minute) {
-		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1m WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
-			return 0, 0, fmt.Errorf("clear minutes: %w", err)
-		}
-		var n, calls int64
-		if err := tx.QueryRow(ctx, minuteSQL, rg.from, rg.to).Scan(&n, &calls); err != nil {
-			return 0, 0, fmt.Errorf("recompute minutes %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
-		}
-		written += n
-		rowsRead += calls
-	}
-	for _, rg := range runs(hours, time.Hour) {
-		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1h WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
-			return 0, 0, fmt.Errorf("clear hours: %w", err)
-		}
-		var n int64
-		if err := tx.QueryRow(ctx, hourSQL, rg.from, rg.to).Scan(&n); err != nil {
-			return 0, 0, fmt.Errorf("recompute hours %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
-		}
-		written += n
-	}
-	return rowsRead, written, nil
-}
-
 // ensureRollupPartitions creates the daily and monthly rollup partitions
 // the minutes fall in, once per day per run.
 func ensureRollupPartitions(ctx context.Context, tx pgx.Tx, minutes []time.Time, ensured map[time.Time]bool) error {
@@ -458,117 +442,3 @@ func runs(starts []time.Time, width time.Duration) []span {
 	}
 	return out
 }
-
-const dims = `tenant, organization, environment, apiproxy, api_product, developer_app, request_verb, response_status_code`
-
-const rollupCols = `bucket_start, ` + dims + `,
-	calls, errors, client_errors, request_bytes, response_bytes,
-	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
-	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
-
-// minuteSQL recomputes the minute rows of [$1, $2) from raw rows. One scan
-// feeds two grouping sets: per group and total-latency bin, and per group
-// and target-latency bin; the outer query folds each group's bins into the
-// two histograms and takes the scalar metrics from the first set (where
-// every raw row counts exactly once).
-const minuteSQL = `
-WITH r AS (
-	SELECT date_bin('1 minute', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, ` + dims + `,
-		apigee.latency_hist_bin(total_response_time) AS tbin,
-		apigee.latency_hist_bin(target_response_time) AS gbin,
-		(coalesce(is_error, false) OR response_status_code >= 500) AS err,
-		(response_status_code BETWEEN 400 AND 499) AS cerr,
-		request_size, response_size, total_response_time, target_response_time
-	FROM apigee.api_calls
-	WHERE received_at >= $1 AND received_at < $2
-), g AS (
-	SELECT bucket_start, ` + dims + `, GROUPING(tbin) AS by_target, tbin, gbin,
-		count(*) AS calls,
-		count(*) FILTER (WHERE err) AS errors,
-		count(*) FILTER (WHERE cerr) AS client_errors,
-		sum(request_size) AS request_bytes,
-		sum(response_size) AS response_bytes,
-		count(total_response_time) AS total_ms_count,
-		sum(total_response_time) AS total_ms_sum,
-		min(total_response_time) AS total_ms_min,
-		max(total_response_time) AS total_ms_max,
-		count(target_response_time) AS target_ms_count,
-		sum(target_response_time) AS target_ms_sum,
-		min(target_response_time) AS target_ms_min,
-		max(target_response_time) AS target_ms_max
-	FROM r
-	GROUP BY GROUPING SETS ((bucket_start, ` + dims + `, tbin), (bucket_start, ` + dims + `, gbin))
-), ins AS (
-	INSERT INTO apigee.api_calls_1m (` + rollupCols + `)
-	SELECT bucket_start, ` + dims + `,
-		sum(calls) FILTER (WHERE by_target = 0)::bigint,
-		sum(errors) FILTER (WHERE by_target = 0)::bigint,
-		sum(client_errors) FILTER (WHERE by_target = 0)::bigint,
-		coalesce(sum(request_bytes) FILTER (WHERE by_target = 0), 0)::bigint,
-		coalesce(sum(response_bytes) FILTER (WHERE by_target = 0), 0)::bigint,
-		sum(total_ms_count) FILTER (WHERE by_target = 0)::bigint,
-		coalesce(sum(total_ms_sum) FILTER (WHERE by_target = 0), 0)::bigint,
-		min(total_ms_min) FILTER (WHERE by_target = 0),
-		max(total_ms_max) FILTER (WHERE by_target = 0),
-		ROW(coalesce(array_agg(tbin ORDER BY tbin) FILTER (WHERE by_target = 0 AND tbin IS NOT NULL), '{}'),
-		    coalesce(array_agg(calls ORDER BY tbin) FILTER (WHERE by_target = 0 AND tbin IS NOT NULL), '{}'))::apigee.latency_hist,
-		sum(target_ms_count) FILTER (WHERE by_target = 0)::bigint,
-		coalesce(sum(target_ms_sum) FILTER (WHERE by_target = 0), 0)::bigint,
-		min(target_ms_min) FILTER (WHERE by_target = 0),
-		max(target_ms_max) FILTER (WHERE by_target = 0),
-		ROW(coalesce(array_agg(gbin ORDER BY gbin) FILTER (WHERE by_target = 1 AND gbin IS NOT NULL), '{}'),
-		    coalesce(array_agg(calls ORDER BY gbin) FILTER (WHERE by_target = 1 AND gbin IS NOT NULL), '{}'))::apigee.latency_hist
-	FROM g
-	GROUP BY bucket_start, ` + dims + `
-	RETURNING calls
-)
-SELECT count(*), coalesce(sum(calls), 0)::bigint FROM ins`
-
-// hourSQL recomputes the hour rows of [$1, $2) from the minute rows: each
-// minute row contributes one scalar row (k = 0) and one row per histogram
-// bin (k = 1 total, k = 2 target); bins are summed per hour and group.
-const hourSQL = `
-WITH x AS (
-	SELECT date_bin('1 hour', m.bucket_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, ` + dims + `, u.k, u.bin,
-		sum(m.calls) AS calls, sum(m.errors) AS errors, sum(m.client_errors) AS client_errors,
-		sum(m.request_bytes) AS request_bytes, sum(m.response_bytes) AS response_bytes,
-		sum(m.total_ms_count) AS total_ms_count, sum(m.total_ms_sum) AS total_ms_sum,
-		min(m.total_ms_min) AS total_ms_min, max(m.total_ms_max) AS total_ms_max,
-		sum(m.target_ms_count) AS target_ms_count, sum(m.target_ms_sum) AS target_ms_sum,
-		min(m.target_ms_min) AS target_ms_min, max(m.target_ms_max) AS target_ms_max,
-		sum(u.n) AS n
-	FROM apigee.api_calls_1m m
-	CROSS JOIN LATERAL (
-		SELECT 0 AS k, NULL::integer AS bin, NULL::bigint AS n
-		UNION ALL
-		SELECT 1, t.bin, t.n FROM unnest((m.total_ms_hist).bins, (m.total_ms_hist).counts) AS t(bin, n)
-		UNION ALL
-		SELECT 2, t.bin, t.n FROM unnest((m.target_ms_hist).bins, (m.target_ms_hist).counts) AS t(bin, n)
-	) u
-	WHERE m.bucket_start >= $1 AND m.bucket_start < $2
-	GROUP BY 1, ` + dims + `, u.k, u.bin
-), ins AS (
-	INSERT INTO apigee.api_calls_1h (` + rollupCols + `)
-	SELECT bucket_start, ` + dims + `,
-		sum(calls) FILTER (WHERE k = 0)::bigint,
-		sum(errors) FILTER (WHERE k = 0)::bigint,
-		sum(client_errors) FILTER (WHERE k = 0)::bigint,
-		sum(request_bytes) FILTER (WHERE k = 0)::bigint,
-		sum(response_bytes) FILTER (WHERE k = 0)::bigint,
-		sum(total_ms_count) FILTER (WHERE k = 0)::bigint,
-		sum(total_ms_sum) FILTER (WHERE k = 0)::bigint,
-		min(total_ms_min) FILTER (WHERE k = 0),
-		max(total_ms_max) FILTER (WHERE k = 0),
-		ROW(coalesce(array_agg(bin ORDER BY bin) FILTER (WHERE k = 1), '{}'),
-		    coalesce(array_agg(n ORDER BY bin) FILTER (WHERE k = 1), '{}'))::apigee.latency_hist,
-		sum(target_ms_count) FILTER (WHERE k = 0)::bigint,
-		sum(target_ms_sum) FILTER (WHERE k = 0)::bigint,
-		min(target_ms_min) FILTER (WHERE k = 0),
-		max(target_ms_max) FILTER (WHERE k = 0),
-		ROW(coalesce(array_agg(bin ORDER BY bin) FILTER (WHERE k = 2), '{}'),
-		    coalesce(array_agg(n ORDER BY bin) FILTER (WHERE k = 2), '{}'))::apigee.latency_hist
-	FROM x
-	GROUP BY bucket_start, ` + dims + `
-	RETURNING 1
-)
-SELECT count(*) FROM ins`

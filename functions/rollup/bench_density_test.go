@@ -1,0 +1,161 @@
+package rollup
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"apigee-timescale/deploy/local/testkit"
+)
+
+// benchDensities are the rows per minute of issue 13's production-density
+// runs: the same 1,000,000 rows over 100 or over 10 minutes.
+var benchDensities = []int{10_000, 100_000}
+
+// Targets of issue 13, as speed ratios.
+const (
+	targetBuild = 0.7 // full refresh ÷ plain aggregate
+	targetRead  = 10  // raw-row query time ÷ rollup query time
+)
+
+// plainSQL is the baseline the refresh is measured against: one GROUP BY
+// per minute over the rollup's 8 dimensions with the same counts, sums,
+// minima and maxima and percentile_cont p50/p95/p99 of both latencies,
+// written with CREATE TABLE AS.
+const plainSQL = `
+CREATE TABLE bench_plain AS
+SELECT date_bin('1 minute', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, ` + dims + `,
+	count(*) AS calls,
+	count(*) FILTER (WHERE coalesce(is_error, false) OR response_status_code >= 500) AS errors,
+	count(*) FILTER (WHERE response_status_code BETWEEN 400 AND 499) AS client_errors,
+	sum(request_size) AS request_bytes, sum(response_size) AS response_bytes,
+	count(total_response_time) AS total_ms_count, sum(total_response_time) AS total_ms_sum,
+	min(total_response_time) AS total_ms_min, max(total_response_time) AS total_ms_max,
+	percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_response_time) AS total_ms_p,
+	count(target_response_time) AS target_ms_count, sum(target_response_time) AS target_ms_sum,
+	min(target_response_time) AS target_ms_min, max(target_response_time) AS target_ms_max,
+	percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY target_response_time) AS target_ms_p
+FROM apigee.api_calls
+GROUP BY 1, ` + dims
+
+// densityResult is one density run's ratios, for the closing table.
+type densityResult struct {
+	kind      testkit.Kind
+	perMinute int
+	plain     time.Duration
+	full      time.Duration
+	reads     []readResult
+}
+
+func benchDensity(b *testing.B, kind testkit.Kind, perMinute int) densityResult {
+	b.StopTimer()
+	ctx := context.Background()
+	db := testkit.New(b, kind)
+	end := time.Now().UTC().Truncate(time.Hour).Add(-2 * time.Hour)
+	start := end.Add(-time.Duration(benchRows/perMinute) * time.Minute)
+	benchLoad(b, db, start, benchRows, 60/float64(perMinute), "d", denseShape)
+
+	// Plain aggregate, refresh, plain aggregate again: the mean of the two
+	// plain runs is the baseline, so drift on a shared machine cancels.
+	plain := func() time.Duration {
+		if _, err := db.Admin.Exec(ctx, "DROP TABLE IF EXISTS bench_plain"); err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		if _, err := db.Admin.Exec(ctx, plainSQL); err != nil {
+			b.Fatalf("plain aggregate: %v", err)
+		}
+		return time.Since(t0)
+	}
+	p1 := plain()
+	cfg := testConfig()
+	cfg.RunBudget = time.Hour
+	r := newTestRunner(b, db, cfg, nil)
+	b.StartTimer()
+	full, s := benchRefresh(b, r)
+	b.StopTimer()
+	p2 := plain()
+	res := densityResult{kind: kind, perMinute: perMinute, plain: (p1 + p2) / 2, full: full}
+	if s.RowsRead != benchRows {
+		b.Fatalf("refresh read %d rows, want %d", s.RowsRead, benchRows)
+	}
+	if _, err := db.Admin.Exec(ctx, "ANALYZE apigee.api_calls_1m; ANALYZE apigee.api_calls_1h"); err != nil {
+		b.Fatal(err)
+	}
+	res.reads = benchReads(b, db, end)
+
+	m1 := queryInt(b, db.Admin, "SELECT count(*) FROM apigee.api_calls_1m")
+	h1 := queryInt(b, db.Admin, "SELECT count(*) FROM apigee.api_calls_1h")
+	b.ReportMetric(full.Seconds(), "full_s")
+	b.ReportMetric(res.plain.Seconds(), "plain_s")
+	b.ReportMetric(res.plain.Seconds()/full.Seconds(), "rollup/plain_x")
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%s, %d rows per minute: %d raw rows → %d minute rows, %d hour rows\n", kind, perMinute, benchRows, m1, h1)
+	fmt.Fprintf(&sb, "  full refresh (1m + 1h): %8v  plain aggregate: %v / %v  rollup ÷ plain = %.2f × (target ≥ %.1f ×)\n",
+		full.Round(time.Millisecond), p1.Round(time.Millisecond), p2.Round(time.Millisecond), res.plain.Seconds()/full.Seconds(), targetBuild)
+	for _, rd := range res.reads {
+		fmt.Fprintf(&sb, "  read %-40s %-3s rollups %8v  raw %8v  = %6.1f ×\n", rd.name, rd.window, rd.rollup.Round(time.Millisecond), rd.raw.Round(time.Millisecond), rd.ratio())
+	}
+	// Printed, not logged: the benchmark log keeps only its first lines.
+	fmt.Print(sb.String())
+	return res
+}
+
+// benchRefresh runs the refresh stage alone (no seal, retention, anomalies
+// or verify) until no invalidation is left, and returns its time.
+func benchRefresh(b *testing.B, r *Runner) (time.Duration, Summary) {
+	b.Helper()
+	ctx := context.Background()
+	pc, err := r.db.Acquire(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pc.Release()
+	conn := pc.Conn()
+	var storage string
+	if err := conn.QueryRow(ctx, "SELECT value FROM apigee.settings WHERE key = 'storage'").Scan(&storage); err != nil {
+		b.Fatal(err)
+	}
+	var s Summary
+	t0 := time.Now()
+	if err := r.refresh(ctx, conn, storage, time.Now().Add(time.Hour), &s); err != nil {
+		b.Fatalf("refresh: %v", err)
+	}
+	d := time.Since(t0)
+	if s.PendingMinutes != 0 {
+		b.Fatalf("refresh left %d minutes", s.PendingMinutes)
+	}
+	return d, s
+}
+
+// printTargets ends the run with every ratio against its target, worst
+// read ratio per run first.
+func printTargets(b *testing.B, results []densityResult) {
+	if len(results) == 0 {
+		return
+	}
+	w := os.Stdout
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| rollup benchmark (issue 13) | measured | target |")
+	fmt.Fprintln(w, "|---|---|---|")
+	for _, r := range results {
+		x := r.plain.Seconds() / r.full.Seconds()
+		fmt.Fprintf(w, "| full refresh ÷ plain aggregate, %s, %d/min | %.2f × %s | ≥ %.1f × |\n", r.kind, r.perMinute, x, verdict(x >= targetBuild), targetBuild)
+	}
+	for _, r := range results {
+		for _, rd := range r.reads {
+			fmt.Fprintf(w, "| read %s (%s), %s, %d/min: raw ÷ rollups | %.1f × %s | ≥ %d × |\n",
+				rd.name, rd.window, r.kind, r.perMinute, rd.ratio(), verdict(rd.ratio() >= targetRead), targetRead)
+		}
+	}
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "(met)"
+	}
+	return "(**missed**)"
+}
