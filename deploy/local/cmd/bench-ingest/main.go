@@ -67,6 +67,7 @@ var (
 	rows    = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
 	msgs    = flag.Int("msgs", 60000, "single-record deliveries for (3) and (0); (4) takes 5,000. Long enough that a few slow batches do not decide the p99")
 	only    = flag.String("only", "", "run only the modes whose key starts with this, e.g. 3 or 0a")
+	cpuprof = flag.String("cpuprofile", "", "write a CPU profile of the server process to this file (the last mode run keeps it; use with -only)")
 )
 
 func main() {
@@ -130,6 +131,9 @@ func run(ctx context.Context) error {
 	}
 	defer ing.Close()
 	h := &harness{owner: owner, env: []string{"DATABASE_URL=" + ingestURL}}
+	if *cpuprof != "" {
+		h.env = append(h.env, envProfile+"="+*cpuprof)
+	}
 	var res []result
 	for _, m := range h.modes(ctx, ing) {
 		if *only != "" && !strings.HasPrefix(m.key, *only) {

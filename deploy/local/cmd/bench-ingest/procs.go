@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +35,17 @@ import (
 //	nodb   the ingest Service with a writer that stores nothing
 //	naive  one autocommitted INSERT per message through a pgx pool
 func serve(kind string) error {
+	if path := os.Getenv(envProfile); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if kind == "push" {
 		return function.Main("Ingest")
 	}
@@ -65,6 +77,10 @@ func serve(kind string) error {
 	}
 	return http.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), h)
 }
+
+// envProfile names the file a server process writes its CPU profile to
+// (set by -cpuprofile); the profile ends when the server is stopped.
+const envProfile = "BENCH_SERVER_CPUPROFILE"
 
 // discard is a batch writer that stores nothing and reports every call
 // inserted.
