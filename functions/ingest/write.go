@@ -80,11 +80,19 @@ type Writer struct {
 	db   Conns
 	mu   sync.Mutex
 	days map[string]bool // UTC days whose partition/chunk is known to exist
+	// staged counts, per backend, the rows moved out of its staging table
+	// since that table was last vacuumed.
+	staged map[uint32]int
 }
+
+// stageVacuumRows: a connection's staging table is vacuumed once this many
+// rows have gone through it, which bounds its dead rows (and so what every
+// move scans) to a few dozen pages.
+const stageVacuumRows = 5000
 
 // NewWriter returns a Writer over db.
 func NewWriter(db Conns) *Writer {
-	return &Writer{db: db, days: map[string]bool{}}
+	return &Writer{db: db, days: map[string]bool{}, staged: map[uint32]int{}}
 }
 
 // Write stores b in one transaction. On error nothing of b is stored; see
@@ -202,7 +210,28 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	if err := tx.Commit(ctx); err != nil {
 		return Result{}, fmt.Errorf("write: commit: %w", err)
 	}
+	w.tidy(ctx, conn, len(b.Calls))
 	return res, nil
+}
+
+// tidy vacuums conn's staging table once enough rows have gone through it.
+// The batch is committed whatever happens here: a failed VACUUM is tried
+// again after the next batch.
+func (w *Writer) tidy(ctx context.Context, conn *pgxpool.Conn, rows int) {
+	pid := conn.Conn().PgConn().PID()
+	w.mu.Lock()
+	w.staged[pid] += rows
+	due := w.staged[pid] >= stageVacuumRows
+	w.mu.Unlock()
+	if !due {
+		return
+	}
+	if _, err := conn.Exec(ctx, "VACUUM apigee_stage_calls"); err != nil {
+		return
+	}
+	w.mu.Lock()
+	delete(w.staged, pid) // also forgets the backends of closed connections
+	w.mu.Unlock()
 }
 
 // HashCalls returns rows_sha256 of a batch's inserted rows, in the
