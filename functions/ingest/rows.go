@@ -15,11 +15,12 @@ var stageColumns = audit.Columns()
 
 // createStageSQL declares the staging table column by column (not LIKE
 // apigee.api_calls) because the ingest role may not read the raw table's
-// definition-bearing columns. moveSQL empties it as it moves the rows:
-// ON COMMIT DELETE ROWS would truncate it at every commit instead, which
-// rebuilds its TOAST index and invalidates its cached plans, the largest
-// fixed cost of a small batch. The dead rows it leaves are reclaimed by a
-// VACUUM every few batches (Writer.tidy).
+// definition-bearing columns. The batch's last round trip empties it with
+// DELETE (clearStageSQL): ON COMMIT DELETE ROWS would truncate it at every
+// commit instead, which rebuilds its TOAST table and that table's index:
+// the largest fixed cost of a small batch. The dead rows
+// DELETE leaves are reclaimed by a VACUUM every few thousand rows
+// (Writer.tidy).
 var createStageSQL = func() string {
 	var cols []string
 	for i, t := range audit.SQLTypes() {
@@ -28,18 +29,15 @@ var createStageSQL = func() string {
 	return "CREATE TEMP TABLE IF NOT EXISTS apigee_stage_calls (\n\t" + strings.Join(cols, ", ") + "\n) ON COMMIT PRESERVE ROWS"
 }()
 
-// moveSQL takes the staged rows out of the staging table, inserts those
-// that are new, records the minutes they touched for functions/rollup, and
-// returns their keys. Duplicates within
+// moveSQL inserts the staged rows that are new, records the minutes they
+// touched for functions/rollup, and returns their keys. Duplicates within
 // the batch or already stored are skipped by ON CONFLICT DO NOTHING.
 // Rows go in key order so that two batches holding the same redelivered
 // messages wait on each other in one order and cannot deadlock.
 var moveSQL = `
-WITH staged AS (
-	DELETE FROM apigee_stage_calls RETURNING ` + columnList + `
-), ins AS (
+WITH ins AS (
 	INSERT INTO apigee.api_calls (` + columnList + `)
-	SELECT ` + columnList + ` FROM staged
+	SELECT ` + columnList + ` FROM apigee_stage_calls
 	ORDER BY message_id, received_at
 	ON CONFLICT DO NOTHING
 	RETURNING message_id, received_at
@@ -48,6 +46,8 @@ WITH staged AS (
 	SELECT DISTINCT $1::bigint, date_trunc('minute', received_at) FROM ins
 )
 SELECT message_id, received_at FROM ins`
+
+const clearStageSQL = "DELETE FROM apigee_stage_calls"
 
 var columnList = strings.Join(stageColumns, ", ")
 

@@ -165,8 +165,8 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	defer conn.Release()
 
 	// Two round trips besides the rows: BEGIN, the staging table (once per
-	// connection) and the batch id in one, the batch row and COMMIT in
-	// another. A batch that fails between them is rolled back here, or,
+	// connection) and the batch id in one; emptying the staging table, the
+	// batch row and COMMIT in another. A batch that fails between them is rolled back here, or,
 	// when even that fails, its connection is discarded by the pool (it
 	// is not idle).
 	tx := conn.Conn()
@@ -213,6 +213,9 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 		minR, maxR = &res.MinReceived, &res.MaxReceived
 	}
 	end := &pgx.Batch{}
+	if len(b.Calls) > 0 {
+		end.Queue(clearStageSQL)
+	}
 	end.Queue(`
 		INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages,
 			min_received_at, max_received_at, rows_sha256)
