@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"apigee-timescale/functions/ingest"
+	"apigee-timescale/functions/readers"
 	"apigee-timescale/functions/rollup"
 	"apigee-timescale/functions/rotate"
 	"apigee-timescale/shared/dbconn"
@@ -25,6 +26,7 @@ func declared(t *testing.T) map[string]string {
 	_, _ = ingest.ConfigFrom(r)
 	_, _ = rollup.ConfigFrom(r)
 	_, _ = rotate.ConfigFrom(r)
+	_, _ = readers.ConfigFrom(r)
 	_, _ = dbconn.ConfigFrom(r)
 	vars := map[string]string{}
 	for _, v := range r.Vars() {

@@ -17,8 +17,8 @@ const module = "apigee-timescale"
 
 // product lists the deployed packages; each is checked with all it imports.
 var product = []string{
-	"./functions/ingest", "./functions/rollup", "./functions/rotate",
-	"./functions/ingest/cmd/ingest", "./functions/rollup/cmd/rollup", "./functions/rotate/cmd/rotate",
+	"./functions/ingest", "./functions/rollup", "./functions/rotate", "./functions/readers",
+	"./functions/ingest/cmd/ingest", "./functions/rollup/cmd/rollup", "./functions/rotate/cmd/rotate", "./functions/readers/cmd/readers",
 	"./functions/ingest/cmd/pseudonym", "./functions/rollup/cmd/verify",
 	"./migrations/cmd/migrate", "./deploy/gcp/cmd/dblogin",
 }

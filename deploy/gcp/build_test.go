@@ -75,6 +75,7 @@ func TestStagedFunctionsBuildLikeTheBuildpack(t *testing.T) {
 		{"./functions/ingest", "Ingest"},
 		{"./functions/rollup", "Rollup"},
 		{"./functions/rotate", "Rotate"},
+		{"./functions/readers", "SyncReaders"},
 	}
 	for _, fn := range fns {
 		t.Run(fn.target, func(t *testing.T) {

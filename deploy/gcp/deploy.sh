@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deploys apigee-timescale into one Google Cloud project: service accounts
 # with least-privilege IAM, Pub/Sub topic + dead-letter topic + push
-# subscription, credential secrets, schema migrations, the three functions,
+# subscription, credential secrets, schema migrations, the functions,
 # Cloud Scheduler jobs, log-based metrics and alert policies, and the Apigee
 # shared flow. Idempotent: every resource is described first and created or
 # updated only when it is missing or its spec changed, so a second run
@@ -14,7 +14,7 @@
 #   --dry-run        change nothing: print every command that would change
 #                    something ("+ ..." on stdout) and every read it makes to
 #                    decide ("? ..." on stderr)
-#   --renew-logins   give the rollup and rotate logins new passwords (new
+#   --renew-logins   give the rollup, rotate and readers logins new passwords (new
 #                    secret versions) even when their secrets have one
 #   --skip-apigee    leave Apigee alone
 #
@@ -81,6 +81,10 @@ done
 : "${RAW_RETENTION:=30d}" "${REJECTS_RETENTION:=14d}" "${ROLLUP_1M_RETENTION:=90d}" "${ROLLUP_1H_RETENTION:=400d}"
 : "${ANOMALY_TOPIC=${PREFIX}-anomalies}"
 : "${ROTATE_MEMORY:=256Mi}" "${ROTATE_CPU:=}" "${ROTATE_TIMEOUT:=120s}" "${ROTATE_TTL:=72h}"
+: "${READERS_MEMORY:=256Mi}" "${READERS_TIMEOUT:=180s}" "${READERS_SCHEDULE:=*/10 * * * *}"
+# Apigee's predefined read-only role; a custom role with only apigee.apps.list
+# (and apigee.apps.get) is narrower, when the operator has made one.
+: "${READERS_APIGEE_ROLE:=roles/apigee.readOnlyAdmin}"
 : "${ACK_DEADLINE:=30}" "${MAX_DELIVERY_ATTEMPTS:=10}" "${MIN_RETRY_DELAY:=10s}"
 : "${MAX_RETRY_DELAY:=600s}" "${MESSAGE_RETENTION:=7d}"
 : "${SCHEDULER_LOCATION:=}" "${ROLLUP_SCHEDULE:=* * * * *}" "${ROTATE_SCHEDULE:=17 3 * * *}"
@@ -89,6 +93,15 @@ done
 : "${ALERT_CHANNELS:=}" "${ALERT_REJECT_BATCHES:=0}" "${ALERT_NON_ACK:=10}" "${ALERT_JOB_FAILURES:=0}"
 : "${METRIC_WAIT:=900}"
 SCHEDULER_LOCATION=${SCHEDULER_LOCATION:-$REGION}
+# functions/readers mirrors this organization's reader apps into database
+# roles; empty (no APIGEE_ORG either): it is not deployed.
+: "${READERS_APIGEE_ORG=$APIGEE_ORG}"
+readers=false
+[ -n "$READERS_APIGEE_ORG" ] && readers=true
+# The sync holds one connection at a time.
+READERS_DB_MAX_CONNS=2
+readers_conns=0
+$readers && readers_conns=$READERS_DB_MAX_CONNS
 
 [[ $PROJECT_ID =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "PROJECT_ID '$PROJECT_ID' is not a project id"
 [[ $PREFIX =~ ^[a-z][a-z0-9-]{0,13}[a-z0-9]$ ]] || die "PREFIX '$PREFIX' must be 2-15 lowercase letters, digits or dashes"
@@ -129,6 +142,7 @@ sa_email() { echo "$PREFIX-$1@$PROJECT_ID.iam.gserviceaccount.com"; }
 SA_INGEST=$(sa_email ingest)
 SA_ROLLUP=$(sa_email rollup)
 SA_ROTATE=$(sa_email rotate)
+SA_READERS=$(sa_email readers)
 SA_PUSH=$(sa_email push)
 SA_SCHEDULER=$(sa_email scheduler)
 SA_PUBLISHER=$(sa_email publisher)
@@ -136,6 +150,7 @@ SA_BUILD=${BUILD_SERVICE_ACCOUNT:-$(sa_email build)}
 FN_INGEST=$PREFIX-ingest
 FN_ROLLUP=$PREFIX-rollup
 FN_ROTATE=$PREFIX-rotate
+FN_READERS=$PREFIX-readers
 TOPIC=$PREFIX-calls
 DLQ_TOPIC=$PREFIX-calls-dlq
 DLQ_HOLD=$PREFIX-calls-dlq-hold
@@ -143,13 +158,16 @@ SUBSCRIPTION=$PREFIX-calls-ingest
 SECRET_INGEST=$PREFIX-ingest-db
 SECRET_ROLLUP=$PREFIX-rollup-db
 SECRET_ROTATE=$PREFIX-rotate-db
+SECRET_READERS=$PREFIX-readers-db
 SECRET_PRIVACY=$PREFIX-ingest-privacy-key
 JOB_ROLLUP=$PREFIX-rollup
 JOB_ROTATE=$PREFIX-rotate
+JOB_READERS=$PREFIX-readers
 # Database logins of the rollup and rotate functions; the ingest logins
 # apigee_ingest_a/_b come with the migrations and are rotated by functions/rotate.
 LOGIN_ROLLUP=apigee_rollup_login
 LOGIN_ROTATE=apigee_rotate_login
+LOGIN_READERS=apigee_readers_login
 SHARED_FLOW=apigee-timescale-publish
 TARGET_FLOW=apigee-timescale-target
 
@@ -254,6 +272,7 @@ fn_url() { echo "https://$1-$PROJECT_NUMBER.$REGION.run.app"; }
 URL_INGEST=$(fn_url "$FN_INGEST")
 URL_ROLLUP=$(fn_url "$FN_ROLLUP")
 URL_ROTATE=$(fn_url "$FN_ROTATE")
+URL_READERS=$(fn_url "$FN_READERS")
 
 # ---------------------------------------------------------------------------
 note "APIs"
@@ -263,7 +282,7 @@ apis=(cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com
 	iam.googleapis.com)
 [ -n "$CLOUDSQL_INSTANCE" ] && apis+=(sqladmin.googleapis.com)
 [ -n "$VPC_CONNECTOR" ] && apis+=(vpcaccess.googleapis.com)
-[ -n "$APIGEE_ORG" ] && ! $skip_apigee && apis+=(apigee.googleapis.com)
+{ { [ -n "$APIGEE_ORG" ] && ! $skip_apigee; } || $readers; } && apis+=(apigee.googleapis.com)
 enabled=$(query gc services list --enabled --format='value(config.name)')
 missing=()
 for a in "${apis[@]}"; do grep -qxF "$a" <<<"$enabled" || missing+=("$a"); done
@@ -320,6 +339,13 @@ ensure_sa rollup "Runs $FN_ROLLUP: reads $SECRET_ROLLUP"
 ensure_sa rotate "Runs $FN_ROTATE: rotates $SECRET_INGEST"
 ensure_sa push "Identity of the push subscription $SUBSCRIPTION: invokes $FN_INGEST"
 ensure_sa scheduler "Identity of the scheduler jobs: invokes $FN_ROLLUP and $FN_ROTATE"
+if $readers; then
+	ensure_sa readers "Runs $FN_READERS: lists the Apigee apps of $READERS_APIGEE_ORG, manages the synced reader roles"
+	# Listing apps needs apigee.apps.list, in the read-only admin role
+	# (https://cloud.google.com/iam/docs/roles-permissions/apigee); the
+	# role binds on the project that holds the organization.
+	ensure_binding project "$PROJECT_ID" "serviceAccount:$SA_READERS" "$READERS_APIGEE_ROLE"
+fi
 [ -n "$APIGEE_ORG" ] && ensure_sa publisher "Identity of the Apigee shared flow: publishes to $TOPIC"
 if [ -z "$BUILD_SERVICE_ACCOUNT" ]; then
 	ensure_sa build "Builds the $app_label functions"
@@ -333,7 +359,9 @@ if [ -z "$BUILD_SERVICE_ACCOUNT" ]; then
 fi
 if [ -n "$CLOUDSQL_INSTANCE" ]; then
 	# cloudsql.client can only be granted on the project (or with conditions).
-	for sa in "$SA_INGEST" "$SA_ROLLUP" "$SA_ROTATE"; do
+	sas=("$SA_INGEST" "$SA_ROLLUP" "$SA_ROTATE")
+	$readers && sas+=("$SA_READERS")
+	for sa in "${sas[@]}"; do
 		ensure_binding project "$PROJECT_ID" "serviceAccount:$sa" roles/cloudsql.client
 	done
 fi
@@ -379,6 +407,10 @@ ensure_secret() { # ensure_secret NAME
 	fi
 }
 for s in "$SECRET_INGEST" "$SECRET_ROLLUP" "$SECRET_ROTATE" "$SECRET_PRIVACY"; do ensure_secret "$s"; done
+if $readers; then
+	ensure_secret "$SECRET_READERS"
+	ensure_binding secret "$SECRET_READERS" "serviceAccount:$SA_READERS" roles/secretmanager.secretAccessor
+fi
 # Each function reads only its own secret; rotate also reads and versions the
 # ingest secret (secretVersionManager: add, and disable old versions; it has
 # no access to payloads, hence secretAccessor too).
@@ -459,20 +491,23 @@ printf '%s\n' "$migrated"
 # Every instance of every function may hold DB_MAX_CONNS connections at peak
 # (rotate runs one instance); they must fit in what the server lets ordinary
 # roles open, with a margin for migrations, psql and the rollup's readers.
-need=$(((INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES + 1) * DB_MAX_CONNS))
+need=$(((INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES + 1) * DB_MAX_CONNS + readers_conns))
+readers_note=""
+$readers && readers_note=" + readers $readers_conns"
 available=$(sed -n 's/^connections available: \([0-9]*\)$/\1/p' <<<"$migrated")
 if $dry_run; then
-	note "connections: up to $need at peak ((INGEST_MAX_INSTANCES $INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES $ROLLUP_MAX_INSTANCES + rotate 1) × DB_MAX_CONNS $DB_MAX_CONNS); checked against the server on a real run"
+	note "connections: up to $need at peak ((INGEST_MAX_INSTANCES $INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES $ROLLUP_MAX_INSTANCES + rotate 1) × DB_MAX_CONNS $DB_MAX_CONNS$readers_note); checked against the server on a real run"
 elif [ -z "$available" ]; then
 	warn "could not read the server's connection limit; make sure it allows $need connections ((ingest + rollup + rotate instances) × DB_MAX_CONNS)"
 elif [ "$need" -gt $((available - CONN_MARGIN)) ]; then
-	die "the functions may open $need connections ((INGEST_MAX_INSTANCES $INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES $ROLLUP_MAX_INSTANCES + rotate 1) × DB_MAX_CONNS $DB_MAX_CONNS), but the server allows ordinary roles $available (max_connections less reserved), less a margin of $CONN_MARGIN: lower INGEST_MAX_INSTANCES or DB_MAX_CONNS, or raise max_connections"
+	die "the functions may open $need connections ((INGEST_MAX_INSTANCES $INGEST_MAX_INSTANCES + ROLLUP_MAX_INSTANCES $ROLLUP_MAX_INSTANCES + rotate 1) × DB_MAX_CONNS $DB_MAX_CONNS$readers_note), but the server allows ordinary roles $available (max_connections less reserved), less a margin of $CONN_MARGIN: lower INGEST_MAX_INSTANCES or DB_MAX_CONNS, or raise max_connections"
 fi
 # The ingest secret is rotated by functions/rotate from then on; its first
 # credential expires like the ones rotate creates.
 bootstrap_login "$SECRET_INGEST" apigee_ingest_a apigee_ingest "$ROTATE_TTL"
 bootstrap_login "$SECRET_ROLLUP" "$LOGIN_ROLLUP" apigee_rollup
 bootstrap_login "$SECRET_ROTATE" "$LOGIN_ROTATE" apigee_rotate
+$readers && bootstrap_login "$SECRET_READERS" "$LOGIN_READERS" apigee_reader_sync
 # The pseudonym key: 48 random bytes, once. A new version changes every
 # pseudonym from the next ingest revision on: that is erasure (README,
 # "Privacy"), not routine rotation, so a run never adds one by itself. The
@@ -526,6 +561,14 @@ db_env() { # the shared/dbconn variables of a function reading secret $1
 	yaml_kv ROTATE_AUDIENCE "$URL_ROTATE"
 	yaml_kv ROTATE_SERVICE_ACCOUNT "$SA_SCHEDULER"
 } >"$work/env-rotate.yaml"
+if $readers; then
+	{
+		DB_MAX_CONNS=$READERS_DB_MAX_CONNS db_env "$SECRET_READERS"
+		yaml_kv READERS_APIGEE_ORG "$READERS_APIGEE_ORG"
+		yaml_kv READERS_AUDIENCE "$URL_READERS"
+		yaml_kv READERS_SERVICE_ACCOUNT "$SA_SCHEDULER"
+	} >"$work/env-readers.yaml"
+fi
 
 # deploy_function NAME PACKAGE TARGET ENVFILE FLAGS...: stages PACKAGE
 # (stage.sh), and deploys it when the function is missing or its spec label
@@ -564,12 +607,20 @@ deploy_function "$FN_ROLLUP" ./functions/rollup Rollup "$work/env-rollup.yaml" \
 deploy_function "$FN_ROTATE" ./functions/rotate Rotate "$work/env-rotate.yaml" \
 	--service-account="$SA_ROTATE" --memory="$ROTATE_MEMORY" $(cpu_flag "$ROTATE_CPU") \
 	--concurrency=1 --min-instances=0 --max-instances=1 --timeout="$ROTATE_TIMEOUT"
+# readers: next to rotate, which also manages database logins; one run at a
+# time (the advisory lock would make a second one wait for nothing).
+if $readers; then
+	deploy_function "$FN_READERS" ./functions/readers SyncReaders "$work/env-readers.yaml" \
+		--service-account="$SA_READERS" --memory="$READERS_MEMORY" \
+		--concurrency=1 --min-instances=0 --max-instances=1 --timeout="$READERS_TIMEOUT"
+fi
 
 # Invokers: only the push identity may call ingest, only the scheduler
 # identity rollup and rotate.
 ensure_run_invoker "$FN_INGEST" "$SA_PUSH"
 ensure_run_invoker "$FN_ROLLUP" "$SA_SCHEDULER"
 ensure_run_invoker "$FN_ROTATE" "$SA_SCHEDULER"
+$readers && ensure_run_invoker "$FN_READERS" "$SA_SCHEDULER"
 
 # ---------------------------------------------------------------------------
 note "push subscription"
@@ -619,6 +670,7 @@ ensure_job() {
 }
 ensure_job "$JOB_ROLLUP" "$ROLLUP_SCHEDULE" "$URL_ROLLUP" "${ROLLUP_TIMEOUT}"
 ensure_job "$JOB_ROTATE" "$ROTATE_SCHEDULE" "$URL_ROTATE" "${ROTATE_TIMEOUT}"
+$readers && ensure_job "$JOB_READERS" "$READERS_SCHEDULE" "$URL_READERS" "${READERS_TIMEOUT}"
 
 # ---------------------------------------------------------------------------
 note "log-based metrics and alert policies"
@@ -807,3 +859,6 @@ cat <<EOF
    rotate                $URL_ROTATE  (job $JOB_ROTATE: $ROTATE_SCHEDULE $SCHEDULE_TIME_ZONE)
    dead letters          $DLQ_TOPIC -> $DLQ_HOLD
 EOF
+if $readers; then
+	echo "   readers               $URL_READERS  (job $JOB_READERS: $READERS_SCHEDULE $SCHEDULE_TIME_ZONE; org $READERS_APIGEE_ORG)"
+fi

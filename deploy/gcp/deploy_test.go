@@ -446,7 +446,7 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 
 	t.Run("service accounts, one per identity", func(t *testing.T) {
 		var want []string
-		for _, id := range []string{"build", "ingest", "publisher", "push", "rollup", "rotate", "scheduler"} {
+		for _, id := range []string{"build", "ingest", "publisher", "push", "readers", "rollup", "rotate", "scheduler"} {
 			want = append(want, sa(id))
 		}
 		if got := e.names("iam service-accounts"); !slices.Equal(got, want) {
@@ -461,6 +461,7 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 			"projects/" + project + " roles/logging.logWriter " + m("build"),
 			"projects/" + project + " roles/artifactregistry.writer " + m("build"),
 			"projects/" + project + " roles/storage.objectAdmin " + m("build"),
+			"projects/" + project + " roles/apigee.readOnlyAdmin " + m("readers"),
 			"pubsub topics/apigee-calls roles/pubsub.publisher " + m("publisher"),
 			"pubsub topics/apigee-anomalies roles/pubsub.publisher " + m("rollup"),
 			"pubsub topics/apigee-calls-dlq roles/pubsub.publisher " + agent,
@@ -472,7 +473,9 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 			"secrets/apigee-ingest-privacy-key roles/secretmanager.secretAccessor " + m("ingest"),
 			"secrets/apigee-rollup-db roles/secretmanager.secretAccessor " + m("rollup"),
 			"secrets/apigee-rotate-db roles/secretmanager.secretAccessor " + m("rotate"),
+			"secrets/apigee-readers-db roles/secretmanager.secretAccessor " + m("readers"),
 			"run services/apigee-ingest roles/run.invoker " + m("push"),
+			"run services/apigee-readers roles/run.invoker " + m("scheduler"),
 			"run services/apigee-rollup roles/run.invoker " + m("scheduler"),
 			"run services/apigee-rotate roles/run.invoker " + m("scheduler"),
 		}
@@ -543,6 +546,15 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 				"ROTATE_AUDIENCE":        fnURL("apigee-rotate"),
 				"ROTATE_SERVICE_ACCOUNT": sa("scheduler"),
 			}},
+			{"apigee-readers", "SyncReaders", "functions/readers", map[string]string{
+				"flag.service-account": sa("readers"), "flag.concurrency": "1", "flag.max-instances": "1",
+			}, map[string]string{
+				"DB_SECRET":               "projects/" + project + "/secrets/apigee-readers-db",
+				"DB_MAX_CONNS":            "2",
+				"READERS_APIGEE_ORG":      "test-org",
+				"READERS_AUDIENCE":        fnURL("apigee-readers"),
+				"READERS_SERVICE_ACCOUNT": sa("scheduler"),
+			}},
 		}
 		if got := e.names("functions"); len(got) != len(fns) {
 			t.Errorf("functions %q, want %d", got, len(fns))
@@ -570,6 +582,7 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 	t.Run("secrets hold the bootstrap credentials", func(t *testing.T) {
 		for secret, login := range map[string]string{
 			"apigee-ingest-db": "apigee_ingest_a", "apigee-rollup-db": "apigee_rollup_login", "apigee-rotate-db": "apigee_rotate_login",
+			"apigee-readers-db": "apigee_readers_login",
 		} {
 			r := e.res("secrets", secret)
 			wantFields(t, secret, r, map[string]string{"versions": "1", "labels.app": "apigee-timescale", "flag.replication-policy": "automatic"})
@@ -593,8 +606,8 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 			t.Fatalf("migrate calls %+v, want one `migrate up`", mig)
 		}
 		logins := toolCalls(first.calls, "dblogin")
-		if len(logins) != 3 {
-			t.Fatalf("%d dblogin calls, want 3", len(logins))
+		if len(logins) != 4 {
+			t.Fatalf("%d dblogin calls, want 4", len(logins))
 		}
 		for _, c := range append(mig, logins...) {
 			if c.Env["DATABASE_URL"] != digest(e.ownerURL) {
@@ -619,7 +632,7 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 	})
 
 	t.Run("scheduler jobs with OIDC", func(t *testing.T) {
-		for job, sched := range map[string]string{"apigee-rollup": "* * * * *", "apigee-rotate": "17 3 * * *"} {
+		for job, sched := range map[string]string{"apigee-rollup": "* * * * *", "apigee-rotate": "17 3 * * *", "apigee-readers": "*/10 * * * *"} {
 			wantFields(t, job, e.res("scheduler jobs", job), map[string]string{
 				"flag.schedule": sched, "flag.uri": fnURL(job), "flag.http-method": "POST",
 				"flag.oidc-service-account-email": sa("scheduler"), "flag.oidc-token-audience": fnURL(job),
@@ -703,14 +716,14 @@ func TestDeployFromAnEmptyProject(t *testing.T) {
 		for _, c := range toolCalls(r.calls, "dblogin") {
 			logins = append(logins, c.Argv[1])
 		}
-		if !slices.Equal(logins, []string{"apigee_rollup_login", "apigee_rotate_login"}) {
-			t.Errorf("renewed %q, want the rollup and rotate logins (rotate owns the ingest one)", logins)
+		if !slices.Equal(logins, []string{"apigee_rollup_login", "apigee_rotate_login", "apigee_readers_login"}) {
+			t.Errorf("renewed %q, want the rollup, rotate and readers logins (rotate owns the ingest one)", logins)
 		}
-		for secret, want := range map[string]string{"apigee-ingest-db": "1", "apigee-rollup-db": "2", "apigee-rotate-db": "2"} {
+		for secret, want := range map[string]string{"apigee-ingest-db": "1", "apigee-rollup-db": "2", "apigee-rotate-db": "2", "apigee-readers-db": "2"} {
 			wantFields(t, secret, e.res("secrets", secret), map[string]string{"versions": want})
 		}
-		if ch := changing(t, r.calls); len(ch) != 4 {
-			t.Errorf("renewal made %d changes, want 2 logins and 2 versions:\n%s", len(ch), strings.Join(ch, "\n"))
+		if ch := changing(t, r.calls); len(ch) != 6 {
+			t.Errorf("renewal made %d changes, want 3 logins and 3 versions:\n%s", len(ch), strings.Join(ch, "\n"))
 		}
 	})
 
@@ -878,6 +891,9 @@ func TestCloudSQLAndNoApigee(t *testing.T) {
 	env := parseEnvFile(t, e.res("functions", "apigee-ingest")["env"])
 	if env["CLOUDSQL_INSTANCE"] != project+":"+region+":pg" {
 		t.Errorf("ingest env %v lacks CLOUDSQL_INSTANCE", env)
+	}
+	if slices.Contains(e.names("functions"), "apigee-readers") {
+		t.Error("the readers function was deployed without an Apigee organization")
 	}
 	if slices.Contains(e.names("pubsub topics"), "apigee-anomalies") {
 		t.Error("anomaly topic created with ANOMALY_TOPIC empty")

@@ -79,6 +79,7 @@ type Result struct {
 type inTx interface {
 	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
@@ -291,6 +292,7 @@ func copyCalls(ctx context.Context, tx inTx, batchID int64, calls []Call) ([]Cal
 		return nil, fmt.Errorf("write: insert: %w", err)
 	}
 	inserted := make([]Call, 0, len(calls))
+	stored := make([]bool, len(calls))
 	for rows.Next() {
 		var id string
 		var at time.Time
@@ -304,9 +306,15 @@ func copyCalls(ctx context.Context, tx inTx, batchID int64, calls []Call) ([]Cal
 			return nil, fmt.Errorf("write: insert returned unknown key %q", id)
 		}
 		inserted = append(inserted, calls[i])
+		stored[i] = true
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("write: insert: %w", err)
+	}
+	if len(inserted) < len(calls) {
+		if err := checkSkipped(ctx, tx, calls, stored); err != nil {
+			return nil, err
+		}
 	}
 	sort.Slice(inserted, func(a, b int) bool {
 		if inserted[a].MessageID != inserted[b].MessageID {
@@ -315,6 +323,56 @@ func copyCalls(ctx context.Context, tx inTx, batchID int64, calls []Call) ([]Cal
 		return inserted[a].ReceivedAt.Before(inserted[b].ReceivedAt)
 	})
 	return inserted, nil
+}
+
+// KeyCollisionError reports a call that ON CONFLICT skipped although no
+// stored row has its message_id and received_at: a call with another
+// message_id, the same received_at and the same apigee.call_key is stored
+// (migration 00017 puts the odds below 10⁻⁵ over an installation's life).
+// It is a data error, so the delivery is quarantined, not dropped.
+type KeyCollisionError struct {
+	MessageID  string
+	ReceivedAt time.Time
+}
+
+func (e *KeyCollisionError) Error() string {
+	return fmt.Sprintf("write: message_id %q at %s has the dedupe key (apigee.call_key) of a stored call with another message_id",
+		e.MessageID, e.ReceivedAt.UTC().Format(time.RFC3339Nano))
+}
+
+// skippedSQL returns the first of the calls ON CONFLICT skipped that is not
+// stored under its own message_id: the key and received_at find the
+// candidates through api_calls_key, message_id tells them apart.
+const skippedSQL = `
+SELECT d.id, d.at FROM unnest($1::text[], $2::timestamptz[]) AS d(id, at)
+WHERE NOT EXISTS (
+	SELECT 1 FROM apigee.api_calls a
+	WHERE a.received_at = d.at AND apigee.call_key(a.message_id) = apigee.call_key(d.id) AND a.message_id = d.id)
+LIMIT 1`
+
+// checkSkipped makes sure each call not stored (stored[i] false) is a
+// duplicate of a stored row, and not a key collision: the dedupe key is a
+// hash of message_id, and exactly-once must not become at-most-once. It
+// costs one index lookup per duplicate, and nothing for a batch without
+// duplicates.
+func checkSkipped(ctx context.Context, tx inTx, calls []Call, stored []bool) error {
+	var ids []string
+	var ats []time.Time
+	for i := range calls {
+		if !stored[i] {
+			ids = append(ids, calls[i].MessageID)
+			ats = append(ats, calls[i].ReceivedAt)
+		}
+	}
+	var e KeyCollisionError
+	err := tx.QueryRow(ctx, skippedSQL, ids, ats).Scan(&e.MessageID, &e.ReceivedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("write: check duplicates: %w", err)
+	}
+	return &e
 }
 
 func insertRejects(ctx context.Context, tx inTx, batchID int64, rejects []Reject) (int, error) {
@@ -390,10 +448,14 @@ func (w *Writer) harden(ctx context.Context) error {
 }
 
 // IsDataError reports whether err was caused by the batch's content (a
-// PostgreSQL data exception or integrity violation) rather than by the
-// database being unavailable: retrying the same batch cannot succeed, but
-// writing its messages one by one isolates the culprit.
+// PostgreSQL data exception or integrity violation, or a key collision)
+// rather than by the database being unavailable: retrying the same batch
+// cannot succeed, but writing its messages one by one isolates the culprit.
 func IsDataError(err error) bool {
+	var kc *KeyCollisionError
+	if errors.As(err, &kc) {
+		return true
+	}
 	var pg *pgconn.PgError
 	if !errors.As(err, &pg) || isNoPartition(err) {
 		return false
