@@ -75,16 +75,32 @@ type Result struct {
 	Retries int
 }
 
+// inTx is a connection inside a batch's transaction (*pgx.Conn, or a pgx.Tx).
+type inTx interface {
+	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
 // Writer writes batches. It is safe for concurrent use.
 type Writer struct {
 	db   Conns
 	mu   sync.Mutex
 	days map[string]bool // UTC days whose partition/chunk is known to exist
+	// staged counts, per backend, the rows moved out of its staging table
+	// since that table was last vacuumed.
+	staged map[uint32]int
 }
+
+// stageVacuumRows: a connection's staging table is vacuumed once this many
+// rows have gone through it, which bounds its dead rows (and so what every
+// move scans) to a few dozen pages.
+const stageVacuumRows = 5000
 
 // NewWriter returns a Writer over db.
 func NewWriter(db Conns) *Writer {
-	return &Writer{db: db, days: map[string]bool{}}
+	return &Writer{db: db, days: map[string]bool{}, staged: map[uint32]int{}}
 }
 
 // Write stores b in one transaction. On error nothing of b is stored; see
@@ -149,16 +165,21 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}
 	defer conn.Release()
 
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return Result{}, fmt.Errorf("write: begin: %w", err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // after Commit this is a no-op
-
+	// Two round trips besides the rows: BEGIN, the staging table (once per
+	// connection) and the batch id in one; emptying the staging table, the
+	// batch row and COMMIT in another. A batch that fails between them is rolled back here, or,
+	// when even that fails, its connection is discarded by the pool (it
+	// is not idle).
+	tx := conn.Conn()
+	committed := false
+	defer func() {
+		if !committed {
+			tx.Exec(ctx, "ROLLBACK") //nolint:errcheck // see above
+		}
+	}()
 	var res Result
-	// One round trip: the staging table exists once per connection, the
-	// batch id comes from the sequence.
 	start := &pgx.Batch{}
+	start.Queue("BEGIN")
 	start.Queue(createStageSQL)
 	start.Queue("SELECT nextval('apigee.ingest_batch_id_seq')").QueryRow(func(r pgx.Row) error { return r.Scan(&res.BatchID) })
 	if err := tx.SendBatch(ctx, start).Close(); err != nil {
@@ -192,17 +213,42 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	if res.Inserted > 0 {
 		minR, maxR = &res.MinReceived, &res.MaxReceived
 	}
-	if _, err := tx.Exec(ctx, `
+	end := &pgx.Batch{}
+	if len(b.Calls) > 0 {
+		end.Queue(clearStageSQL)
+	}
+	end.Queue(`
 		INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages,
 			min_received_at, max_received_at, rows_sha256)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-		res.BatchID, res.Inserted, res.Duplicates, res.Rejected, b.Messages, minR, maxR, res.SHA256[:]); err != nil {
-		return Result{}, fmt.Errorf("write: batch row: %w", err)
+		res.BatchID, res.Inserted, res.Duplicates, res.Rejected, b.Messages, minR, maxR, res.SHA256[:])
+	end.Queue("COMMIT")
+	if err := tx.SendBatch(ctx, end).Close(); err != nil {
+		return Result{}, fmt.Errorf("write: batch row and commit: %w", err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return Result{}, fmt.Errorf("write: commit: %w", err)
-	}
+	committed = true
+	w.tidy(ctx, conn, len(b.Calls))
 	return res, nil
+}
+
+// tidy vacuums conn's staging table once enough rows have gone through it.
+// The batch is committed whatever happens here: a failed VACUUM is tried
+// again after the next batch.
+func (w *Writer) tidy(ctx context.Context, conn *pgxpool.Conn, rows int) {
+	pid := conn.Conn().PgConn().PID()
+	w.mu.Lock()
+	w.staged[pid] += rows
+	due := w.staged[pid] >= stageVacuumRows
+	w.mu.Unlock()
+	if !due {
+		return
+	}
+	if _, err := conn.Exec(ctx, "VACUUM apigee_stage_calls"); err != nil {
+		return
+	}
+	w.mu.Lock()
+	delete(w.staged, pid) // also forgets the backends of closed connections
+	w.mu.Unlock()
 }
 
 // HashCalls returns rows_sha256 of a batch's inserted rows, in the
@@ -224,7 +270,7 @@ func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
 // copyCalls stages calls and moves the new ones into apigee.api_calls,
 // recording the minutes they touched. It returns the calls inserted, in
 // (message_id, received_at) order.
-func copyCalls(ctx context.Context, tx pgx.Tx, batchID int64, calls []Call) ([]Call, error) {
+func copyCalls(ctx context.Context, tx inTx, batchID int64, calls []Call) ([]Call, error) {
 	// A key (message_id, received_at) may come twice in one batch with
 	// different Pub/Sub metadata (a publisher retry is a new Pub/Sub
 	// message). ON CONFLICT would keep one copy, in no defined order, and
@@ -309,7 +355,7 @@ LIMIT 1`
 // hash of message_id, and exactly-once must not become at-most-once. It
 // costs one index lookup per duplicate, and nothing for a batch without
 // duplicates.
-func checkSkipped(ctx context.Context, tx pgx.Tx, calls []Call, stored []bool) error {
+func checkSkipped(ctx context.Context, tx inTx, calls []Call, stored []bool) error {
 	var ids []string
 	var ats []time.Time
 	for i := range calls {
@@ -329,7 +375,7 @@ func checkSkipped(ctx context.Context, tx pgx.Tx, calls []Call, stored []bool) e
 	return &e
 }
 
-func insertRejects(ctx context.Context, tx pgx.Tx, batchID int64, rejects []Reject) (int, error) {
+func insertRejects(ctx context.Context, tx inTx, batchID int64, rejects []Reject) (int, error) {
 	if len(rejects) == 0 {
 		return 0, nil
 	}

@@ -1,22 +1,28 @@
-// Command bench measures ingest side by side in one run, against a fresh
-// database with the real schema and roles, and prints one table whose
-// ratios are what to compare (absolute numbers drift on a shared machine):
+// Command bench-ingest measures ingest side by side in one run, against a
+// fresh database with the real schema and roles, and prints one table of
+// modes and one of ratios against their targets (absolute numbers drift on
+// a shared machine; the ratios are what to compare):
 //
 //	(1a) pgx CopyFrom of the rows straight into apigee.api_calls (as owner)
 //	(1b) COPY into a staging table + INSERT … ON CONFLICT DO NOTHING, as the
-//	     ingest role: the ceiling for exactly-once rows under RLS
-//	(2)  the ingest core (decode, validate, group commit, write) fed
-//	     100-record messages, in process
-//	(3)  the HTTP push path: many concurrent single-record deliveries over
-//	     loopback HTTP, msgs/s and time to answer
-//	(4a) a naive function, one autocommitted INSERT per message, one
-//	     request at a time (Cloud Run functions' default concurrency of 1)
-//	(4b) the same naive function with 8 requests at a time
+//	     ingest role, 1,000-row transactions: the staging-COPY limit
+//	(2)  the batch path end to end: 500-record push messages, 4 in flight,
+//	     over HTTP to the ingest function
+//	(3)  the push path: single-record deliveries, 64 (3a) and 256 (3b) in
+//	     flight, to the ingest function
+//	(4)  a naive function, one autocommitted INSERT per message through a
+//	     pgx pool, 64 (4a) and 256 (4b) in flight
+//	(0a) a handler that reads the body and answers 204 (64 and 256 in
+//	     flight): the floor of any push function's CPU per delivery
+//	(0b) the ingest function with a writer that stores nothing
 //
-// and two ceilings for (3), measured with the same load generator on the
-// same cores: (0a) a handler that reads the body and answers 204, the most
-// any push function can do here, and (0b) the ingest HTTP path with a
-// writer that stores nothing, the most ingest can do with a free database.
+// Every HTTP mode runs its server and its load generator as two processes
+// of this binary (-role serve, -role load), so the function's CPU is its
+// own (from /proc), the database's is the sum over its backends, and the
+// generator's is neither. The ingest function is the real one
+// (function.Main, as Cloud Run starts it): its cold start to the first
+// acknowledged delivery and its peak RSS are reported too. Each server is
+// warmed up by a short run before the measured one.
 //
 // Usage: BENCH_DATABASE_URL=postgres://superuser@host/db go run ./deploy/local/cmd/bench-ingest
 // (make bench-ingest starts the local TimescaleDB and sets it).
@@ -34,58 +40,75 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/deploy/local/testkit"
-	"apigee-timescale/functions/ingest"
 	"apigee-timescale/migrations"
 	"apigee-timescale/shared/record"
 )
 
 var (
-	rows         = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
-	msgs         = flag.Int("msgs", 60000, "single-record deliveries for the HTTP modes (3, 0); (4) takes the first 5,000. Long enough that a fresh instance's first ~100 ms (connections, prepared statements, partition checks) does not decide the p99")
-	clients      = flag.Int("clients", 256, "concurrent HTTP clients for (3)")
-	netHTTP      = flag.Bool("nethttp", false, "drive (3) and (4) with Go's net/http client instead of the lean one")
-	coreInFlight = flag.Int("core-inflight", 32, "100-record messages in flight for (2), as a push subscription with instance concurrency would send them")
-	only         = flag.String("only", "", "run only the modes whose label starts with this, e.g. (3)")
-	cpuprof      = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	role    = flag.String("role", "", "internal: serve or load, for the child processes")
+	kind    = flag.String("serve", "", "internal: the server kind of -role serve")
+	addr    = flag.String("addr", "", "internal: the server of -role load")
+	perMsg  = flag.Int("per-msg", 1, "internal: records per message of -role load")
+	clients = flag.Int("clients", 256, "internal: requests in flight of -role load")
+	rows    = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
+	msgs    = flag.Int("msgs", 60000, "single-record deliveries for (3) and (0); (4) takes 5,000. Long enough that a few slow batches do not decide the p99")
+	only    = flag.String("only", "", "run only the modes whose key starts with this, e.g. 3 or 0a")
+	cpuprof = flag.String("cpuprofile", "", "write a CPU profile of the server process to this file (the last mode run keeps it; use with -only)")
 )
 
 func main() {
 	flag.Parse()
-	if err := run(context.Background()); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
+	var err error
+	switch *role {
+	case "serve":
+		err = serve(*kind)
+	case "load":
+		err = generate(*addr, *msgs, *perMsg, *clients)
+	case "":
+		err = run(context.Background())
+	default:
+		err = fmt.Errorf("unknown role %q", *role)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-ingest:", err)
 		os.Exit(1)
 	}
 }
 
 type result struct {
-	name     string
-	n        int
-	elapsed  time.Duration
-	p50, p99 time.Duration
-	batches  int // ingest transactions, where the mode goes through ingest
-	// goCPU and pgCPU are what this process (function and load generator)
-	// and the database's backends spent, for the modes that measure it.
-	goCPU, pgCPU time.Duration
+	key, name string
+	n         int // rows stored (or records answered, without a database)
+	deliv     int // HTTP deliveries
+	elapsed   time.Duration
+	p50, p99  time.Duration
+	batches   int // ingest transactions, where the mode goes through ingest
+	// fnCPU is the server process's CPU, pgCPU the database backends'.
+	fnCPU, pgCPU time.Duration
+	rss          int64         // the server's peak RSS
+	cold         time.Duration // the server's start to its first 204
 }
 
 func (r result) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+// mode is one measurement; its key names it in the ratio table.
+type mode struct {
+	key string
+	run func() (result, error)
+}
 
 func run(ctx context.Context) error {
 	server := os.Getenv("BENCH_DATABASE_URL")
@@ -97,18 +120,6 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer cleanup()
-
-	if *cpuprof != "" {
-		f, err := os.Create(*cpuprof)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
 	owner, err := pgxpool.New(ctx, dbURL)
 	if err != nil {
 		return err
@@ -119,40 +130,22 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer ing.Close()
-	data := makeRecords(*rows)
+	h := &harness{owner: owner, env: []string{"DATABASE_URL=" + ingestURL}}
+	if *cpuprof != "" {
+		h.env = append(h.env, envProfile+"="+*cpuprof)
+	}
 	var res []result
-	step := func(r result, err error) error {
+	for _, m := range h.modes(ctx, ing) {
+		if *only != "" && !strings.HasPrefix(m.key, *only) {
+			continue
+		}
+		r, err := m.run()
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
-		if err := owner.QueryRow(ctx, "SELECT count(*) FROM apigee.ingest_batches").Scan(&r.batches); err != nil {
-			return err
-		}
 		fmt.Fprintf(os.Stderr, "  %-62s %9.0f rows/s\n", r.name, r.rate())
 		res = append(res, r)
-		return reset(ctx, dbURL)
-	}
-
-	single := makeRecords(*msgs)
-	naive := single[:min(len(single), 5000)]
-	modes := []struct {
-		label string
-		run   func() (result, error)
-	}{
-		{"(1a)", func() (result, error) { return benchCopy(ctx, owner, data) }},
-		{"(1b)", func() (result, error) { return benchStaging(ctx, ing, data) }},
-		{"(2)", func() (result, error) { return benchCore(ctx, ingestURL, data) }},
-		{"(3)", func() (result, error) { return benchHTTP(ctx, owner, ingestURL, single) }},
-		{"(4a)", func() (result, error) { return benchNaive(ctx, ingestURL, naive, 1) }},
-		{"(4b)", func() (result, error) { return benchNaive(ctx, ingestURL, naive, 8) }},
-		{"(0a)", func() (result, error) { return benchFloor(single) }},
-		{"(0b)", func() (result, error) { return benchNoDB(ctx, single) }},
-	}
-	for _, m := range modes {
-		if *only != "" && !strings.HasPrefix(m.label, *only) {
-			continue
-		}
-		if err := step(m.run()); err != nil {
+		if err := reset(ctx, dbURL); err != nil {
 			return err
 		}
 	}
@@ -160,46 +153,154 @@ func run(ctx context.Context) error {
 	return nil
 }
 
+func (h *harness) modes(ctx context.Context, ing *pgxpool.Pool) []mode {
+	bulk := func() [][]byte { return makeRecordsPrefixed(*rows, randHex(4)) }
+	naive := min(*msgs, 5000)
+	return []mode{
+		{"1a", func() (result, error) { return benchCopy(ctx, h.owner, bulk()) }},
+		{"1b", func() (result, error) { return benchStaging(ctx, h.owner, ing, bulk()) }},
+		{"2", func() (result, error) {
+			return h.http(ctx, "2", "(2) batch path: 500-record messages, 4 in flight", "push", *rows/500, 500, 4)
+		}},
+		{"3a", func() (result, error) {
+			return h.http(ctx, "3a", "(3a) push path: single-record deliveries, 64 in flight", "push", *msgs, 1, 64)
+		}},
+		{"3b", func() (result, error) {
+			return h.http(ctx, "3b", "(3b) push path: single-record deliveries, 256 in flight", "push", *msgs, 1, 256)
+		}},
+		{"4a", func() (result, error) {
+			return h.http(ctx, "4a", "(4a) naive INSERT per message, 64 in flight", "naive", naive, 1, 64)
+		}},
+		{"4b", func() (result, error) {
+			return h.http(ctx, "4b", "(4b) naive INSERT per message, 256 in flight", "naive", naive, 1, 256)
+		}},
+		{"0a64", func() (result, error) {
+			return h.http(ctx, "0a64", "(0a) floor: read the body, answer 204, 64 in flight", "floor", *msgs, 1, 64)
+		}},
+		{"0a256", func() (result, error) {
+			return h.http(ctx, "0a256", "(0a) floor: read the body, answer 204, 256 in flight", "floor", *msgs, 1, 256)
+		}},
+		{"0b", func() (result, error) {
+			return h.http(ctx, "0b", "(0b) ingest with a writer that stores nothing, 256 in flight", "nodb", *msgs, 1, 256)
+		}},
+	}
+}
+
+// harness runs the HTTP modes against the bench database.
+type harness struct {
+	owner *pgxpool.Pool
+	env   []string
+}
+
+// http measures one HTTP mode: a fresh server process, a warm-up run, then
+// the measured run with the server's and the backends' CPU read around it.
+func (h *harness) http(ctx context.Context, key, name, kind string, n, per, inFlight int) (result, error) {
+	r := result{key: key, name: name, n: n * per, deliv: n}
+	srv, err := startServer(kind, h.env)
+	if err != nil {
+		return r, err
+	}
+	defer srv.stop()
+	r.cold = srv.cold
+	warm, err := startLoad(srv.addr, max(n/20, 2*inFlight), per, inFlight)
+	if err != nil {
+		return r, err
+	}
+	if _, err := warm.run(); err != nil {
+		return r, fmt.Errorf("warm-up: %w", err)
+	}
+	l, err := startLoad(srv.addr, n, per, inFlight)
+	if err != nil {
+		return r, err
+	}
+	b0 := h.batches(ctx)
+	fn0, _ := testkit.BackendCPU(srv.pid())
+	pg0 := backendsCPU(ctx, h.owner)
+	lr, err := l.run()
+	fn1, _ := testkit.BackendCPU(srv.pid())
+	pg1 := backendsCPU(ctx, h.owner)
+	r.elapsed, r.p50, r.p99 = lr.Elapsed, lr.P50, lr.P99
+	r.batches = h.batches(ctx) - b0
+	r.fnCPU, r.rss = fn1-fn0, srv.peakRSS()
+	for pid, t := range pg1 {
+		r.pgCPU += t - pg0[pid] // a backend opened during the run starts from 0
+	}
+	return r, err
+}
+
+func (h *harness) batches(ctx context.Context) int {
+	var n int
+	h.owner.QueryRow(ctx, "SELECT count(*) FROM apigee.ingest_batches").Scan(&n) //nolint:errcheck // 0 then
+	return n
+}
+
 func report(res []result) {
+	by := map[string]result{}
+	for _, r := range res {
+		by[r.key] = r
+	}
 	fmt.Printf("\ningest benchmark — %d cores, %s, %s\n\n", runtime.NumCPU(), runtime.GOOS+"/"+runtime.GOARCH, time.Now().UTC().Format(time.DateOnly))
-	fmt.Printf("| mode | rows | rows/s | p50 | p99 | rows/batch | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n")
-	base := map[string]float64{}
-	for _, r := range res {
-		base[r.name[:4]] = r.rate()
+	fmt.Printf("| mode | rows | rows/s | p50 | p99 | rows/batch | function µs/delivery | backends µs/row |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	dash := func(ok bool, f string, v float64) string {
+		if !ok {
+			return "–"
+		}
+		return fmt.Sprintf(f, v)
 	}
 	for _, r := range res {
-		ratio := ""
-		switch r.name[:4] {
-		case "(1b)":
-			ratio = fmt.Sprintf("%.2f × (1a)", r.rate()/base["(1a)"])
-		case "(2) ":
-			ratio = fmt.Sprintf("%.2f × (1b)", r.rate()/base["(1b)"])
-		case "(3) ":
-			ratio = fmt.Sprintf("%.1f × (4a), %.1f × (4b)", r.rate()/base["(4a)"], r.rate()/base["(4b)"])
-		case "(0a)", "(0b)":
-			ratio = fmt.Sprintf("%.1f × (4a); (3) reaches %.0f%% of it", r.rate()/base["(4a)"], 100*base["(3) "]/r.rate())
-		}
-		lat := func(d time.Duration) string {
-			if d == 0 {
-				return "–"
-			}
-			return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
-		}
-		perBatch := "–"
-		if r.batches > 0 {
-			perBatch = fmt.Sprintf("%.0f", float64(r.n)/float64(r.batches))
-		}
-		fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %s |\n", r.name, r.n, r.rate(), lat(r.p50), lat(r.p99), perBatch, ratio)
+		lat := func(d time.Duration) string { return dash(d > 0, "%.1f ms", float64(d.Microseconds())/1000) }
+		fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %s | %s |\n", r.name, r.n, r.rate(), lat(r.p50), lat(r.p99),
+			dash(r.batches > 0, "%.0f", float64(r.n)/float64(max(r.batches, 1))),
+			dash(r.fnCPU > 0, "%.0f", r.fnPerDelivery()), dash(r.pgCPU > 0, "%.1f", r.pgPerRow()))
 	}
+	fmt.Printf("\n| ratio | measured | target | met |\n|---|---:|---|---|\n")
+	ratio := func(what, a, b string, f func(result) float64, target string, ok func(float64) bool) {
+		ra, okA := by[a]
+		rb, okB := by[b]
+		if !okA || !okB || f(rb) == 0 {
+			return
+		}
+		v := f(ra) / f(rb)
+		fmt.Printf("| ingest: %s | %.2f × | %s | %s |\n", what, v, target, yes(ok(v)))
+	}
+	rate := func(r result) float64 { return r.rate() }
+	pg := func(r result) float64 { return r.pgPerRow() }
+	fn := func(r result) float64 { return r.fnPerDelivery() }
+	atMost := func(t float64) func(float64) bool { return func(v float64) bool { return v <= t } }
+	ratio("batch path rows/s (2) ÷ staging-COPY limit (1b)", "2", "1b", rate, "≥ 0.9 ×", func(v float64) bool { return v >= 0.9 })
+	ratio("backends' CPU per row, push 64 in flight (3a) ÷ batch path (2)", "3a", "2", pg, "≤ 1.5 ×", atMost(1.5))
+	ratio("backends' CPU per row, push 256 in flight (3b) ÷ batch path (2)", "3b", "2", pg, "≤ 1.5 ×", atMost(1.5))
+	ratio("backends' CPU per row, push (3a) ÷ naive (4a), 64 in flight", "3a", "4a", pg, "≤ 0.2 ×", atMost(0.2))
+	ratio("backends' CPU per row, push (3b) ÷ naive (4b), 256 in flight", "3b", "4b", pg, "≤ 0.2 ×", atMost(0.2))
+	ratio("function CPU per delivery, push (3a) ÷ floor (0a), 64 in flight", "3a", "0a64", fn, "≤ 2 ×", atMost(2))
+	ratio("function CPU per delivery, push (3b) ÷ floor (0a), 256 in flight", "3b", "0a256", fn, "≤ 2 ×", atMost(2))
+	var cold time.Duration
+	var rss int64
 	for _, r := range res {
-		if r.goCPU > 0 {
-			perRow := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(r.n) }
-			fmt.Printf("\nCPU per delivery in %s: this process %.0f µs (function and load generator), PostgreSQL backends %.0f µs",
-				r.name[:4], perRow(r.goCPU), perRow(r.pgCPU))
+		if r.key == "2" || strings.HasPrefix(r.key, "3") {
+			cold, rss = max(cold, r.cold), max(rss, r.rss)
 		}
 	}
-	fmt.Println("\n\ntargets: (2) ≥ 0.9 × (1b); (3) ≥ 10 × (4a) with p99 ≤ 100 ms")
-	fmt.Println("(0a) and (0b) are ceilings for (3) on this machine, not targets: the load generator, the function and the database share its cores")
+	if cold > 0 {
+		ms := float64(cold.Microseconds()) / 1000
+		fmt.Printf("| ingest: cold start to first acknowledged delivery (slowest of 2, 3a, 3b) | %.0f ms | ≤ 300 ms | %s |\n", ms, yes(ms <= 300))
+		mib := float64(rss) / (1 << 20)
+		fmt.Printf("| ingest: peak RSS of the function at full load (largest of 2, 3a, 3b) | %.1f MiB | ≤ 64 MiB | %s |\n", mib, yes(mib <= 64))
+	}
+	fmt.Println("\nCPU is read from /proc: the function's process, and every backend of the bench database (the load generator is a process of its own, counted in neither).")
+}
+
+func yes(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
+
+func (r result) pgPerRow() float64 { return float64(r.pgCPU.Microseconds()) / float64(max(r.n, 1)) }
+
+func (r result) fnPerDelivery() float64 {
+	return float64(r.fnCPU.Microseconds()) / float64(max(r.deliv, 1))
 }
 
 // setup creates a throwaway database with the schema and an ingest login.
@@ -263,11 +364,10 @@ func reset(ctx context.Context, dbURL string) error {
 
 // makeRecords renders n distinct, realistic apigee.call.v1 records over the
 // last few hours.
-func makeRecords(n int) [][]byte {
+func makeRecordsPrefixed(n int, run string) [][]byte {
 	proxies := []string{"orders-v1", "payments-v2", "catalog-v1", "users-v1", "search-v3"}
 	now := time.Now().UTC()
 	out := make([][]byte, n)
-	run := randHex(4)
 	for i := range n {
 		r := map[string]any{
 			"schema": record.SchemaV1, "message_id": fmt.Sprintf("%s-%d", run, i),
@@ -310,7 +410,7 @@ func values(r *record.Record) []any {
 
 func benchCopy(ctx context.Context, pool *pgxpool.Pool, data [][]byte) (result, error) {
 	recs := parsed(data)
-	r := result{name: "(1a) CopyFrom into the hypertable, 5,000-row batches", n: len(recs)}
+	r := result{key: "1a", name: "(1a) CopyFrom into the hypertable, 5,000-row batches", n: len(recs)}
 	start := time.Now()
 	for lo := 0; lo < len(recs); lo += 5000 {
 		chunk := recs[lo:min(lo+5000, len(recs))]
@@ -324,14 +424,20 @@ func benchCopy(ctx context.Context, pool *pgxpool.Pool, data [][]byte) (result, 
 	return r, nil
 }
 
-func benchStaging(ctx context.Context, pool *pgxpool.Pool, data [][]byte) (result, error) {
+func benchStaging(ctx context.Context, owner, pool *pgxpool.Pool, data [][]byte) (r result, err error) {
 	recs := parsed(data)
-	r := result{name: "(1b) COPY to staging + INSERT ON CONFLICT, ingest role", n: len(recs)}
+	r = result{key: "1b", name: "(1b) COPY to staging + INSERT ON CONFLICT, ingest role", n: len(recs)}
+	pg0 := backendsCPU(ctx, owner)
+	defer func() {
+		for pid, t := range backendsCPU(ctx, owner) {
+			r.pgCPU += t - pg0[pid]
+		}
+	}()
 	cols := strings.Join(copyCols, ", ")
 	start := time.Now()
 	for lo := 0; lo < len(recs); lo += 1000 {
 		chunk := recs[lo:min(lo+1000, len(recs))]
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS bench_stage (
 				received_at timestamptz, message_id text, tenant text, organization text, environment text, apiproxy text,
 				request_verb text, request_path text, response_status_code smallint, total_response_time integer,
@@ -355,81 +461,6 @@ func benchStaging(ctx context.Context, pool *pgxpool.Pool, data [][]byte) (resul
 	return r, nil
 }
 
-func service(ctx context.Context, dsn string) (*ingest.Service, *pgxpool.Pool, error) {
-	cfg, err := ingest.ConfigFromEnv()
-	if err != nil {
-		return nil, nil, err
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := ingest.NewService(cfg, ingest.Deps{DB: pool})
-	if err != nil {
-		pool.Close()
-		return nil, nil, err
-	}
-	return s, pool, nil
-}
-
-// benchCore feeds 100-record NDJSON messages to the ingest core in process,
-// -core-inflight at a time.
-func benchCore(ctx context.Context, dsn string, data [][]byte) (result, error) {
-	r := result{name: "(2) ingest core, 100-record messages", n: len(data)}
-	s, pool, err := service(ctx, dsn)
-	if err != nil {
-		return r, err
-	}
-	defer pool.Close()
-	defer s.Close(ctx)
-	var bodies []string
-	for lo := 0; lo < len(data); lo += 100 {
-		var b strings.Builder
-		for _, d := range data[lo:min(lo+100, len(data))] {
-			b.Write(d)
-			b.WriteByte('\n')
-		}
-		bodies = append(bodies, envelope(fmt.Sprint(lo), []byte(b.String())))
-	}
-	start := time.Now()
-	_, err = drive(len(bodies), *coreInFlight, func(i int) (int, error) {
-		w := httptest.NewRecorder()
-		s.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(bodies[i])))
-		return w.Code, nil
-	})
-	r.elapsed = time.Since(start)
-	return r, err
-}
-
-func benchHTTP(ctx context.Context, owner *pgxpool.Pool, dsn string, data [][]byte) (result, error) {
-	r := result{name: fmt.Sprintf("(3) HTTP push, %d concurrent single-record deliveries", *clients), n: len(data)}
-	s, pool, err := service(ctx, dsn)
-	if err != nil {
-		return r, err
-	}
-	defer pool.Close()
-	defer s.Close(ctx)
-	srv := httptest.NewServer(s)
-	defer srv.Close()
-	go0, pg0 := processCPU(), backendsCPU(ctx, owner)
-	r, err = httpRun(r, srv.URL, data, *clients)
-	go1, pg1 := processCPU(), backendsCPU(ctx, owner)
-	r.goCPU = go1 - go0
-	for pid, t := range pg1 {
-		r.pgCPU += t - pg0[pid] // a backend the pool opened during the run starts from 0
-	}
-	return r, err
-}
-
-// processCPU is this process's CPU time so far, user + system.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // backendsCPU maps every other backend connected to the bench database to
 // its CPU time so far; empty when the server is not on this machine.
 func backendsCPU(ctx context.Context, owner *pgxpool.Pool) map[int]time.Duration {
@@ -451,133 +482,11 @@ func backendsCPU(ctx context.Context, owner *pgxpool.Pool) map[int]time.Duration
 	return out
 }
 
-// benchFloor answers every delivery 204 after reading it: no decoding, no
-// database. Nothing that serves push requests over HTTP here can do more.
-func benchFloor(data [][]byte) (result, error) {
-	r := result{name: fmt.Sprintf("(0a) ceiling: read the body, answer 204, %d clients", *clients), n: len(data)}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		io.Copy(io.Discard, req.Body) //nolint:errcheck // a floor, not a function
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer srv.Close()
-	return httpRun(r, srv.URL, data, *clients)
-}
-
-// discard is a batch writer that stores nothing and reports every call
-// inserted.
-type discard struct{}
-
-func (discard) Write(_ context.Context, b *ingest.Batch) (ingest.Result, error) {
-	return ingest.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
-}
-
-// benchNoDB is (3) with the database write replaced by discard: decoding,
-// validation, batching and answering, without the database's share of
-// the CPU.
-func benchNoDB(ctx context.Context, data [][]byte) (result, error) {
-	r := result{name: "(0b) ceiling: (3) with a writer that stores nothing", n: len(data)}
-	cfg, err := ingest.ConfigFromEnv()
-	if err != nil {
-		return r, err
-	}
-	s, err := ingest.NewService(cfg, ingest.Deps{Writer: discard{}})
-	if err != nil {
-		return r, err
-	}
-	defer s.Close(ctx)
-	srv := httptest.NewServer(s)
-	defer srv.Close()
-	go0 := processCPU()
-	r, err = httpRun(r, srv.URL, data, *clients)
-	r.goCPU = processCPU() - go0
-	return r, err
-}
-
-// benchNaive is the function people write first: one INSERT per message,
-// autocommitted, handling `concurrency` requests at a time.
-func benchNaive(ctx context.Context, dsn string, data [][]byte, concurrency int) (result, error) {
-	r := result{name: fmt.Sprintf("(4%c) naive INSERT per message, concurrency %d", "ab"[min(concurrency-1, 1)], concurrency), n: len(data)}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		return r, err
-	}
-	defer pool.Close()
-	sem := make(chan struct{}, concurrency)
-	cols := strings.Join(copyCols, ", ")
-	ph := make([]string, len(copyCols))
-	for i := range ph {
-		ph[i] = fmt.Sprintf("$%d", i+1)
-	}
-	insert := "INSERT INTO apigee.api_calls (" + cols + ") VALUES (" + strings.Join(ph, ", ") + ") ON CONFLICT DO NOTHING"
-	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		sem <- struct{}{}
-		defer func() { <-sem }()
-		var env struct {
-			Message struct{ Data string } `json:"message"`
-		}
-		body, _ := io.ReadAll(req.Body)
-		if json.Unmarshal(body, &env) != nil {
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		raw, _ := base64.StdEncoding.DecodeString(env.Message.Data)
-		rec, rej := record.ParseRecord(raw, record.DefaultLimits())
-		if rej != nil {
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		if _, err := pool.Exec(req.Context(), insert, values(&rec)...); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	return httpRun(r, srv.URL, data, *clients)
-}
-
-// httpRun posts one envelope per record with `clients` connections and
-// measures the time to each answer. The load generator shares the machine
-// with the function and the database, so by default it is a lean one (like
-// wrk: one keep-alive connection per client, requests pre-serialised, the
-// status line parsed by hand), which leaves the CPU to what is measured;
-// -nethttp uses Go's client instead.
-func httpRun(r result, endpoint string, data [][]byte, clients int) (result, error) {
-	if !*netHTTP {
-		return leanRun(r, strings.TrimPrefix(endpoint, "http://"), data, clients)
-	}
-	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients}
-	client := &http.Client{Transport: tr, Timeout: time.Minute}
-	defer tr.CloseIdleConnections()
-	bodies := make([]string, len(data))
-	for i, d := range data {
-		bodies[i] = envelope(fmt.Sprint(i), d)
-	}
-	start := time.Now()
-	lat, err := drive(len(bodies), clients, func(i int) (int, error) {
-		resp, err := client.Post(endpoint, "application/json", strings.NewReader(bodies[i]))
-		if err != nil {
-			return 0, err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode, nil
-	})
-	r.elapsed = time.Since(start)
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
-	}
-	return r, err
-}
-
-func leanRun(r result, addr string, data [][]byte, clients int) (result, error) {
-	reqs := make([][]byte, len(data))
-	for i, d := range data {
-		body := envelope(fmt.Sprint(i), d)
-		reqs[i] = fmt.Appendf(nil, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, len(body), body)
-	}
+// leanRun posts reqs with `clients` keep-alive connections and measures
+// the time to each answer. It is lean like wrk (requests pre-serialised,
+// the status line parsed by hand) to leave the CPU to what is measured.
+func leanRun(addr string, reqs [][]byte, clients int) (loadResult, error) {
+	var r loadResult
 	next := make(chan int)
 	var mu sync.Mutex
 	var firstErr error
@@ -626,10 +535,10 @@ func leanRun(r result, addr string, data [][]byte, clients int) (result, error) 
 	}
 	close(next)
 	wg.Wait()
-	r.elapsed = time.Since(start)
+	r.Elapsed = time.Since(start)
 	if len(lat) > 0 {
 		slices.Sort(lat)
-		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+		r.P50, r.P99 = lat[len(lat)/2], lat[len(lat)*99/100]
 	}
 	return r, firstErr
 }
@@ -680,41 +589,6 @@ func leanExchange(conn net.Conn, br *bufio.Reader, req []byte) (int, error) {
 	}
 	_, err = br.Discard(length)
 	return code, err
-}
-
-// drive runs fn for 0..n-1 with `workers` in flight; every answer must be 204.
-func drive(n, workers int, fn func(i int) (int, error)) ([]time.Duration, error) {
-	var mu sync.Mutex
-	var firstErr error
-	lat := make([]time.Duration, 0, n)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				t0 := time.Now()
-				code, err := fn(i)
-				d := time.Since(t0)
-				mu.Lock()
-				if err == nil && code != http.StatusNoContent {
-					err = fmt.Errorf("delivery %d answered %d", i, code)
-				}
-				if err != nil && firstErr == nil {
-					firstErr = err
-				}
-				lat = append(lat, d)
-				mu.Unlock()
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	return lat, firstErr
 }
 
 func envelope(id string, data []byte) string {

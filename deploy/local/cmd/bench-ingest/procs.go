@@ -1,0 +1,296 @@
+package main
+
+// The HTTP modes run the function under test and the load generator as two
+// processes of this same binary (-role serve, -role load), so that each
+// one's CPU is read from /proc on its own and the generator's work is not
+// billed to the function.
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"apigee-timescale/functions/ingest"
+	"apigee-timescale/shared/function"
+	"apigee-timescale/shared/record"
+)
+
+// serve runs one server kind on $PORT until killed:
+//
+//	push   the real ingest function (function.Main, as functions/ingest/cmd/ingest)
+//	floor  read the body, answer 204: the least any push function can do
+//	nodb   the ingest Service with a writer that stores nothing
+//	naive  one autocommitted INSERT per message through a pgx pool
+func serve(kind string) error {
+	if path := os.Getenv(envProfile); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if kind == "push" {
+		return function.Main("Ingest")
+	}
+	var h http.Handler
+	switch kind {
+	case "floor":
+		h = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			io.Copy(io.Discard, req.Body) //nolint:errcheck // a floor, not a function
+			w.WriteHeader(http.StatusNoContent)
+		})
+	case "nodb":
+		cfg, err := ingest.ConfigFromEnv()
+		if err != nil {
+			return err
+		}
+		s, err := ingest.NewService(cfg, ingest.Deps{Writer: discard{}})
+		if err != nil {
+			return err
+		}
+		h = s
+	case "naive":
+		pool, err := pgxpool.New(context.Background(), os.Getenv("DATABASE_URL"))
+		if err != nil {
+			return err
+		}
+		h = naiveHandler(pool)
+	default:
+		return fmt.Errorf("unknown server %q", kind)
+	}
+	return http.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), h)
+}
+
+// envProfile names the file a server process writes its CPU profile to
+// (set by -cpuprofile); the profile ends when the server is stopped.
+const envProfile = "BENCH_SERVER_CPUPROFILE"
+
+// discard is a batch writer that stores nothing and reports every call
+// inserted.
+type discard struct{}
+
+func (discard) Write(_ context.Context, b *ingest.Batch) (ingest.Result, error) {
+	return ingest.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
+}
+
+// naiveHandler is the function people write first: one INSERT per message,
+// autocommitted, as many at a time as requests arrive (the pool's default
+// size bounds the connections).
+func naiveHandler(pool *pgxpool.Pool) http.Handler {
+	cols := strings.Join(copyCols, ", ")
+	ph := make([]string, len(copyCols))
+	for i := range ph {
+		ph[i] = fmt.Sprintf("$%d", i+1)
+	}
+	insert := "INSERT INTO apigee.api_calls (" + cols + ") VALUES (" + strings.Join(ph, ", ") + ") ON CONFLICT DO NOTHING"
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var env struct {
+			Message struct{ Data string } `json:"message"`
+		}
+		body, _ := io.ReadAll(req.Body)
+		if json.Unmarshal(body, &env) != nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		raw, _ := base64.StdEncoding.DecodeString(env.Message.Data)
+		rec, rej := record.ParseRecord(raw, record.DefaultLimits())
+		if rej != nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if _, err := pool.Exec(req.Context(), insert, values(&rec)...); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// server is a running -role serve process.
+type server struct {
+	cmd  *exec.Cmd
+	addr string
+	// cold is the time from starting the process to its first answer 204.
+	cold time.Duration
+}
+
+// startServer starts a server process of kind on a free port, with env
+// added to this process's environment, and waits for its first 204 to a
+// warm-up delivery (push functions start lazily, on that delivery).
+func startServer(kind string, env []string) (*server, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "-role", "serve", "-serve", kind)
+	cmd.Env = append(append(os.Environ(), env...), "PORT="+port, "FUNCTION_TARGET=Ingest")
+	cmd.Stderr = os.Stderr
+	probe := []byte(request(addr, envelope("cold-start", makeRecordsPrefixed(1, "cold-"+randHex(4))[0])))
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &server{cmd: cmd, addr: addr}
+	for time.Since(start) < 30*time.Second {
+		if conn, err := net.Dial("tcp", addr); err == nil {
+			code, err := leanExchange(conn, bufio.NewReader(conn), probe)
+			conn.Close()
+			if err == nil && code == http.StatusNoContent {
+				s.cold = time.Since(start)
+				return s, nil
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.stop()
+	return nil, fmt.Errorf("%s server: no 204 within 30 s", kind)
+}
+
+func (s *server) pid() int { return s.cmd.Process.Pid }
+
+// peakRSS is the process's high-water resident set (VmHWM), in bytes.
+func (s *server) peakRSS() int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.pid()))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func (s *server) stop() {
+	s.cmd.Process.Signal(os.Interrupt) //nolint:errcheck // killed below if it does not stop
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }() //nolint:errcheck // its exit status is not measured
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		s.cmd.Process.Kill() //nolint:errcheck // best effort
+		<-done
+	}
+}
+
+// loadResult is what a -role load process prints when it is done.
+type loadResult struct {
+	Elapsed, P50, P99 time.Duration
+	Err               string
+}
+
+// load is a running -role load process: it builds its requests, says
+// "ready", and sends them when told "go" on its standard input, so that
+// the measured window holds only the deliveries.
+type load struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Reader
+}
+
+func startLoad(addr string, msgs, perMsg, clients int) (*load, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "-role", "load", "-addr", addr, "-msgs", fmt.Sprint(msgs),
+		"-per-msg", fmt.Sprint(perMsg), "-clients", fmt.Sprint(clients))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	l := &load{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+	if line, err := l.out.ReadString('\n'); err != nil || line != "ready\n" {
+		cmd.Process.Kill() //nolint:errcheck // it failed already
+		cmd.Wait()         //nolint:errcheck // reaped
+		return nil, fmt.Errorf("load generator: %q %v", line, err)
+	}
+	return l, nil
+}
+
+// run sends the deliveries and waits for the generator's result.
+func (l *load) run() (loadResult, error) {
+	var res loadResult
+	if _, err := io.WriteString(l.in, "go\n"); err != nil {
+		return res, err
+	}
+	line, err := l.out.ReadString('\n')
+	l.cmd.Wait() //nolint:errcheck // the result line says how it went
+	if err != nil {
+		return res, fmt.Errorf("load generator: %w", err)
+	}
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		return res, fmt.Errorf("load generator: %w", err)
+	}
+	if res.Err != "" {
+		return res, fmt.Errorf("load generator: %s", res.Err)
+	}
+	return res, nil
+}
+
+// generate is the -role load process.
+func generate(addr string, msgs, perMsg, clients int) error {
+	bodies := make([][]byte, msgs)
+	prefix := randHex(4)
+	recs := makeRecordsPrefixed(msgs*perMsg, prefix)
+	for i := range bodies {
+		var b []byte
+		for _, r := range recs[i*perMsg : (i+1)*perMsg] {
+			b = append(append(b, r...), '\n')
+		}
+		if perMsg == 1 {
+			b = recs[i]
+		}
+		bodies[i] = []byte(request(addr, envelope(fmt.Sprintf("%s-%d", prefix, i), b)))
+	}
+	recs = nil
+	fmt.Println("ready")
+	if line, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil || line != "go\n" {
+		return fmt.Errorf("load: expected go, got %q %v", line, err)
+	}
+	r, err := leanRun(addr, bodies, clients)
+	if err != nil {
+		r.Err = err.Error()
+	}
+	out, _ := json.Marshal(r)
+	fmt.Println(string(out))
+	return nil
+}
+
+func request(addr, body string) string {
+	return fmt.Sprintf("POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, len(body), body)
+}
