@@ -25,8 +25,14 @@
 -- The per-proxy views of 00012 keep their names and columns and now read
 -- the narrow tables.
 --
--- Existing installations get empty narrow tables: the rows are filled when
--- a minute is next recomputed (invalidate the range to backfill history).
+-- Existing installations get empty narrow tables: rows appear as minutes
+-- are recomputed. Not backfilled here (a full recompute of the retained raw
+-- rows does not belong in a migration's transaction); the owner backfills
+-- by invalidating the retained minutes, which the rollup then works off
+-- batch by batch:
+--   INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
+--   SELECT DISTINCT 0, bucket_start FROM apigee.api_calls_1m
+--   WHERE bucket_start >= coalesce((SELECT raw_dropped_before FROM apigee.rollup_state), '-infinity');
 
 -- +goose Up
 -- +goose StatementBegin
