@@ -199,17 +199,62 @@ SELECT count(*) FROM (
 ) d`, table, width, dims, metrics)
 }
 
-// assertRollupsMatchRaw fails unless both rollup tables equal a direct
-// aggregation of the raw rows.
+// proxyMismatchSQL is rollupMismatchSQL for the narrow per-proxy rollups
+// (proxy_calls_1m/1h): status classes instead of status codes.
+func proxyMismatchSQL(table, width string) string {
+	const metrics = `calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
+		total_ms_count, total_ms_sum, total_ms_min, total_ms_max, target_ms_count, target_ms_sum, target_ms_min, target_ms_max`
+	return fmt.Sprintf(`
+WITH raw AS (
+	SELECT date_bin('%[2]s', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, %[3]s,
+		count(*) AS calls,
+		count(*) FILTER (WHERE coalesce(is_error, false) OR response_status_code >= 500) AS errors,
+		count(*) FILTER (WHERE response_status_code / 100 = 2) AS status_2xx,
+		count(*) FILTER (WHERE response_status_code / 100 = 3) AS status_3xx,
+		count(*) FILTER (WHERE response_status_code / 100 = 4) AS status_4xx,
+		count(*) FILTER (WHERE response_status_code / 100 = 5) AS status_5xx,
+		coalesce(sum(request_size), 0) AS request_bytes, coalesce(sum(response_size), 0) AS response_bytes,
+		count(total_response_time) AS total_ms_count, coalesce(sum(total_response_time), 0) AS total_ms_sum,
+		min(total_response_time) AS total_ms_min, max(total_response_time) AS total_ms_max,
+		count(target_response_time) AS target_ms_count, coalesce(sum(target_response_time), 0) AS target_ms_sum,
+		min(target_response_time) AS target_ms_min, max(target_response_time) AS target_ms_max,
+		count(total_response_time) AS total_hist_n, count(target_response_time) AS target_hist_n
+	FROM apigee.api_calls GROUP BY 1, %[3]s
+), rolled AS (
+	SELECT bucket_start, %[3]s, %[4]s,
+		apigee.latency_hist_count(total_ms_hist) AS total_hist_n, apigee.latency_hist_count(target_ms_hist) AS target_hist_n
+	FROM apigee.%[1]s
+)
+SELECT count(*) FROM (
+	(SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM raw
+	 EXCEPT ALL SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM rolled)
+	UNION ALL
+	(SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM rolled
+	 EXCEPT ALL SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM raw)
+) d`, table, width, proxyDims, metrics)
+}
+
+// assertRollupsMatchRaw fails unless the wide and the narrow rollup tables
+// equal a direct aggregation of the raw rows.
 func assertRollupsMatchRaw(tb testing.TB, db *testkit.DB) {
 	tb.Helper()
-	for _, c := range []struct{ table, width string }{{"api_calls_1m", "1 minute"}, {"api_calls_1h", "1 hour"}} {
-		if n := queryInt(tb, db.Admin, rollupMismatchSQL(c.table, c.width)); n != 0 {
+	for _, c := range []struct {
+		table, width string
+		mismatch     func(table, width string) string
+	}{
+		{"api_calls_1m", "1 minute", rollupMismatchSQL},
+		{"api_calls_1h", "1 hour", rollupMismatchSQL},
+		{"proxy_calls_1m", "1 minute", proxyMismatchSQL},
+		{"proxy_calls_1h", "1 hour", proxyMismatchSQL},
+	} {
+		if n := queryInt(tb, db.Admin, c.mismatch(c.table, c.width)); n != 0 {
 			tb.Errorf("%s differs from the raw rows in %d rows", c.table, n)
 		}
 	}
-	if n := queryInt(tb, db.Admin, "SELECT count(*) FROM apigee.api_calls_1m"); n == 0 {
-		tb.Errorf("api_calls_1m is empty")
+	for _, table := range []string{"api_calls_1m", "proxy_calls_1m"} {
+		if n := queryInt(tb, db.Admin, "SELECT count(*) FROM apigee."+table); n == 0 {
+			tb.Errorf("%s is empty", table)
+		}
 	}
 }
 

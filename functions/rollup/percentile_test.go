@@ -2,6 +2,7 @@ package rollup
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -52,9 +53,14 @@ func TestPercentileAccuracy(t *testing.T) {
 		cases := []struct {
 			name, view, width string
 		}{
-			{"minute summaries", "proxy_latency_1m", "1 minute"},
-			{"hours merged from minutes", "proxy_latency_1h", "1 hour"},
-			{"days merged from hours", "proxy_latency_1d", "1 day"},
+			// The views read the narrow per-proxy rollups (00019).
+			{"minute summaries", "apigee.proxy_latency_1m", "1 minute"},
+			{"hours merged from minutes", "apigee.proxy_latency_1h", "1 hour"},
+			{"days merged from hours", "apigee.proxy_latency_1d", "1 day"},
+			// The wide rollups merged per proxy, as app and product panels do.
+			{"wide minutes merged per proxy", wideLatency("bucket_start", "api_calls_1m"), "1 minute"},
+			{"wide hours merged per proxy", wideLatency("bucket_start", "api_calls_1h"), "1 hour"},
+			{"wide days merged from hours", wideLatency("date_trunc('day', bucket_start, 'UTC')", "api_calls_1h"), "1 day"},
 		}
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
@@ -67,7 +73,7 @@ func TestPercentileAccuracy(t *testing.T) {
 					SELECT raw.apiproxy, raw.b, raw.t, raw.g,
 						ARRAY[v.total_ms_p50, v.total_ms_p90, v.total_ms_p95, v.total_ms_p99],
 						ARRAY[v.target_ms_p50, v.target_ms_p90, v.target_ms_p95, v.target_ms_p99]
-					FROM raw LEFT JOIN apigee.`+c.view+` v ON v.apiproxy = raw.apiproxy AND v.bucket_start = raw.b`)
+					FROM raw LEFT JOIN `+c.view+` v ON v.apiproxy = raw.apiproxy AND v.bucket_start = raw.b`)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -109,6 +115,19 @@ func TestPercentileAccuracy(t *testing.T) {
 			})
 		}
 	})
+}
+
+// wideLatency is a relation like proxy_latency_1m's percentile columns,
+// merged per proxy from a wide (8-dimension) rollup table.
+func wideLatency(bucket, table string) string {
+	q := func(h, p string) string { return fmt.Sprintf("apigee.latency_hist_quantile(%s, %s)", h, p) }
+	return fmt.Sprintf(`(SELECT b AS bucket_start, apiproxy,
+		%s AS total_ms_p50, %s AS total_ms_p90, %s AS total_ms_p95, %s AS total_ms_p99,
+		%s AS target_ms_p50, %s AS target_ms_p90, %s AS target_ms_p95, %s AS target_ms_p99
+	FROM (SELECT %s AS b, apiproxy, apigee.latency_hist_merge(total_ms_hist) AS th, apigee.latency_hist_merge(target_ms_hist) AS gh
+		FROM apigee.%s GROUP BY 1, 2) s)`,
+		q("th", "0.50"), q("th", "0.90"), q("th", "0.95"), q("th", "0.99"),
+		q("gh", "0.50"), q("gh", "0.90"), q("gh", "0.95"), q("gh", "0.99"), bucket, table)
 }
 
 // TestLatencyHistFunctions checks the SQL summary functions directly.

@@ -20,25 +20,42 @@ import (
 // discarded first, so no recomputed hour is missing raw rows.
 func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rowsRead, written int64, err error) {
 	for _, rg := range runs(minutes, time.Minute) {
-		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1m WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
-			return 0, 0, fmt.Errorf("clear minutes: %w", err)
+		for _, table := range []string{"api_calls_1m", "proxy_calls_1m"} {
+			if _, err := tx.Exec(ctx, "DELETE FROM apigee."+table+" WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
+				return 0, 0, fmt.Errorf("clear minutes: %w", err)
+			}
 		}
 	}
 	for _, rg := range runs(hours, time.Hour) {
-		if _, err := tx.Exec(ctx, "DELETE FROM apigee.api_calls_1h WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
-			return 0, 0, fmt.Errorf("clear hours: %w", err)
+		for _, table := range []string{"api_calls_1h", "proxy_calls_1h"} {
+			if _, err := tx.Exec(ctx, "DELETE FROM apigee."+table+" WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
+				return 0, 0, fmt.Errorf("clear hours: %w", err)
+			}
 		}
-		var m, h, calls int64
-		if err := tx.QueryRow(ctx, hourSQL, rg.from, rg.to, minutes).Scan(&m, &h, &calls); err != nil {
+		var m, h, n, calls int64
+		if err := tx.QueryRow(ctx, hourSQL, rg.from, rg.to, minutes).Scan(&m, &h, &n, &calls); err != nil {
 			return 0, 0, fmt.Errorf("recompute %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
 		}
-		written += m + h
+		written += m + h + n
 		rowsRead += calls
 	}
 	return rowsRead, written, nil
 }
 
 const dims = `tenant, organization, environment, apiproxy, api_product, developer_app, request_verb, response_status_code`
+
+// proxyDims are the dimensions of the narrow dashboard rollups
+// (proxy_calls_1m/1h, migration 00019).
+const proxyDims = `tenant, organization, environment, apiproxy`
+
+const proxyCols = `bucket_start, ` + proxyDims + `,
+	calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
+	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
+	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
+
+const proxyVals = proxyDims + `, calls, errors, s2xx, s3xx, client_errors, s5xx, request_bytes, response_bytes,
+	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, apigee.latency_hist_rle(tb),
+	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, apigee.latency_hist_rle(gb)`
 
 const rollupCols = `bucket_start, ` + dims + `,
 	calls, errors, client_errors, request_bytes, response_bytes,
@@ -57,12 +74,22 @@ const rollupCols = `bucket_start, ` + dims + `,
 // migration 00018). The text dimensions sort under COLLATE "C": groups are
 // the same (equality is byte equality either way) but comparisons are
 // memcmp with abbreviated keys instead of the database locale's strcoll.
+//
+// The narrow per-proxy rows (proxy_calls_1m/1h) are a second chain of
+// grouping sets in the same GROUP BY: PostgreSQL sorts the rows a second
+// time by hour, proxy, minute, which is cheaper than merging the wide
+// minute rows' histograms (about as many as the raw rows at production
+// density) and exact the same way. Both narrow levels are run-length
+// encoded: a narrow minute holds every call of its proxy.
 const hourSQL = `
 WITH g AS (
-	SELECT hour, minute, ` + dims + `, GROUPING(minute) AS is_hour,
+	SELECT hour, minute, ` + dims + `, GROUPING(minute) AS is_hour, GROUPING(request_verb) AS is_proxy,
 		count(*) AS calls,
 		count(*) FILTER (WHERE err) AS errors,
 		count(*) FILTER (WHERE cerr) AS client_errors,
+		count(*) FILTER (WHERE response_status_code BETWEEN 200 AND 299) AS s2xx,
+		count(*) FILTER (WHERE response_status_code BETWEEN 300 AND 399) AS s3xx,
+		count(*) FILTER (WHERE response_status_code BETWEEN 500 AND 599) AS s5xx,
 		coalesce(sum(request_size), 0)::bigint AS request_bytes,
 		coalesce(sum(response_size), 0)::bigint AS response_bytes,
 		count(total_response_time) AS total_ms_count,
@@ -89,7 +116,7 @@ WITH g AS (
 		FROM apigee.api_calls
 		WHERE received_at >= $1 AND received_at < $2
 	) r
-	GROUP BY hour, ` + dims + `, ROLLUP (minute)
+	GROUP BY hour, GROUPING SETS ((` + dims + `, minute), (` + dims + `), (` + proxyDims + `, minute), (` + proxyDims + `))
 ), m AS (
 	INSERT INTO apigee.api_calls_1m (` + rollupCols + `)
 	SELECT minute, ` + dims + `, calls, errors, client_errors, request_bytes, response_bytes,
@@ -97,14 +124,25 @@ WITH g AS (
 		ROW(coalesce(tb, '{}'), array_fill(1::bigint, ARRAY[coalesce(cardinality(tb), 0)]))::apigee.latency_hist,
 		target_ms_count, target_ms_sum, target_ms_min, target_ms_max,
 		ROW(coalesce(gb, '{}'), array_fill(1::bigint, ARRAY[coalesce(cardinality(gb), 0)]))::apigee.latency_hist
-	FROM g WHERE is_hour = 0 AND minute = ANY ($3::timestamptz[])
+	FROM g WHERE is_proxy = 0 AND is_hour = 0 AND minute = ANY ($3::timestamptz[])
 	RETURNING calls
 ), h AS (
 	INSERT INTO apigee.api_calls_1h (` + rollupCols + `)
 	SELECT hour, ` + dims + `, calls, errors, client_errors, request_bytes, response_bytes,
 		total_ms_count, total_ms_sum, total_ms_min, total_ms_max, apigee.latency_hist_rle(tb),
 		target_ms_count, target_ms_sum, target_ms_min, target_ms_max, apigee.latency_hist_rle(gb)
-	FROM g WHERE is_hour = 1
+	FROM g WHERE is_proxy = 0 AND is_hour = 1
+	RETURNING 1
+), pm AS (
+	INSERT INTO apigee.proxy_calls_1m (` + proxyCols + `)
+	SELECT minute, ` + proxyVals + `
+	FROM g WHERE is_proxy = 1 AND is_hour = 0 AND minute = ANY ($3::timestamptz[])
+	RETURNING 1
+), ph AS (
+	INSERT INTO apigee.proxy_calls_1h (` + proxyCols + `)
+	SELECT hour, ` + proxyVals + `
+	FROM g WHERE is_proxy = 1 AND is_hour = 1
 	RETURNING 1
 )
-SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM h), (SELECT coalesce(sum(calls), 0)::bigint FROM m)`
+SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM h), (SELECT count(*) FROM pm) + (SELECT count(*) FROM ph),
+	(SELECT coalesce(sum(calls), 0)::bigint FROM m)`

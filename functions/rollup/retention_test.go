@@ -83,6 +83,9 @@ func TestRetention(t *testing.T) {
 			{"ingest_rejects", "rejects", cutoff(3), "received_at"},
 			{"api_calls_1m", "1m", cutoff(10), "bucket_start"},
 			{"api_calls_1h", "1h", cutoff(12), "bucket_start"},
+			// The narrow dashboard rollups (00019) share the wide ones' tiers.
+			{"proxy_calls_1m", "1m", cutoff(10), "bucket_start"},
+			{"proxy_calls_1h", "1h", cutoff(12), "bucket_start"},
 		}
 		cfg := testConfig()
 		cfg.RawRetention = now.Sub(tables[0].cutoff)
