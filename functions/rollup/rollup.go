@@ -41,10 +41,6 @@ import (
 	"apigee-timescale/shared/audit"
 )
 
-// refreshWorkMem is work_mem for a refresh transaction: enough to sort an
-// hour of 10,000 rows per minute in memory.
-const refreshWorkMem = "64MB"
-
 // LockKey is the advisory lock (per database) held by a working run.
 const LockKey int64 = 0x61706967_726f6c6c // "apigroll"
 
@@ -326,9 +322,9 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	// The recompute sorts an hour of raw rows; at production density that
+	// The recompute sorts hours of raw rows; at production density that
 	// spills to disk under the default work_mem.
-	if _, err := tx.Exec(ctx, "SET LOCAL work_mem = '"+refreshWorkMem+"'"); err != nil {
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL work_mem = '%dMB'", r.cfg.RefreshWorkMemMB)); err != nil {
 		return 0, fmt.Errorf("set work_mem: %w", err)
 	}
 	minutes, consumed, err := claimMinutes(ctx, tx, limit)
