@@ -170,49 +170,33 @@ func lognormal(rng *rand.Rand, median, sigma float64) int32 {
 // Histograms are compared by their total count, which must equal the
 // number of latencies.
 func rollupMismatchSQL(table, width string) string {
-	const metrics = `calls, errors, client_errors, request_bytes, response_bytes,
-		total_ms_count, total_ms_sum, total_ms_min, total_ms_max, target_ms_count, target_ms_sum, target_ms_min, target_ms_max`
-	return fmt.Sprintf(`
-WITH raw AS (
-	SELECT date_bin('%[2]s', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, %[3]s,
-		count(*) AS calls,
-		count(*) FILTER (WHERE coalesce(is_error, false) OR response_status_code >= 500) AS errors,
-		count(*) FILTER (WHERE response_status_code BETWEEN 400 AND 499) AS client_errors,
-		coalesce(sum(request_size), 0) AS request_bytes, coalesce(sum(response_size), 0) AS response_bytes,
-		count(total_response_time) AS total_ms_count, coalesce(sum(total_response_time), 0) AS total_ms_sum,
-		min(total_response_time) AS total_ms_min, max(total_response_time) AS total_ms_max,
-		count(target_response_time) AS target_ms_count, coalesce(sum(target_response_time), 0) AS target_ms_sum,
-		min(target_response_time) AS target_ms_min, max(target_response_time) AS target_ms_max,
-		count(total_response_time) AS total_hist_n, count(target_response_time) AS target_hist_n
-	FROM apigee.api_calls GROUP BY 1, %[3]s
-), rolled AS (
-	SELECT bucket_start, %[3]s, %[4]s,
-		apigee.latency_hist_count(total_ms_hist) AS total_hist_n, apigee.latency_hist_count(target_ms_hist) AS target_hist_n
-	FROM apigee.%[1]s
-)
-SELECT count(*) FROM (
-	(SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM raw
-	 EXCEPT ALL SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM rolled)
-	UNION ALL
-	(SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM rolled
-	 EXCEPT ALL SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM raw)
-) d`, table, width, dims, metrics)
+	return mismatchSQL(table, width, dims, `calls, errors, client_errors, request_bytes, response_bytes,
+		total_ms_count, total_ms_sum, total_ms_min, total_ms_max, target_ms_count, target_ms_sum, target_ms_min, target_ms_max`,
+		`count(*) FILTER (WHERE response_status_code BETWEEN 400 AND 499) AS client_errors`)
 }
 
 // proxyMismatchSQL is rollupMismatchSQL for the narrow per-proxy rollups
 // (proxy_calls_1m/1h): status classes instead of status codes.
 func proxyMismatchSQL(table, width string) string {
-	const metrics = `calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
-		total_ms_count, total_ms_sum, total_ms_min, total_ms_max, target_ms_count, target_ms_sum, target_ms_min, target_ms_max`
+	return mismatchSQL(table, width, proxyDims, `calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
+		total_ms_count, total_ms_sum, total_ms_min, total_ms_max, target_ms_count, target_ms_sum, target_ms_min, target_ms_max`,
+		`count(*) FILTER (WHERE response_status_code / 100 = 2) AS status_2xx,
+		count(*) FILTER (WHERE response_status_code / 100 = 3) AS status_3xx,
+		count(*) FILTER (WHERE response_status_code / 100 = 4) AS status_4xx,
+		count(*) FILTER (WHERE response_status_code / 100 = 5) AS status_5xx`)
+}
+
+// mismatchSQL counts the rows of table (grouped by dimensions, compared on
+// metrics) that a direct aggregation of the raw rows does not give, and the
+// raw groups it lacks; statusCounts are the status-dependent aggregates
+// that differ between the wide and the narrow rollups.
+func mismatchSQL(table, width, dimensions, metrics, statusCounts string) string {
 	return fmt.Sprintf(`
 WITH raw AS (
 	SELECT date_bin('%[2]s', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, %[3]s,
 		count(*) AS calls,
 		count(*) FILTER (WHERE coalesce(is_error, false) OR response_status_code >= 500) AS errors,
-		count(*) FILTER (WHERE response_status_code / 100 = 2) AS status_2xx,
-		count(*) FILTER (WHERE response_status_code / 100 = 3) AS status_3xx,
-		count(*) FILTER (WHERE response_status_code / 100 = 4) AS status_4xx,
-		count(*) FILTER (WHERE response_status_code / 100 = 5) AS status_5xx,
+		%[5]s,
 		coalesce(sum(request_size), 0) AS request_bytes, coalesce(sum(response_size), 0) AS response_bytes,
 		count(total_response_time) AS total_ms_count, coalesce(sum(total_response_time), 0) AS total_ms_sum,
 		min(total_response_time) AS total_ms_min, max(total_response_time) AS total_ms_max,
@@ -231,7 +215,7 @@ SELECT count(*) FROM (
 	UNION ALL
 	(SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM rolled
 	 EXCEPT ALL SELECT bucket_start, %[3]s, %[4]s, total_hist_n, target_hist_n FROM raw)
-) d`, table, width, proxyDims, metrics)
+) d`, table, width, dimensions, metrics, statusCounts)
 }
 
 // assertRollupsMatchRaw fails unless the wide and the narrow rollup tables
