@@ -29,9 +29,6 @@ const (
 	DefaultRunBudget           = 40 * time.Second
 	EnvBatchMinutes            = "REFRESH_BATCH_MINUTES"
 	DefaultBatchMinutes        = 60
-	EnvRefreshWorkMemMB        = "REFRESH_WORK_MEM_MB"
-	DefaultRefreshWorkMemMB    = 256
-	maxRefreshWorkMemMB        = 4096
 	EnvPartitionsAheadDays     = "PARTITIONS_AHEAD_DAYS"
 	DefaultPartitionsAheadDays = 7
 
@@ -87,14 +84,6 @@ type Config struct {
 	// BatchMinutes (REFRESH_BATCH_MINUTES): how many invalidated minutes
 	// one refresh transaction recomputes at most.
 	BatchMinutes int
-	// RefreshWorkMemMB (REFRESH_WORK_MEM_MB): work_mem of a refresh
-	// transaction, in megabytes. The recompute sorts whole hours of raw
-	// rows (about 250 bytes a row in the sort) and keeps its groups in a
-	// tuplestore; at 10,000 rows per minute 64MB spilled both to disk and
-	// the sort alone took three times as long. PostgreSQL may use this
-	// much per sort node (three in the plan), so keep it well under the
-	// instance's memory.
-	RefreshWorkMemMB int
 	// PartitionsAheadDays (PARTITIONS_AHEAD_DAYS): on plain PostgreSQL,
 	// daily partitions are kept created this many days ahead.
 	PartitionsAheadDays int
@@ -181,7 +170,6 @@ func ConfigFrom(r *env.Reader) (Config, error) {
 		Rollup1hRetention:   retention(EnvRollup1hRetention, Default1hRetention),
 		RunBudget:           r.Duration(EnvRunBudget, DefaultRunBudget, positive),
 		BatchMinutes:        r.Int(EnvBatchMinutes, DefaultBatchMinutes, 1),
-		RefreshWorkMemMB:    r.Int(EnvRefreshWorkMemMB, DefaultRefreshWorkMemMB, 4),
 		PartitionsAheadDays: r.Int(EnvPartitionsAheadDays, DefaultPartitionsAheadDays, 1),
 		VerifyBudget:        r.Duration(EnvVerifyBudget, DefaultVerifyBudget, 0),
 		AlertTopic:          r.String(EnvAlertTopic, ""),
@@ -237,9 +225,6 @@ func (c Config) Validate() error {
 	}
 	if c.BatchMinutes < 1 {
 		errs = append(errs, errors.New("REFRESH_BATCH_MINUTES must be at least 1"))
-	}
-	if c.RefreshWorkMemMB < 4 || c.RefreshWorkMemMB > maxRefreshWorkMemMB {
-		errs = append(errs, fmt.Errorf("REFRESH_WORK_MEM_MB must be between 4 and %d", maxRefreshWorkMemMB))
 	}
 	if c.PartitionsAheadDays < 1 || c.PartitionsAheadDays > 366 {
 		errs = append(errs, errors.New("PARTITIONS_AHEAD_DAYS must be between 1 and 366"))

@@ -2,147 +2,195 @@ package rollup
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
 // recompute replaces the rollup rows of the claimed minutes and of their
-// hours, run of contiguous hours by run, and returns the raw rows read
-// into minute rows and the rollup rows written.
+// hours and returns the raw rows read into minute rows and the rollup
+// rows written.
 //
-// One statement per run of hours (hourSQL) reads each hour's raw rows once
-// and yields both its minute and hour groups, far cheaper than building
-// hours by unnesting minute histograms; it writes minute rows only for the
-// claimed minutes. The hours are whole: retention drops raw rows by day
-// (raw_dropped_before is a day boundary) and invalidations before it are
-// discarded first, so no recomputed hour is missing raw rows.
+// Each hour's raw rows are read once, a slice of the hour at a time (one
+// index range scan each), and aggregated in memory (aggregate.go) into the
+// wide and per-proxy groups of every minute and of the hour; the groups are
+// copied into temporary stage tables and inserted from there at the end.
+// (COPY cannot write the rollup tables themselves: they have row-level
+// security, and COPY FROM refuses such tables.) The hours are whole:
+// retention drops raw rows by day (raw_dropped_before is a day boundary)
+// and invalidations before it are discarded first, so no recomputed hour is
+// missing raw rows.
 func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rowsRead, written int64, err error) {
+	if err := clearRollups(ctx, tx, minutes, hours); err != nil {
+		return 0, 0, err
+	}
+	if err := prepareStage(ctx, tx); err != nil {
+		return 0, 0, err
+	}
+	names := newInterner()
+	var c copyBinary
+	claimed := claimedByHour(minutes)
+	for _, h := range hours {
+		a := newHourAgg(names, claimed[h])
+		for off := time.Duration(0); off < time.Hour; off += scanSlice {
+			from := h.Add(off)
+			if err := scanRaw(ctx, tx, a, h, from, from.Add(scanSlice)); err != nil {
+				return 0, 0, fmt.Errorf("read raw rows %s: %w", from.Format(time.RFC3339), err)
+			}
+			n, calls, err := a.copyMinutes(ctx, tx, &c, h)
+			if err != nil {
+				return 0, 0, err
+			}
+			written += n
+			rowsRead += calls
+		}
+		n, err := a.copyHour(ctx, tx, &c, h)
+		if err != nil {
+			return 0, 0, err
+		}
+		written += n
+	}
+	if err := insertStaged(ctx, tx); err != nil {
+		return 0, 0, err
+	}
+	return rowsRead, written, nil
+}
+
+// scanSlice is how much of an hour one raw-row scan reads: the minute
+// groups of a slice are written before the next is read, so a busy hour's
+// minute groups are never all in memory at once.
+const scanSlice = 10 * time.Minute
+
+// clearRollups deletes the rollup rows recompute replaces.
+func clearRollups(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) error {
 	for _, rg := range runs(minutes, time.Minute) {
 		for _, table := range []string{"api_calls_1m", "proxy_calls_1m"} {
 			if _, err := tx.Exec(ctx, "DELETE FROM apigee."+table+" WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
-				return 0, 0, fmt.Errorf("clear minutes: %w", err)
+				return fmt.Errorf("clear minutes: %w", err)
 			}
 		}
 	}
 	for _, rg := range runs(hours, time.Hour) {
 		for _, table := range []string{"api_calls_1h", "proxy_calls_1h"} {
 			if _, err := tx.Exec(ctx, "DELETE FROM apigee."+table+" WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
-				return 0, 0, fmt.Errorf("clear hours: %w", err)
+				return fmt.Errorf("clear hours: %w", err)
 			}
 		}
-		var m, h, n, calls int64
-		if err := tx.QueryRow(ctx, hourSQL, rg.from, rg.to, minutes).Scan(&m, &h, &n, &calls); err != nil {
-			return 0, 0, fmt.Errorf("recompute %s–%s: %w", rg.from.Format(time.RFC3339), rg.to.Format(time.RFC3339), err)
-		}
-		written += m + h + n
-		rowsRead += calls
 	}
-	return rowsRead, written, nil
+	return nil
 }
 
-const dims = `tenant, organization, environment, apiproxy, api_product, developer_app, request_verb, response_status_code`
+// claimedByHour returns each hour's claimed minutes as minutes past it.
+func claimedByHour(minutes []time.Time) map[time.Time][]int {
+	out := map[time.Time][]int{}
+	for _, m := range minutes {
+		h := m.Truncate(time.Hour)
+		out[h] = append(out[h], int(m.Sub(h)/time.Minute))
+	}
+	return out
+}
 
-// proxyDims are the dimensions of the narrow dashboard rollups
-// (proxy_calls_1m/1h, migration 00019).
-const proxyDims = `tenant, organization, environment, apiproxy`
+// scanSQL reads the columns the rollups aggregate; the result is asked
+// for in binary (scanFormats) and decoded by decodeRaw.
+const scanSQL = `SELECT received_at, tenant, organization, environment, apiproxy, api_product, developer_app, request_verb,
+	response_status_code, is_error, request_size, response_size, total_response_time, target_response_time
+FROM apigee.api_calls WHERE received_at >= $1 AND received_at < $2`
 
-const proxyCols = `bucket_start, ` + proxyDims + `,
-	calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
-	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
-	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
+var scanFormats = func() pgx.QueryResultFormats {
+	f := make(pgx.QueryResultFormats, strings.Count(scanSQL, ",")+1)
+	for i := range f {
+		f[i] = pgx.BinaryFormatCode
+	}
+	return f
+}()
 
-const proxyVals = proxyDims + `, calls, errors, s2xx, s3xx, client_errors, s5xx, request_bytes, response_bytes,
-	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, apigee.latency_hist_rle(tb),
-	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, apigee.latency_hist_rle(gb)`
+// pgEpoch is where PostgreSQL's binary timestamps count microseconds from.
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-const rollupCols = `bucket_start, ` + dims + `,
-	calls, errors, client_errors, request_bytes, response_bytes,
-	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
-	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
+// errRawFormat is a raw row whose binary columns do not have the sizes
+// of their types: a schema this code does not know.
+var errRawFormat = errors.New("unexpected raw row format")
 
-// hourSQL recomputes the hour rows of [$1, $2), and the minute rows of
-// those of its minutes in $3, from the raw rows in one sort: GROUP BY hour, the dimensions, ROLLUP (minute)
-// is a single chain of grouping sets, so PostgreSQL sorts the rows once
-// and emits each minute group and, after its last minute, the hour group.
-// Each group collects its latency bins sorted (array_agg ORDER BY, a
-// per-group sort like percentile_cont's); a minute row stores them as
-// they are, one count per call (bins sorted, repeats allowed: minute
-// groups hold a few calls each, so compacting them costs more than it
-// saves), an hour row run-length encodes them (apigee.latency_hist_rle,
-// migration 00018). The text dimensions sort under COLLATE "C": groups are
-// the same (equality is byte equality either way) but comparisons are
-// memcmp with abbreviated keys instead of the database locale's strcoll.
-//
-// The narrow per-proxy rows (proxy_calls_1m/1h) are a second chain of
-// grouping sets in the same GROUP BY: PostgreSQL sorts the rows a second
-// time by hour, proxy, minute, which is cheaper than merging the wide
-// minute rows' histograms (about as many as the raw rows at production
-// density) and exact the same way. Both narrow levels are run-length
-// encoded: a narrow minute holds every call of its proxy.
-const hourSQL = `
-WITH g AS (
-	SELECT hour, minute, ` + dims + `, GROUPING(minute) AS is_hour, GROUPING(request_verb) AS is_proxy,
-		count(*) AS calls,
-		count(*) FILTER (WHERE err) AS errors,
-		count(*) FILTER (WHERE cerr) AS client_errors,
-		count(*) FILTER (WHERE response_status_code BETWEEN 200 AND 299) AS s2xx,
-		count(*) FILTER (WHERE response_status_code BETWEEN 300 AND 399) AS s3xx,
-		count(*) FILTER (WHERE response_status_code BETWEEN 500 AND 599) AS s5xx,
-		coalesce(sum(request_size), 0)::bigint AS request_bytes,
-		coalesce(sum(response_size), 0)::bigint AS response_bytes,
-		count(total_response_time) AS total_ms_count,
-		coalesce(sum(total_response_time), 0)::bigint AS total_ms_sum,
-		min(total_response_time) AS total_ms_min,
-		max(total_response_time) AS total_ms_max,
-		array_agg(tbin ORDER BY tbin) FILTER (WHERE tbin IS NOT NULL) AS tb,
-		count(target_response_time) AS target_ms_count,
-		coalesce(sum(target_response_time), 0)::bigint AS target_ms_sum,
-		min(target_response_time) AS target_ms_min,
-		max(target_response_time) AS target_ms_max,
-		array_agg(gbin ORDER BY gbin) FILTER (WHERE gbin IS NOT NULL) AS gb
-	FROM (
-		SELECT date_bin('1 hour', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
-			date_bin('1 minute', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS minute,
-			tenant COLLATE "C" AS tenant, organization COLLATE "C" AS organization, environment COLLATE "C" AS environment,
-			apiproxy COLLATE "C" AS apiproxy, api_product COLLATE "C" AS api_product, developer_app COLLATE "C" AS developer_app,
-			request_verb COLLATE "C" AS request_verb, response_status_code,
-			apigee.latency_hist_bin(total_response_time) AS tbin,
-			apigee.latency_hist_bin(target_response_time) AS gbin,
-			(coalesce(is_error, false) OR response_status_code >= 500) AS err,
-			(response_status_code BETWEEN 400 AND 499) AS cerr,
-			request_size, response_size, total_response_time, target_response_time
-		FROM apigee.api_calls
-		WHERE received_at >= $1 AND received_at < $2
-	) r
-	GROUP BY hour, GROUPING SETS ((` + dims + `, minute), (` + dims + `), (` + proxyDims + `, minute), (` + proxyDims + `))
-), m AS (
-	INSERT INTO apigee.api_calls_1m (` + rollupCols + `)
-	SELECT minute, ` + dims + `, calls, errors, client_errors, request_bytes, response_bytes,
-		total_ms_count, total_ms_sum, total_ms_min, total_ms_max,
-		ROW(coalesce(tb, '{}'), array_fill(1::bigint, ARRAY[coalesce(cardinality(tb), 0)]))::apigee.latency_hist,
-		target_ms_count, target_ms_sum, target_ms_min, target_ms_max,
-		ROW(coalesce(gb, '{}'), array_fill(1::bigint, ARRAY[coalesce(cardinality(gb), 0)]))::apigee.latency_hist
-	FROM g WHERE is_proxy = 0 AND is_hour = 0 AND minute = ANY ($3::timestamptz[])
-	RETURNING calls
-), h AS (
-	INSERT INTO apigee.api_calls_1h (` + rollupCols + `)
-	SELECT hour, ` + dims + `, calls, errors, client_errors, request_bytes, response_bytes,
-		total_ms_count, total_ms_sum, total_ms_min, total_ms_max, apigee.latency_hist_rle(tb),
-		target_ms_count, target_ms_sum, target_ms_min, target_ms_max, apigee.latency_hist_rle(gb)
-	FROM g WHERE is_proxy = 0 AND is_hour = 1
-	RETURNING 1
-), pm AS (
-	INSERT INTO apigee.proxy_calls_1m (` + proxyCols + `)
-	SELECT minute, ` + proxyVals + `
-	FROM g WHERE is_proxy = 1 AND is_hour = 0 AND minute = ANY ($3::timestamptz[])
-	RETURNING 1
-), ph AS (
-	INSERT INTO apigee.proxy_calls_1h (` + proxyCols + `)
-	SELECT hour, ` + proxyVals + `
-	FROM g WHERE is_proxy = 1 AND is_hour = 1
-	RETURNING 1
-)
-SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM h), (SELECT count(*) FROM pm) + (SELECT count(*) FROM ph),
-	(SELECT coalesce(sum(calls), 0)::bigint FROM m)`
+// scanRaw adds the raw rows of [from, to), all within hour, to a.
+func scanRaw(ctx context.Context, tx pgx.Tx, a *hourAgg, hour, from, to time.Time) error {
+	rows, err := tx.Query(ctx, scanSQL, scanFormats, from, to)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	hourUS := hour.Sub(pgEpoch).Microseconds()
+	var c rawCall
+	for rows.Next() {
+		d, at, err := decodeRaw(a.names, rows.RawValues(), &c)
+		if err != nil {
+			return err
+		}
+		minute := (at - hourUS) / 60e6
+		if minute < 0 || minute >= 60 {
+			return fmt.Errorf("%w: received_at outside the hour", errRawFormat)
+		}
+		a.add(d, int32(minute), &c)
+	}
+	return rows.Err()
+}
+
+// decodeRaw decodes one binary row of scanSQL into its dimensions, its
+// received_at (microseconds since pgEpoch) and c.
+func decodeRaw(names *interner, v [][]byte, c *rawCall) (wideDims, int64, error) {
+	if len(v) != len(scanFormats) || len(v[0]) != 8 || len(v[8]) != 2 {
+		return wideDims{}, 0, errRawFormat
+	}
+	d := wideDims{
+		tenant: names.id(v[1]), organization: names.id(v[2]), environment: names.id(v[3]), apiproxy: names.id(v[4]),
+		apiProduct: names.id(v[5]), developerApp: names.id(v[6]), requestVerb: names.id(v[7]),
+		status: int16(binary.BigEndian.Uint16(v[8])),
+	}
+	c.status = d.status
+	c.isError = len(v[9]) == 1 && v[9][0] != 0
+	var ok bool
+	if c.requestSize, c.hasRequest, ok = int64Of(v[10]); !ok {
+		return d, 0, errRawFormat
+	}
+	if c.responseSize, c.hasResponse, ok = int64Of(v[11]); !ok {
+		return d, 0, errRawFormat
+	}
+	if c.total, c.hasTotal, ok = int32Of(v[12]); !ok {
+		return d, 0, errRawFormat
+	}
+	if c.target, c.hasTarget, ok = int32Of(v[13]); !ok {
+		return d, 0, errRawFormat
+	}
+	if c.hasTotal {
+		c.totalBin = latencyBin(c.total)
+	}
+	if c.hasTarget {
+		c.targetBin = latencyBin(c.target)
+	}
+	return d, int64(binary.BigEndian.Uint64(v[0])), nil
+}
+
+// int64Of decodes a nullable binary bigint: value, not NULL, well formed.
+func int64Of(b []byte) (int64, bool, bool) {
+	switch {
+	case b == nil:
+		return 0, false, true
+	case len(b) == 8:
+		return int64(binary.BigEndian.Uint64(b)), true, true
+	}
+	return 0, false, false
+}
+
+// int32Of decodes a nullable binary integer: value, not NULL, well formed.
+func int32Of(b []byte) (int32, bool, bool) {
+	switch {
+	case b == nil:
+		return 0, false, true
+	case len(b) == 4:
+		return int32(binary.BigEndian.Uint32(b)), true, true
+	}
+	return 0, false, false
+}

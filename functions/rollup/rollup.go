@@ -322,11 +322,6 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	// The recompute sorts hours of raw rows; at production density that
-	// spills to disk under the default work_mem.
-	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL work_mem = '%dMB'", r.cfg.RefreshWorkMemMB)); err != nil {
-		return 0, fmt.Errorf("set work_mem: %w", err)
-	}
 	minutes, consumed, err := claimMinutes(ctx, tx, limit)
 	if err != nil || len(minutes) == 0 {
 		return 0, err

@@ -1,0 +1,187 @@
+package rollup
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// This file is the refresh's write stage: the groups aggregate.go made are
+// copied (binary COPY) into one temporary stage table per rollup table and
+// inserted from there with one statement each.
+
+// stageCols is every stage table's shape: the wide dimensions (NULL in a
+// per-proxy row's product, app, verb and status), every counter and each
+// latency histogram as its two arrays.
+var stageCols = []string{"bucket_start", "tenant", "organization", "environment", "apiproxy", "api_product",
+	"developer_app", "request_verb", "response_status_code",
+	"calls", "errors", "client_errors", "s2xx", "s3xx", "s5xx", "request_bytes", "response_bytes",
+	"total_ms_count", "total_ms_sum", "total_ms_min", "total_ms_max", "total_bins", "total_counts",
+	"target_ms_count", "target_ms_sum", "target_ms_min", "target_ms_max", "target_bins", "target_counts"}
+
+const stageTypes = `bucket_start timestamptz, tenant text, organization text, environment text, apiproxy text,
+	api_product text, developer_app text, request_verb text, response_status_code smallint,
+	calls bigint, errors bigint, client_errors bigint, s2xx bigint, s3xx bigint, s5xx bigint,
+	request_bytes bigint, response_bytes bigint,
+	total_ms_count bigint, total_ms_sum bigint, total_ms_min integer, total_ms_max integer, total_bins integer[], total_counts bigint[],
+	target_ms_count bigint, target_ms_sum bigint, target_ms_min integer, target_ms_max integer, target_bins integer[], target_counts bigint[]`
+
+const (
+	latencyVals = `total_ms_count, total_ms_sum, total_ms_min, total_ms_max, ROW(total_bins, total_counts)::apigee.latency_hist,
+	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, ROW(target_bins, target_counts)::apigee.latency_hist`
+	wideVals  = `bucket_start, ` + dims + `, calls, errors, client_errors, request_bytes, response_bytes, ` + latencyVals
+	proxyVals = `bucket_start, ` + proxyDims + `, calls, errors, s2xx, s3xx, client_errors, s5xx, request_bytes, response_bytes, ` + latencyVals
+)
+
+const dims = `tenant, organization, environment, apiproxy, api_product, developer_app, request_verb, response_status_code`
+
+// proxyDims are the dimensions of the narrow dashboard rollups
+// (proxy_calls_1m/1h, migration 00019).
+const proxyDims = `tenant, organization, environment, apiproxy`
+
+const proxyCols = `bucket_start, ` + proxyDims + `,
+	calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
+	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
+	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
+
+const rollupCols = `bucket_start, ` + dims + `,
+	calls, errors, client_errors, request_bytes, response_bytes,
+	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
+	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
+
+// staged is each rollup table with the columns its stage rows fill.
+var staged = []struct{ table, cols, vals string }{
+	{"api_calls_1m", rollupCols, wideVals},
+	{"api_calls_1h", rollupCols, wideVals},
+	{"proxy_calls_1m", proxyCols, proxyVals},
+	{"proxy_calls_1h", proxyCols, proxyVals},
+}
+
+func stageTable(table string) string { return "rollup_stage_" + table }
+
+// prepareStage makes the session's stage tables, once per session; their
+// rows go at commit (ON COMMIT DELETE ROWS), so a failed batch leaves none.
+func prepareStage(ctx context.Context, tx pgx.Tx) error {
+	b := &pgx.Batch{}
+	for _, s := range staged {
+		b.Queue("CREATE TEMP TABLE IF NOT EXISTS " + stageTable(s.table) + " (" + stageTypes + ") ON COMMIT DELETE ROWS")
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("stage tables: %w", err)
+	}
+	return nil
+}
+
+// insertStaged moves the stage rows into the rollup tables.
+func insertStaged(ctx context.Context, tx pgx.Tx) error {
+	b := &pgx.Batch{}
+	for _, s := range staged {
+		b.Queue("INSERT INTO apigee." + s.table + " (" + s.cols + ") SELECT " + s.vals + " FROM pg_temp." + stageTable(s.table))
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("insert rollup rows: %w", err)
+	}
+	return nil
+}
+
+// copyMinutes stages the minute groups read so far and forgets them; it
+// returns the rows staged and the calls they count.
+func (a *hourAgg) copyMinutes(ctx context.Context, tx pgx.Tx, c *copyBinary, hour time.Time) (written, calls int64, err error) {
+	for _, l := range []struct {
+		table string
+		lv    *level
+	}{{"api_calls_1m", a.wide}, {"proxy_calls_1m", a.proxy}} {
+		c.reset()
+		n := 0
+		l.lv.takeMinutes(func(k minuteKey, g *group) {
+			if l.lv == a.wide {
+				calls += g.calls
+			}
+			a.row(c, hour.Add(time.Duration(k.minute)*time.Minute), l.lv.keys[k.dim], g)
+			n++
+		})
+		if err := copyStage(ctx, tx, l.table, c, n); err != nil {
+			return 0, 0, err
+		}
+		written += int64(n)
+	}
+	return written, calls, nil
+}
+
+// copyHour stages the hour's groups.
+func (a *hourAgg) copyHour(ctx context.Context, tx pgx.Tx, c *copyBinary, hour time.Time) (int64, error) {
+	var written int64
+	for _, l := range []struct {
+		table string
+		lv    *level
+	}{{"api_calls_1h", a.wide}, {"proxy_calls_1h", a.proxy}} {
+		c.reset()
+		for i, d := range l.lv.keys {
+			a.row(c, hour, d, &l.lv.hour[i])
+		}
+		if err := copyStage(ctx, tx, l.table, c, len(l.lv.keys)); err != nil {
+			return 0, err
+		}
+		written += int64(len(l.lv.keys))
+	}
+	return written, nil
+}
+
+var stageColList = strings.Join(stageCols, ", ")
+
+// copyStage sends the n rows in c to table's stage table.
+func copyStage(ctx context.Context, tx pgx.Tx, table string, c *copyBinary, n int) error {
+	if n == 0 {
+		return nil
+	}
+	tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(c.finish()),
+		"COPY pg_temp."+stageTable(table)+" ("+stageColList+") FROM STDIN (FORMAT binary)")
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", table, err)
+	}
+	if tag.RowsAffected() != int64(n) {
+		return fmt.Errorf("stage %s: copied %d rows, want %d", table, tag.RowsAffected(), n)
+	}
+	return nil
+}
+
+// row writes one stage row, in stageCols order. A per-proxy group's
+// wide-only dimensions are zero: NULL, and a status the proxy tables do
+// not read.
+func (a *hourAgg) row(c *copyBinary, bucket time.Time, d wideDims, g *group) {
+	n := a.names
+	c.tuple(len(stageCols))
+	c.timestamptz(bucket)
+	for _, id := range []uint32{d.tenant, d.organization, d.environment, d.apiproxy, d.apiProduct, d.developerApp, d.requestVerb} {
+		n.put(c, id)
+	}
+	c.int16(d.status)
+	for _, v := range []int64{g.calls, g.errors, g.clientErrors, g.s2xx, g.s3xx, g.s5xx, g.requestBytes, g.responseBytes} {
+		c.int64(v)
+	}
+	putLatency(c, &g.total)
+	putLatency(c, &g.target)
+}
+
+// putLatency writes count, sum, min, max (NULL without values), bins and
+// counts.
+func putLatency(c *copyBinary, l *latency) {
+	c.int64(l.count)
+	c.int64(l.sum)
+	if l.count == 0 {
+		c.null()
+		c.null()
+	} else {
+		c.int32(l.min)
+		c.int32(l.max)
+	}
+	n := l.hist.each(func(int32, int64) {})
+	c.arrayHeader(oidInt4, n, 4)
+	l.hist.each(func(b int32, _ int64) { c.int4Elem(b) })
+	c.arrayHeader(oidInt8, n, 8)
+	l.hist.each(func(_ int32, k int64) { c.int8Elem(k) })
+}
