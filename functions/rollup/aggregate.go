@@ -3,6 +3,7 @@ package rollup
 import (
 	"math"
 	"slices"
+	"time"
 )
 
 // This file is the refresh's aggregation stage: raw rows in, rollup groups
@@ -28,17 +29,22 @@ func latencyBin(v int32) int32 {
 	return int32(math.Ceil(math.Log(float64(v)) / binBase))
 }
 
-// hist is a latency histogram. It starts sparse (sorted distinct bins and
-// their counts: most minute groups hold a few calls) and turns dense (a
-// count per bin from lo) once it holds more than sparseMax bins, so adding
-// to a busy hour's group is an index, not a search and an insert. Latency
-// 0 has bin math.MinInt32, far from the others: it is counted apart.
+// hist is a latency histogram. It starts sparse (sorted distinct bins
+// with their counts: most minute groups hold a few calls) and turns dense
+// (a count per bin from lo) once it holds more than sparseMax bins, so
+// adding to a busy hour's group is an index, not a search and an insert.
+// Latency 0 has bin math.MinInt32, far from the others: it is counted
+// apart.
 type hist struct {
 	zero   int64
-	bins   []int32
-	counts []int64
+	sparse []binCount
 	lo     int32
 	dense  []int64
+}
+
+type binCount struct {
+	bin int32
+	n   int64
 }
 
 const sparseMax = 16
@@ -50,28 +56,30 @@ func (h *hist) add(bin int32) {
 	case h.dense != nil:
 		h.addDense(bin)
 	default:
-		i, found := slices.BinarySearch(h.bins, bin)
+		i, found := slices.BinarySearchFunc(h.sparse, bin, func(e binCount, b int32) int { return int(e.bin) - int(b) })
 		if found {
-			h.counts[i]++
+			h.sparse[i].n++
 			return
 		}
-		if len(h.bins) == sparseMax {
+		if len(h.sparse) == sparseMax {
 			h.toDense()
 			h.addDense(bin)
 			return
 		}
-		h.bins = slices.Insert(h.bins, i, bin)
-		h.counts = slices.Insert(h.counts, i, 1)
+		if h.sparse == nil {
+			h.sparse = make([]binCount, 0, 4)
+		}
+		h.sparse = slices.Insert(h.sparse, i, binCount{bin, 1})
 	}
 }
 
 func (h *hist) toDense() {
-	h.lo = h.bins[0]
-	h.dense = make([]int64, h.bins[len(h.bins)-1]-h.lo+1)
-	for i, b := range h.bins {
-		h.dense[b-h.lo] = h.counts[i]
+	h.lo = h.sparse[0].bin
+	h.dense = make([]int64, h.sparse[len(h.sparse)-1].bin-h.lo+1)
+	for _, e := range h.sparse {
+		h.dense[e.bin-h.lo] = e.n
 	}
-	h.bins, h.counts = nil, nil
+	h.sparse = nil
 }
 
 func (h *hist) addDense(bin int32) {
@@ -94,8 +102,8 @@ func (h *hist) each(f func(bin int32, n int64)) int {
 		f(math.MinInt32, h.zero)
 		n++
 	}
-	for i, b := range h.bins {
-		f(b, h.counts[i])
+	for _, e := range h.sparse {
+		f(e.bin, e.n)
 		n++
 	}
 	for i, c := range h.dense {
@@ -227,17 +235,26 @@ func (d wideDims) proxyOf() wideDims {
 	return wideDims{tenant: d.tenant, organization: d.organization, environment: d.environment, apiproxy: d.apiproxy}
 }
 
+// appOf is the per-app rollups' dimensions (app_calls_1m/1h).
+func (d wideDims) appOf() wideDims {
+	return wideDims{tenant: d.tenant, organization: d.organization, environment: d.environment, developerApp: d.developerApp}
+}
+
 // level is one rollup table's groups for one hour: the hour's and, for
 // the claimed minutes of the slice being read, the minutes'.
 type level struct {
 	keys []wideDims // by group index
 	idx  map[wideDims]int32
 	hour []group
-	// The slice's minute groups, in the order they were first seen.
-	minuteIdx  map[minuteKey]int32
+	// The slice's minute groups, in the order they were first seen; slot
+	// holds, per group index, each minute of the slice's group index + 1.
+	slot       [][sliceMinutes]int32
 	minuteKeys []minuteKey
 	minutes    []group
 }
+
+// sliceMinutes is scanSlice in minutes; slices start at multiples of it.
+const sliceMinutes = int(scanSlice / time.Minute)
 
 type minuteKey struct {
 	minute int32 // minutes since the hour
@@ -245,7 +262,7 @@ type minuteKey struct {
 }
 
 func newLevel() *level {
-	return &level{idx: map[wideDims]int32{}, minuteIdx: map[minuteKey]int32{}}
+	return &level{idx: map[wideDims]int32{}}
 }
 
 // index returns d's group index in the hour, adding it.
@@ -257,6 +274,7 @@ func (l *level) index(d wideDims) int32 {
 	l.idx[d] = i
 	l.keys = append(l.keys, d)
 	l.hour = append(l.hour, group{})
+	l.slot = append(l.slot, [sliceMinutes]int32{})
 	return i
 }
 
@@ -265,15 +283,13 @@ func (l *level) add(i int32, minute int32, claimed bool, c *rawCall) {
 	if !claimed {
 		return
 	}
-	k := minuteKey{minute, i}
-	j, ok := l.minuteIdx[k]
-	if !ok {
-		j = int32(len(l.minutes))
-		l.minuteIdx[k] = j
-		l.minuteKeys = append(l.minuteKeys, k)
+	s := &l.slot[i][int(minute)%sliceMinutes]
+	if *s == 0 {
+		l.minuteKeys = append(l.minuteKeys, minuteKey{minute, i})
 		l.minutes = append(l.minutes, group{})
+		*s = int32(len(l.minutes))
 	}
-	l.minutes[j].add(c)
+	l.minutes[*s-1].add(c)
 }
 
 // takeMinutes calls f for each minute group of the slice, by minute, and
@@ -293,38 +309,61 @@ func (l *level) takeMinutes(f func(k minuteKey, g *group)) {
 	for _, i := range order {
 		f(l.minuteKeys[i], &l.minutes[i])
 	}
-	clear(l.minuteIdx)
+	for _, k := range l.minuteKeys {
+		l.slot[k.dim][int(k.minute)%sliceMinutes] = 0
+	}
 	l.minuteKeys, l.minutes = l.minuteKeys[:0], l.minutes[:0]
 }
 
-// hourAgg aggregates one hour's raw rows into the wide and the per-proxy
-// rollups. Rows arrive in slices of the hour (recompute.go): the minute
-// groups of a slice are taken (takeMinutes) before the next slice, so
-// memory holds one slice's minute groups and the hour's groups.
+// hourAgg aggregates one hour's raw rows into every rollup (rollups, in
+// stage.go: levels[0] is the wide one, the others project its
+// dimensions). Rows arrive in slices of the hour (recompute.go): the
+// minute groups of a slice are taken (takeMinutes) before the next slice,
+// so memory holds one slice's minute groups and the hour's groups.
 type hourAgg struct {
 	names   *interner
 	claimed [60]bool
-	wide    *level
-	proxy   *level
-	// proxyIdx maps a wide group index to its per-proxy group index.
-	proxyIdx []int32
+	levels  []*level
+	// fromWide[i] maps a wide group index to its group index in levels[i].
+	fromWide [][]int32
+	// byRow maps a row's dimension columns, as rowKey encodes them, to
+	// its wide group index: one hash per row instead of one per column.
+	byRow map[string]int32
 }
 
 func newHourAgg(names *interner, claimedMinutes []int) *hourAgg {
-	a := &hourAgg{names: names, wide: newLevel(), proxy: newLevel()}
+	a := &hourAgg{names: names, byRow: map[string]int32{}, fromWide: make([][]int32, len(rollups))}
+	for range rollups {
+		a.levels = append(a.levels, newLevel())
+	}
 	for _, m := range claimedMinutes {
 		a.claimed[m] = true
 	}
 	return a
 }
 
-// add counts one raw call of dimensions d, minute minutes after the hour.
-func (a *hourAgg) add(d wideDims, minute int32, c *rawCall) {
-	w := a.wide.index(d)
-	if int(w) == len(a.proxyIdx) {
-		a.proxyIdx = append(a.proxyIdx, a.proxy.index(d.proxyOf()))
+// groupOf returns the wide group index of the row whose dimension columns
+// encode to key, calling dims to decode them the first time.
+func (a *hourAgg) groupOf(key []byte, dims func() wideDims) int32 {
+	if w, ok := a.byRow[string(key)]; ok {
+		return w
 	}
+	d := dims()
+	w := a.levels[0].index(d)
+	if int(w) == len(a.fromWide[1]) {
+		for i := 1; i < len(rollups); i++ {
+			a.fromWide[i] = append(a.fromWide[i], a.levels[i].index(rollups[i].project(d)))
+		}
+	}
+	a.byRow[string(key)] = w
+	return w
+}
+
+// add counts one raw call of wide group w, minute minutes after the hour.
+func (a *hourAgg) add(w int32, minute int32, c *rawCall) {
 	claimed := a.claimed[minute]
-	a.wide.add(w, minute, claimed, c)
-	a.proxy.add(a.proxyIdx[w], minute, claimed, c)
+	a.levels[0].add(w, minute, claimed, c)
+	for i := 1; i < len(rollups); i++ {
+		a.levels[i].add(a.fromWide[i][w], minute, claimed, c)
+	}
 }

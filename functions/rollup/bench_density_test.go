@@ -82,7 +82,7 @@ func benchDensity(b *testing.B, kind testkit.Kind, perMinute int) densityResult 
 	if s.RowsRead != benchRows {
 		b.Fatalf("refresh read %d rows, want %d", s.RowsRead, benchRows)
 	}
-	if _, err := db.Admin.Exec(ctx, "ANALYZE apigee.api_calls_1m; ANALYZE apigee.api_calls_1h; ANALYZE apigee.proxy_calls_1m; ANALYZE apigee.proxy_calls_1h"); err != nil {
+	if _, err := db.Admin.Exec(ctx, "ANALYZE apigee.api_calls_1m; ANALYZE apigee.api_calls_1h; ANALYZE apigee.proxy_calls_1m; ANALYZE apigee.proxy_calls_1h; ANALYZE apigee.app_calls_1m; ANALYZE apigee.app_calls_1h"); err != nil {
 		b.Fatal(err)
 	}
 	res.reads = benchReads(b, db, end)
@@ -91,13 +91,15 @@ func benchDensity(b *testing.B, kind testkit.Kind, perMinute int) densityResult 
 	h1 := queryInt(b, db.Admin, "SELECT count(*) FROM apigee.api_calls_1h")
 	pm := queryInt(b, db.Admin, "SELECT count(*) FROM apigee.proxy_calls_1m")
 	ph := queryInt(b, db.Admin, "SELECT count(*) FROM apigee.proxy_calls_1h")
+	am := queryInt(b, db.Admin, "SELECT count(*) FROM apigee.app_calls_1m")
+	ah := queryInt(b, db.Admin, "SELECT count(*) FROM apigee.app_calls_1h")
 	b.ReportMetric(full.Seconds(), "full_s")
 	b.ReportMetric(res.plain.Seconds(), "plain_s")
 	b.ReportMetric(res.plain.Seconds()/full.Seconds(), "rollup/plain_x")
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "%s, %d rows per minute: %d raw rows → %d minute rows, %d hour rows; per proxy %d minute rows, %d hour rows\n",
-		kind, perMinute, benchRows, m1, h1, pm, ph)
-	fmt.Fprintf(&sb, "  full refresh (1m + 1h, wide + per proxy): %8v  plain aggregate: %v / %v  rollup ÷ plain = %.2f × (target ≥ %.1f ×)\n",
+	fmt.Fprintf(&sb, "%s, %d rows per minute: %d raw rows → %d minute rows, %d hour rows; per proxy %d minute rows, %d hour rows; per app %d minute rows, %d hour rows\n",
+		kind, perMinute, benchRows, m1, h1, pm, ph, am, ah)
+	fmt.Fprintf(&sb, "  full refresh (1m + 1h, wide, per proxy, per app): %8v  plain aggregate: %v / %v  rollup ÷ plain = %.2f × (target ≥ %.1f ×)\n",
 		full.Round(time.Millisecond), p1.Round(time.Millisecond), p2.Round(time.Millisecond), res.plain.Seconds()/full.Seconds(), targetBuild)
 	for _, rd := range res.reads {
 		fmt.Fprintf(&sb, "  read %-40s %-3s rollups %8v  raw %8v  = %6.1f ×\n", rd.name, rd.window, rd.rollup.Round(time.Millisecond), rd.raw.Round(time.Millisecond), rd.ratio())

@@ -177,8 +177,13 @@ func rollupMismatchSQL(table, width string) string {
 
 // proxyMismatchSQL is rollupMismatchSQL for the narrow per-proxy rollups
 // (proxy_calls_1m/1h): status classes instead of status codes.
-func proxyMismatchSQL(table, width string) string {
-	return mismatchSQL(table, width, proxyDims, `calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
+func proxyMismatchSQL(table, width string) string { return narrowMismatchSQL(table, width, proxyDims) }
+
+// appMismatchSQL is proxyMismatchSQL for the per-app rollups.
+func appMismatchSQL(table, width string) string { return narrowMismatchSQL(table, width, appDims) }
+
+func narrowMismatchSQL(table, width, dimensions string) string {
+	return mismatchSQL(table, width, dimensions, `calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
 		total_ms_count, total_ms_sum, total_ms_min, total_ms_max, target_ms_count, target_ms_sum, target_ms_min, target_ms_max`,
 		`count(*) FILTER (WHERE response_status_code / 100 = 2) AS status_2xx,
 		count(*) FILTER (WHERE response_status_code / 100 = 3) AS status_3xx,
@@ -230,12 +235,14 @@ func assertRollupsMatchRaw(tb testing.TB, db *testkit.DB) {
 		{"api_calls_1h", "1 hour", rollupMismatchSQL},
 		{"proxy_calls_1m", "1 minute", proxyMismatchSQL},
 		{"proxy_calls_1h", "1 hour", proxyMismatchSQL},
+		{"app_calls_1m", "1 minute", appMismatchSQL},
+		{"app_calls_1h", "1 hour", appMismatchSQL},
 	} {
 		if n := queryInt(tb, db.Admin, c.mismatch(c.table, c.width)); n != 0 {
 			tb.Errorf("%s differs from the raw rows in %d rows", c.table, n)
 		}
 	}
-	for _, table := range []string{"api_calls_1m", "proxy_calls_1m"} {
+	for _, table := range []string{"api_calls_1m", "proxy_calls_1m", "app_calls_1m"} {
 		if n := queryInt(tb, db.Admin, "SELECT count(*) FROM apigee."+table); n == 0 {
 			tb.Errorf("%s is empty", table)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -67,16 +68,14 @@ const scanSlice = 10 * time.Minute
 
 // clearRollups deletes the rollup rows recompute replaces.
 func clearRollups(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) error {
-	for _, rg := range runs(minutes, time.Minute) {
-		for _, table := range []string{"api_calls_1m", "proxy_calls_1m"} {
-			if _, err := tx.Exec(ctx, "DELETE FROM apigee."+table+" WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
+	for _, r := range rollups {
+		for _, rg := range runs(minutes, time.Minute) {
+			if _, err := tx.Exec(ctx, "DELETE FROM apigee."+r.minute+" WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
 				return fmt.Errorf("clear minutes: %w", err)
 			}
 		}
-	}
-	for _, rg := range runs(hours, time.Hour) {
-		for _, table := range []string{"api_calls_1h", "proxy_calls_1h"} {
-			if _, err := tx.Exec(ctx, "DELETE FROM apigee."+table+" WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
+		for _, rg := range runs(hours, time.Hour) {
+			if _, err := tx.Exec(ctx, "DELETE FROM apigee."+r.hour+" WHERE bucket_start >= $1 AND bucket_start < $2", rg.from, rg.to); err != nil {
 				return fmt.Errorf("clear hours: %w", err)
 			}
 		}
@@ -124,8 +123,10 @@ func scanRaw(ctx context.Context, tx pgx.Tx, a *hourAgg, hour, from, to time.Tim
 	defer rows.Close()
 	hourUS := hour.Sub(pgEpoch).Microseconds()
 	var c rawCall
+	var key []byte
 	for rows.Next() {
-		d, at, err := decodeRaw(a.names, rows.RawValues(), &c)
+		v := rows.RawValues()
+		at, err := decodeRaw(v, &c)
 		if err != nil {
 			return err
 		}
@@ -133,36 +134,56 @@ func scanRaw(ctx context.Context, tx pgx.Tx, a *hourAgg, hour, from, to time.Tim
 		if minute < 0 || minute >= 60 {
 			return fmt.Errorf("%w: received_at outside the hour", errRawFormat)
 		}
-		a.add(d, int32(minute), &c)
+		key = rowKey(key[:0], v)
+		w := a.groupOf(key, func() wideDims { return dimsOf(a.names, v) })
+		a.add(w, int32(minute), &c)
 	}
 	return rows.Err()
 }
 
-// decodeRaw decodes one binary row of scanSQL into its dimensions, its
-// received_at (microseconds since pgEpoch) and c.
-func decodeRaw(names *interner, v [][]byte, c *rawCall) (wideDims, int64, error) {
-	if len(v) != len(scanFormats) || len(v[0]) != 8 || len(v[8]) != 2 {
-		return wideDims{}, 0, errRawFormat
+// rowKey appends the row's dimension columns (1–8 of scanSQL), each
+// length-prefixed, NULL as length 0xffffffff: equal keys, equal columns.
+func rowKey(key []byte, v [][]byte) []byte {
+	for _, b := range v[1:9] {
+		if b == nil {
+			key = binary.BigEndian.AppendUint32(key, math.MaxUint32)
+			continue
+		}
+		key = binary.BigEndian.AppendUint32(key, uint32(len(b)))
+		key = append(key, b...)
 	}
-	d := wideDims{
+	return key
+}
+
+// dimsOf interns the row's dimension columns.
+func dimsOf(names *interner, v [][]byte) wideDims {
+	return wideDims{
 		tenant: names.id(v[1]), organization: names.id(v[2]), environment: names.id(v[3]), apiproxy: names.id(v[4]),
 		apiProduct: names.id(v[5]), developerApp: names.id(v[6]), requestVerb: names.id(v[7]),
 		status: int16(binary.BigEndian.Uint16(v[8])),
 	}
-	c.status = d.status
+}
+
+// decodeRaw checks one binary row of scanSQL and decodes its received_at
+// (microseconds since pgEpoch) and the values the aggregates read into c.
+func decodeRaw(v [][]byte, c *rawCall) (int64, error) {
+	if len(v) != len(scanFormats) || len(v[0]) != 8 || len(v[8]) != 2 {
+		return 0, errRawFormat
+	}
+	c.status = int16(binary.BigEndian.Uint16(v[8]))
 	c.isError = len(v[9]) == 1 && v[9][0] != 0
 	var ok bool
 	if c.requestSize, c.hasRequest, ok = int64Of(v[10]); !ok {
-		return d, 0, errRawFormat
+		return 0, errRawFormat
 	}
 	if c.responseSize, c.hasResponse, ok = int64Of(v[11]); !ok {
-		return d, 0, errRawFormat
+		return 0, errRawFormat
 	}
 	if c.total, c.hasTotal, ok = int32Of(v[12]); !ok {
-		return d, 0, errRawFormat
+		return 0, errRawFormat
 	}
 	if c.target, c.hasTarget, ok = int32Of(v[13]); !ok {
-		return d, 0, errRawFormat
+		return 0, errRawFormat
 	}
 	if c.hasTotal {
 		c.totalBin = latencyBin(c.total)
@@ -170,7 +191,7 @@ func decodeRaw(names *interner, v [][]byte, c *rawCall) (wideDims, int64, error)
 	if c.hasTarget {
 		c.targetBin = latencyBin(c.target)
 	}
-	return d, int64(binary.BigEndian.Uint64(v[0])), nil
+	return int64(binary.BigEndian.Uint64(v[0])), nil
 }
 
 // int64Of decodes a nullable binary bigint: value, not NULL, well formed.

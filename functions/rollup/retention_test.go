@@ -86,6 +86,8 @@ func TestRetention(t *testing.T) {
 			// The narrow dashboard rollups (00019) share the wide ones' tiers.
 			{"proxy_calls_1m", "1m", cutoff(10), "bucket_start"},
 			{"proxy_calls_1h", "1h", cutoff(12), "bucket_start"},
+			{"app_calls_1m", "1m", cutoff(10), "bucket_start"},
+			{"app_calls_1h", "1h", cutoff(12), "bucket_start"},
 		}
 		cfg := testConfig()
 		cfg.RawRetention = now.Sub(tables[0].cutoff)

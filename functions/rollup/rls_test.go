@@ -17,7 +17,7 @@ import (
 // rows, view rows and anomalies, and nothing of tenant B, however it asks.
 func TestRowLevelSecurity(t *testing.T) {
 	t.Parallel()
-	relations := []string{"api_calls_1m", "api_calls_1h", "proxy_calls_1m", "proxy_calls_1h", "proxy_latency_1m", "proxy_latency_1h", "proxy_latency_1d",
+	relations := []string{"api_calls_1m", "api_calls_1h", "proxy_calls_1m", "proxy_calls_1h", "app_calls_1m", "app_calls_1h", "proxy_latency_1m", "proxy_latency_1h", "proxy_latency_1d",
 		"error_rate_1m", "error_rate_1h", "anomalies"}
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
@@ -33,7 +33,7 @@ func TestRowLevelSecurity(t *testing.T) {
 			       (now(), 'tenant-b', 'org', 'prod', 'orders', 'error_rate', 0.5, 0.01, 0.01, 49, 100, 60)`); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := db.Admin.Exec(ctx, "ANALYZE apigee.api_calls_1m; ANALYZE apigee.api_calls_1h; ANALYZE apigee.proxy_calls_1m; ANALYZE apigee.proxy_calls_1h"); err != nil {
+		if _, err := db.Admin.Exec(ctx, "ANALYZE apigee.api_calls_1m; ANALYZE apigee.api_calls_1h; ANALYZE apigee.proxy_calls_1m; ANALYZE apigee.proxy_calls_1h; ANALYZE apigee.app_calls_1m; ANALYZE apigee.app_calls_1h"); err != nil {
 			t.Fatal(err)
 		}
 
@@ -63,7 +63,8 @@ func TestRowLevelSecurity(t *testing.T) {
 		t.Run("chunks and partitions directly", func(t *testing.T) {
 			rows, err := db.Admin.Query(ctx, `SELECT i.inhrelid::regclass::text FROM pg_inherits i
 				WHERE i.inhparent IN ('apigee.api_calls_1m'::regclass, 'apigee.api_calls_1h'::regclass,
-					'apigee.proxy_calls_1m'::regclass, 'apigee.proxy_calls_1h'::regclass)`)
+					'apigee.proxy_calls_1m'::regclass, 'apigee.proxy_calls_1h'::regclass,
+					'apigee.app_calls_1m'::regclass, 'apigee.app_calls_1h'::regclass)`)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -35,6 +35,7 @@ const (
 	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, ROW(target_bins, target_counts)::apigee.latency_hist`
 	wideVals  = `bucket_start, ` + dims + `, calls, errors, client_errors, request_bytes, response_bytes, ` + latencyVals
 	proxyVals = `bucket_start, ` + proxyDims + `, calls, errors, s2xx, s3xx, client_errors, s5xx, request_bytes, response_bytes, ` + latencyVals
+	appVals   = `bucket_start, ` + appDims + `, calls, errors, s2xx, s3xx, client_errors, s5xx, request_bytes, response_bytes, ` + latencyVals
 )
 
 const dims = `tenant, organization, environment, apiproxy, api_product, developer_app, request_verb, response_status_code`
@@ -48,18 +49,44 @@ const proxyCols = `bucket_start, ` + proxyDims + `,
 	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
 	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
 
+// appDims are the dimensions of the per-app rollups (app_calls_1m/1h,
+// migration 00024).
+const appDims = `tenant, organization, environment, developer_app`
+
+const appCols = `bucket_start, ` + appDims + `,
+	calls, errors, status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
+	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
+	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
+
 const rollupCols = `bucket_start, ` + dims + `,
 	calls, errors, client_errors, request_bytes, response_bytes,
 	total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
 	target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist`
 
-// staged is each rollup table with the columns its stage rows fill.
-var staged = []struct{ table, cols, vals string }{
-	{"api_calls_1m", rollupCols, wideVals},
-	{"api_calls_1h", rollupCols, wideVals},
-	{"proxy_calls_1m", proxyCols, proxyVals},
-	{"proxy_calls_1h", proxyCols, proxyVals},
+// rollupTables is one rollup's minute and hour tables, the columns its rows
+// fill from a stage row, and how its dimensions derive from the wide ones.
+type rollupTables struct {
+	minute, hour string
+	cols, vals   string
+	project      func(wideDims) wideDims
 }
+
+// rollups is every rollup the refresh writes; the first is the wide one.
+var rollups = []rollupTables{
+	{"api_calls_1m", "api_calls_1h", rollupCols, wideVals, nil},
+	{"proxy_calls_1m", "proxy_calls_1h", proxyCols, proxyVals, wideDims.proxyOf},
+	{"app_calls_1m", "app_calls_1h", appCols, appVals, wideDims.appOf},
+}
+
+// staged is each rollup table with the columns its stage rows fill.
+var staged = func() []struct{ table, cols, vals string } {
+	var out []struct{ table, cols, vals string }
+	for _, r := range rollups {
+		out = append(out, struct{ table, cols, vals string }{r.minute, r.cols, r.vals},
+			struct{ table, cols, vals string }{r.hour, r.cols, r.vals})
+	}
+	return out
+}()
 
 func stageTable(table string) string { return "rollup_stage_" + table }
 
@@ -89,22 +116,20 @@ func insertStaged(ctx context.Context, tx pgx.Tx) error {
 }
 
 // copyMinutes stages the minute groups read so far and forgets them; it
-// returns the rows staged and the calls they count.
+// returns the rows staged and the calls the wide ones count.
 func (a *hourAgg) copyMinutes(ctx context.Context, tx pgx.Tx, c *copyBinary, hour time.Time) (written, calls int64, err error) {
-	for _, l := range []struct {
-		table string
-		lv    *level
-	}{{"api_calls_1m", a.wide}, {"proxy_calls_1m", a.proxy}} {
+	for i, r := range rollups {
+		lv := a.levels[i]
 		c.reset()
 		n := 0
-		l.lv.takeMinutes(func(k minuteKey, g *group) {
-			if l.lv == a.wide {
+		lv.takeMinutes(func(k minuteKey, g *group) {
+			if i == 0 {
 				calls += g.calls
 			}
-			a.row(c, hour.Add(time.Duration(k.minute)*time.Minute), l.lv.keys[k.dim], g)
+			a.row(c, hour.Add(time.Duration(k.minute)*time.Minute), lv.keys[k.dim], g)
 			n++
 		})
-		if err := copyStage(ctx, tx, l.table, c, n); err != nil {
+		if err := copyStage(ctx, tx, r.minute, c, n); err != nil {
 			return 0, 0, err
 		}
 		written += int64(n)
@@ -115,18 +140,16 @@ func (a *hourAgg) copyMinutes(ctx context.Context, tx pgx.Tx, c *copyBinary, hou
 // copyHour stages the hour's groups.
 func (a *hourAgg) copyHour(ctx context.Context, tx pgx.Tx, c *copyBinary, hour time.Time) (int64, error) {
 	var written int64
-	for _, l := range []struct {
-		table string
-		lv    *level
-	}{{"api_calls_1h", a.wide}, {"proxy_calls_1h", a.proxy}} {
+	for i, r := range rollups {
+		lv := a.levels[i]
 		c.reset()
-		for i, d := range l.lv.keys {
-			a.row(c, hour, d, &l.lv.hour[i])
+		for j, d := range lv.keys {
+			a.row(c, hour, d, &lv.hour[j])
 		}
-		if err := copyStage(ctx, tx, l.table, c, len(l.lv.keys)); err != nil {
+		if err := copyStage(ctx, tx, r.hour, c, len(lv.keys)); err != nil {
 			return 0, err
 		}
-		written += int64(len(l.lv.keys))
+		written += int64(len(lv.keys))
 	}
 	return written, nil
 }
@@ -149,8 +172,8 @@ func copyStage(ctx context.Context, tx pgx.Tx, table string, c *copyBinary, n in
 	return nil
 }
 
-// row writes one stage row, in stageCols order. A per-proxy group's
-// wide-only dimensions are zero: NULL, and a status the proxy tables do
+// row writes one stage row, in stageCols order. A narrow rollup's group
+// has zero for the dimensions it lacks: NULL, and a status its tables do
 // not read.
 func (a *hourAgg) row(c *copyBinary, bucket time.Time, d wideDims, g *group) {
 	n := a.names
