@@ -91,98 +91,119 @@ END
 $$;
 -- +goose StatementEnd
 
+-- Several histograms end to end, for latency_hist_runs_quantile:
+-- ROW(array_cat_agg((h).bins), array_cat_agg((h).counts)) with
+-- array_cat_agg(ARRAY[cardinality((h).bins)]) as the run lengths. Its state
+-- is a plain array (array_agg's internal state takes a memory context per
+-- group, which at a minute per proxy makes the hash aggregate spill), and
+-- each row copies the state: meant for groups of a few rows.
+CREATE AGGREGATE apigee.array_cat_agg(anycompatiblearray) (
+    SFUNC = array_cat,
+    STYPE = anycompatiblearray,
+    PARALLEL = SAFE
+);
+
 -- +goose StatementBegin
--- latency_hist_merged_quantile(hs, q) is
--- latency_hist_quantile(<hs merged>, q); NULL elements count as empty.
-CREATE FUNCTION apigee.latency_hist_merged_quantile(hs apigee.latency_hist[], q double precision) RETURNS double precision
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
+-- latency_hist_runs_quantile(b, c, lens, n, q) is latency_hist_quantile of
+-- the histograms laid end to end in (b, c): run j is the next lens[j]
+-- entries (lens NULL: one run), n the count of them all (the rows'
+-- *_ms_count summed: a row's histogram counts exactly its *_ms_count
+-- calls), so nothing walks the bins below the answer. Each run adds its
+-- bins, from the end nearer q's rank, to a dense array indexed by bin
+-- until it alone has passed the farther of the two ranks; every bin
+-- between that end and the answer is then complete. NULL when the runs
+-- hold fewer than n values.
+CREATE FUNCTION apigee.latency_hist_runs_quantile(b integer[], c bigint[], lens integer[], n bigint, q double precision) RETURNS double precision
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     up  boolean := q >= 0.5;
-    -- All bins and counts end to end; histogram j is b[s[j]] … b[s[j+1]−1],
-    -- and p[j] is its next entry in walking order.
-    b   integer[] := '{}';
-    c   bigint[]  := '{}';
-    s   integer[] := '{}';
-    p   integer[] := '{}';
-    h   apigee.latency_hist;
-    k   integer := 0;
-    n   bigint := 0;
-    x   bigint;
-    r   double precision;
-    lo  bigint;
-    hi  bigint;
-    cum bigint := 0;
-    blo integer;
-    bhi integer;
-    j   integer;
-    v   integer;
+    k   integer := coalesce(cardinality(lens), 1);
+    d   bigint[] := '{}';
+    z   bigint := 0;
+    r   double precision; lo bigint; hi bigint; t bigint; cum bigint;
+    blo integer; bhi integer; i integer; e integer; x integer; st integer := 1;
+    zero constant integer := -2147483648;
 BEGIN
     IF q < 0 OR q > 1 OR q = 'NaN'::float8 THEN
-        RAISE EXCEPTION 'apigee.latency_hist_merged_quantile: q must be in [0, 1], not %', q;
+        RAISE EXCEPTION 'apigee.latency_hist_runs_quantile: q must be in [0, 1], not %', q;
     END IF;
-    IF cardinality(hs) > 8 THEN
-        -- Each step compares every histogram's next bin: merge many first.
-        RETURN apigee.latency_hist_quantile((SELECT apigee.latency_hist_merge(m) FROM unnest(hs) m), q);
-    END IF;
-    FOREACH h IN ARRAY hs LOOP
-        CONTINUE WHEN h.bins IS NULL OR h.counts IS NULL OR cardinality(h.bins) = 0
-            OR cardinality(h.bins) <> cardinality(h.counts);
-        k := k + 1;
-        s[k] := cardinality(b) + 1;
-        b := b || h.bins;
-        c := c || h.counts;
-        p[k] := CASE WHEN up THEN cardinality(b) ELSE s[k] END;
-    END LOOP;
-    IF k = 0 THEN
-        RETURN NULL;
-    END IF;
-    s[k + 1] := cardinality(b) + 1;
-    FOREACH x IN ARRAY c LOOP
-        n := n + x;
-    END LOOP;
-    IF n = 0 THEN
-        RETURN NULL;
-    END IF;
-    r := q * (n - 1);
-    lo := floor(r);
-    hi := ceil(r);
-    LOOP
-        -- The histogram whose next bin comes first in walking order.
-        j := 0;
-        FOR i IN 1 .. k LOOP
-            IF p[i] >= s[i] AND p[i] < s[i + 1]
-               AND (j = 0 OR (up AND b[p[i]] > v) OR (NOT up AND b[p[i]] < v)) THEN
-                j := i;
-                v := b[p[i]];
-            END IF;
-        END LOOP;
-        EXIT WHEN j = 0;
-        cum := cum + c[p[j]];
+    IF n IS NULL OR n <= 0 OR b IS NULL OR c IS NULL THEN RETURN NULL; END IF;
+    r := q * (n - 1); lo := floor(r); hi := ceil(r);
+    IF k = 1 THEN
+        cum := 0;
         IF up THEN
-            p[j] := p[j] - 1;
-            IF bhi IS NULL AND n - cum <= hi THEN
-                bhi := v;
+            FOR i IN REVERSE cardinality(b) .. 1 LOOP
+                cum := cum + c[i];
+                IF bhi IS NULL AND n - cum <= hi THEN bhi := b[i]; END IF;
+                IF n - cum <= lo THEN blo := b[i]; EXIT; END IF;
+            END LOOP;
+        ELSE
+            FOR i IN 1 .. cardinality(b) LOOP
+                cum := cum + c[i];
+                IF blo IS NULL AND cum > lo THEN blo := b[i]; END IF;
+                IF cum > hi THEN bhi := b[i]; EXIT; END IF;
+            END LOOP;
+        END IF;
+    ELSE
+        -- Each run contributes its bins from the walking end until it alone
+        -- has passed the farther rank: every bin up to the answer is then
+        -- complete in d (indexed by bin), zeros counted apart.
+        t := CASE WHEN up THEN n - 1 - lo ELSE hi END;
+        FOR j IN 1 .. k LOOP
+            e := st + lens[j] - 1;
+            cum := 0;
+            IF up THEN
+                i := e;
+                WHILE i >= st AND cum <= t LOOP
+                    x := b[i];
+                    IF x = zero THEN z := z + c[i]; ELSE d[x] := coalesce(d[x], 0) + c[i]; END IF;
+                    cum := cum + c[i];
+                    i := i - 1;
+                END LOOP;
+            ELSE
+                i := st;
+                WHILE i <= e AND cum <= t LOOP
+                    x := b[i];
+                    IF x = zero THEN z := z + c[i]; ELSE d[x] := coalesce(d[x], 0) + c[i]; END IF;
+                    cum := cum + c[i];
+                    i := i + 1;
+                END LOOP;
             END IF;
-            IF n - cum <= lo THEN
-                blo := v;
-                EXIT;
+            st := e + 1;
+        END LOOP;
+        cum := 0;
+        IF up THEN
+            IF cardinality(d) > 0 THEN
+                FOR x IN REVERSE array_upper(d, 1) .. array_lower(d, 1) LOOP
+                    CONTINUE WHEN d[x] IS NULL;
+                    cum := cum + d[x];
+                    IF bhi IS NULL AND n - cum <= hi THEN bhi := x; END IF;
+                    IF n - cum <= lo THEN blo := x; EXIT; END IF;
+                END LOOP;
+            END IF;
+            IF blo IS NULL AND z > 0 THEN
+                cum := cum + z;
+                IF bhi IS NULL AND n - cum <= hi THEN bhi := zero; END IF;
+                IF n - cum <= lo THEN blo := zero; END IF;
             END IF;
         ELSE
-            p[j] := p[j] + 1;
-            IF blo IS NULL AND cum > lo THEN
-                blo := v;
+            IF z > 0 THEN
+                cum := z;
+                IF cum > lo THEN blo := zero; END IF;
+                IF cum > hi THEN bhi := zero; END IF;
             END IF;
-            IF cum > hi THEN
-                bhi := v;
-                EXIT;
+            IF bhi IS NULL AND cardinality(d) > 0 THEN
+                FOR x IN array_lower(d, 1) .. array_upper(d, 1) LOOP
+                    CONTINUE WHEN d[x] IS NULL;
+                    cum := cum + d[x];
+                    IF blo IS NULL AND cum > lo THEN blo := x; END IF;
+                    IF cum > hi THEN bhi := x; EXIT; END IF;
+                END LOOP;
             END IF;
         END IF;
-    END LOOP;
+    END IF;
     RETURN apigee.latency_hist_value(blo) + (r - lo) * (apigee.latency_hist_value(bhi) - apigee.latency_hist_value(blo));
-END
-$$;
+END $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
@@ -211,12 +232,14 @@ AS $$
 $$;
 -- +goose StatementEnd
 
-ALTER FUNCTION apigee.latency_hist_merged_quantile(apigee.latency_hist[], double precision) OWNER TO apigee_owner;
+ALTER AGGREGATE apigee.array_cat_agg(anycompatiblearray) OWNER TO apigee_owner;
+ALTER FUNCTION apigee.latency_hist_runs_quantile(integer[], bigint[], integer[], bigint, double precision) OWNER TO apigee_owner;
 ALTER FUNCTION apigee.proxy_calls_between(timestamptz, timestamptz) OWNER TO apigee_owner;
 
 -- +goose Down
 DROP FUNCTION IF EXISTS apigee.proxy_calls_between(timestamptz, timestamptz);
-DROP FUNCTION IF EXISTS apigee.latency_hist_merged_quantile(apigee.latency_hist[], double precision);
+DROP FUNCTION IF EXISTS apigee.latency_hist_runs_quantile(integer[], bigint[], integer[], bigint, double precision);
+DROP AGGREGATE IF EXISTS apigee.array_cat_agg(anycompatiblearray);
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION apigee.latency_hist_quantile(h apigee.latency_hist, q double precision) RETURNS double precision
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
