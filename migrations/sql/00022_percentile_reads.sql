@@ -111,8 +111,8 @@ CREATE AGGREGATE apigee.array_cat_agg(anycompatiblearray) (
 -- calls), so nothing walks the bins below the answer. Each run adds its
 -- bins, from the end nearer q's rank, to a dense array indexed by bin
 -- until it alone has passed the farther of the two ranks; every bin
--- between that end and the answer is then complete. NULL when the runs
--- hold fewer than n values.
+-- between that end and the answer is then complete. With another n the
+-- result is meaningless (NULL when the walk runs out of values).
 CREATE FUNCTION apigee.latency_hist_runs_quantile(b integer[], c bigint[], lens integer[], n bigint, q double precision) RETURNS double precision
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
