@@ -14,13 +14,15 @@
 --     STABLE and SECURITY INVOKER, so the planner inlines it: callers'
 --     filters reach the tables' indexes and chunk exclusion, and the
 --     caller's row-level security applies as on the tables.
---   * apigee.latency_hist_merged_quantile(hs, q): the quantile of a few
---     histograms together, walking them side by side from the end nearer
---     q's rank instead of merging them first (a group of the per-proxy
---     panel is one minute of one proxy: prod and test, two rows). More
---     than 8 histograms are merged with latency_hist_merge and walked once.
+--   * apigee.latency_hist_runs_quantile(bins, counts, lens, n, q): the
+--     quantile of a few histograms laid end to end (apigee.array_cat_agg),
+--     walked from the end nearer q's rank only as far as the rank, instead
+--     of merging them first (a group of the p95-by-proxy panel is one
+--     minute of one proxy: prod and test, two rows).
 --   * apigee.latency_hist_quantile(h, q) walks from the end nearer q's
 --     rank (p95 reads the top twentieth, not all the bins); same results.
+--   * apigee.proxy_latency_1m and _1h (00019) take each row's count from
+--     its *_ms_count column instead of adding up the histogram's counts.
 --
 -- Bins may repeat within a histogram (00018's minute rows): every walk
 -- adds counts bin by bin, so repeats count like one bin with their sum.
@@ -114,21 +116,34 @@ CREATE AGGREGATE apigee.array_cat_agg(anycompatiblearray) (
 -- between that end and the answer is then complete. With another n the
 -- result is meaningless (NULL when the walk runs out of values).
 CREATE FUNCTION apigee.latency_hist_runs_quantile(b integer[], c bigint[], lens integer[], n bigint, q double precision) RETURNS double precision
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     up  boolean := q >= 0.5;
     k   integer := coalesce(cardinality(lens), 1);
     d   bigint[] := '{}';
     z   bigint := 0;
-    r   double precision; lo bigint; hi bigint; t bigint; cum bigint;
-    blo integer; bhi integer; i integer; e integer; x integer; st integer := 1;
+    r   double precision;
+    lo  bigint;
+    hi  bigint;
+    t   bigint;
+    cum bigint;
+    blo integer;
+    bhi integer;
+    i   integer;
+    e   integer;
+    x   integer;
+    st  integer := 1;
     zero constant integer := -2147483648;
 BEGIN
     IF q < 0 OR q > 1 OR q = 'NaN'::float8 THEN
         RAISE EXCEPTION 'apigee.latency_hist_runs_quantile: q must be in [0, 1], not %', q;
     END IF;
     IF n IS NULL OR n <= 0 OR b IS NULL OR c IS NULL THEN RETURN NULL; END IF;
-    r := q * (n - 1); lo := floor(r); hi := ceil(r);
+    r := q * (n - 1);
+    lo := floor(r);
+    hi := ceil(r);
     IF k = 1 THEN
         cum := 0;
         IF up THEN
@@ -203,7 +218,8 @@ BEGIN
         END IF;
     END IF;
     RETURN apigee.latency_hist_value(blo) + (r - lo) * (apigee.latency_hist_value(bhi) - apigee.latency_hist_value(blo));
-END $$;
+END
+$$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
@@ -232,11 +248,86 @@ AS $$
 $$;
 -- +goose StatementEnd
 
+-- The per-proxy views of 00019, same names and columns: a row's histogram
+-- counts exactly its *_ms_count calls, so the walk takes the count from
+-- the row and never reads the bins below the answer.
+CREATE OR REPLACE VIEW apigee.proxy_latency_1m WITH (security_invoker = true) AS
+SELECT bucket_start, tenant, organization, environment, apiproxy,
+       calls, errors,
+       total_ms_sum::float8 / nullif(total_ms_count, 0) AS total_ms_avg,
+       apigee.latency_hist_runs_quantile((total_ms_hist).bins, (total_ms_hist).counts, NULL, total_ms_count, 0.50) AS total_ms_p50,
+       apigee.latency_hist_runs_quantile((total_ms_hist).bins, (total_ms_hist).counts, NULL, total_ms_count, 0.90) AS total_ms_p90,
+       apigee.latency_hist_runs_quantile((total_ms_hist).bins, (total_ms_hist).counts, NULL, total_ms_count, 0.95) AS total_ms_p95,
+       apigee.latency_hist_runs_quantile((total_ms_hist).bins, (total_ms_hist).counts, NULL, total_ms_count, 0.99) AS total_ms_p99,
+       total_ms_max,
+       target_ms_sum::float8 / nullif(target_ms_count, 0) AS target_ms_avg,
+       apigee.latency_hist_runs_quantile((target_ms_hist).bins, (target_ms_hist).counts, NULL, target_ms_count, 0.50) AS target_ms_p50,
+       apigee.latency_hist_runs_quantile((target_ms_hist).bins, (target_ms_hist).counts, NULL, target_ms_count, 0.90) AS target_ms_p90,
+       apigee.latency_hist_runs_quantile((target_ms_hist).bins, (target_ms_hist).counts, NULL, target_ms_count, 0.95) AS target_ms_p95,
+       apigee.latency_hist_runs_quantile((target_ms_hist).bins, (target_ms_hist).counts, NULL, target_ms_count, 0.99) AS target_ms_p99,
+       target_ms_max,
+       total_ms_hist, target_ms_hist
+FROM apigee.proxy_calls_1m;
+
+CREATE OR REPLACE VIEW apigee.proxy_latency_1h WITH (security_invoker = true) AS
+SELECT bucket_start, tenant, organization, environment, apiproxy,
+       calls, errors,
+       total_ms_sum::float8 / nullif(total_ms_count, 0) AS total_ms_avg,
+       apigee.latency_hist_runs_quantile((total_ms_hist).bins, (total_ms_hist).counts, NULL, total_ms_count, 0.50) AS total_ms_p50,
+       apigee.latency_hist_runs_quantile((total_ms_hist).bins, (total_ms_hist).counts, NULL, total_ms_count, 0.90) AS total_ms_p90,
+       apigee.latency_hist_runs_quantile((total_ms_hist).bins, (total_ms_hist).counts, NULL, total_ms_count, 0.95) AS total_ms_p95,
+       apigee.latency_hist_runs_quantile((total_ms_hist).bins, (total_ms_hist).counts, NULL, total_ms_count, 0.99) AS total_ms_p99,
+       total_ms_max,
+       target_ms_sum::float8 / nullif(target_ms_count, 0) AS target_ms_avg,
+       apigee.latency_hist_runs_quantile((target_ms_hist).bins, (target_ms_hist).counts, NULL, target_ms_count, 0.50) AS target_ms_p50,
+       apigee.latency_hist_runs_quantile((target_ms_hist).bins, (target_ms_hist).counts, NULL, target_ms_count, 0.90) AS target_ms_p90,
+       apigee.latency_hist_runs_quantile((target_ms_hist).bins, (target_ms_hist).counts, NULL, target_ms_count, 0.95) AS target_ms_p95,
+       apigee.latency_hist_runs_quantile((target_ms_hist).bins, (target_ms_hist).counts, NULL, target_ms_count, 0.99) AS target_ms_p99,
+       target_ms_max,
+       total_ms_hist, target_ms_hist
+FROM apigee.proxy_calls_1h;
+
 ALTER AGGREGATE apigee.array_cat_agg(anycompatiblearray) OWNER TO apigee_owner;
 ALTER FUNCTION apigee.latency_hist_runs_quantile(integer[], bigint[], integer[], bigint, double precision) OWNER TO apigee_owner;
 ALTER FUNCTION apigee.proxy_calls_between(timestamptz, timestamptz) OWNER TO apigee_owner;
 
 -- +goose Down
+CREATE OR REPLACE VIEW apigee.proxy_latency_1m WITH (security_invoker = true) AS
+SELECT bucket_start, tenant, organization, environment, apiproxy,
+       calls, errors,
+       total_ms_sum::float8 / nullif(total_ms_count, 0) AS total_ms_avg,
+       apigee.latency_hist_quantile(total_ms_hist, 0.50) AS total_ms_p50,
+       apigee.latency_hist_quantile(total_ms_hist, 0.90) AS total_ms_p90,
+       apigee.latency_hist_quantile(total_ms_hist, 0.95) AS total_ms_p95,
+       apigee.latency_hist_quantile(total_ms_hist, 0.99) AS total_ms_p99,
+       total_ms_max,
+       target_ms_sum::float8 / nullif(target_ms_count, 0) AS target_ms_avg,
+       apigee.latency_hist_quantile(target_ms_hist, 0.50) AS target_ms_p50,
+       apigee.latency_hist_quantile(target_ms_hist, 0.90) AS target_ms_p90,
+       apigee.latency_hist_quantile(target_ms_hist, 0.95) AS target_ms_p95,
+       apigee.latency_hist_quantile(target_ms_hist, 0.99) AS target_ms_p99,
+       target_ms_max,
+       total_ms_hist, target_ms_hist
+FROM apigee.proxy_calls_1m;
+
+CREATE OR REPLACE VIEW apigee.proxy_latency_1h WITH (security_invoker = true) AS
+SELECT bucket_start, tenant, organization, environment, apiproxy,
+       calls, errors,
+       total_ms_sum::float8 / nullif(total_ms_count, 0) AS total_ms_avg,
+       apigee.latency_hist_quantile(total_ms_hist, 0.50) AS total_ms_p50,
+       apigee.latency_hist_quantile(total_ms_hist, 0.90) AS total_ms_p90,
+       apigee.latency_hist_quantile(total_ms_hist, 0.95) AS total_ms_p95,
+       apigee.latency_hist_quantile(total_ms_hist, 0.99) AS total_ms_p99,
+       total_ms_max,
+       target_ms_sum::float8 / nullif(target_ms_count, 0) AS target_ms_avg,
+       apigee.latency_hist_quantile(target_ms_hist, 0.50) AS target_ms_p50,
+       apigee.latency_hist_quantile(target_ms_hist, 0.90) AS target_ms_p90,
+       apigee.latency_hist_quantile(target_ms_hist, 0.95) AS target_ms_p95,
+       apigee.latency_hist_quantile(target_ms_hist, 0.99) AS target_ms_p99,
+       target_ms_max,
+       total_ms_hist, target_ms_hist
+FROM apigee.proxy_calls_1h;
+
 DROP FUNCTION IF EXISTS apigee.proxy_calls_between(timestamptz, timestamptz);
 DROP FUNCTION IF EXISTS apigee.latency_hist_runs_quantile(integer[], bigint[], integer[], bigint, double precision);
 DROP AGGREGATE IF EXISTS apigee.array_cat_agg(anycompatiblearray);
