@@ -203,6 +203,7 @@ func (e benchExpansion) expand(sql string) string {
 	secs := strconv.Itoa(int(e.interval / time.Second))
 	r := strings.NewReplacer(
 		"$__interval_ms", strconv.FormatInt(e.interval.Milliseconds(), 10),
+		"$__timeFrom()", lit(e.from), "$__timeTo()", lit(e.to),
 		"$__from", lit(e.from), "$__to", lit(e.to),
 		"$__bucket", "floor(extract(epoch from received_at)/"+secs+")*"+secs,
 	)

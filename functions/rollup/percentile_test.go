@@ -61,6 +61,12 @@ func TestPercentileAccuracy(t *testing.T) {
 			{"wide minutes merged per proxy", wideLatency("bucket_start", "api_calls_1m"), "1 minute"},
 			{"wide hours merged per proxy", wideLatency("bucket_start", "api_calls_1h"), "1 hour"},
 			{"wide days merged from hours", wideLatency("date_trunc('day', bucket_start, 'UTC')", "api_calls_1h"), "1 day"},
+			// The dashboard's per-proxy walk (00022): a group's histograms end
+			// to end, never merged; the wide minute rows repeat bins.
+			{"minutes walked end to end per hour", runsLatency("proxy_calls_1m"), "1 hour"},
+			{"wide minutes walked end to end per hour", runsLatency("api_calls_1m"), "1 hour"},
+			// Whole hours from hour rows, the rest from minute rows (00022).
+			{"a day of hours and minutes between", betweenLatency, "1 day"},
 		}
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
@@ -129,6 +135,33 @@ func wideLatency(bucket, table string) string {
 		q("th", "0.50"), q("th", "0.90"), q("th", "0.95"), q("th", "0.99"),
 		q("gh", "0.50"), q("gh", "0.90"), q("gh", "0.95"), q("gh", "0.99"), bucket, table)
 }
+
+// runsLatency is like wideLatency, per proxy and hour, with
+// apigee.latency_hist_runs_quantile over a group's minute histograms laid
+// end to end, as the dashboard's p95 latency by proxy reads them.
+func runsLatency(table string) string {
+	q := func(col, p string) string {
+		return fmt.Sprintf(`apigee.latency_hist_runs_quantile(apigee.array_cat_agg((%[1]s_hist).bins), apigee.array_cat_agg((%[1]s_hist).counts),
+			apigee.array_cat_agg(ARRAY[cardinality((%[1]s_hist).bins)]), sum(%[1]s_count)::bigint, %[2]s)`, col, p)
+	}
+	return fmt.Sprintf(`(SELECT date_bin('1 hour', bucket_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket_start, apiproxy,
+		%s AS total_ms_p50, %s AS total_ms_p90, %s AS total_ms_p95, %s AS total_ms_p99,
+		%s AS target_ms_p50, %s AS target_ms_p90, %s AS target_ms_p95, %s AS target_ms_p99
+	FROM apigee.%s GROUP BY 1, 2)`,
+		q("total_ms", "0.50"), q("total_ms", "0.90"), q("total_ms", "0.95"), q("total_ms", "0.99"),
+		q("target_ms", "0.50"), q("target_ms", "0.90"), q("target_ms", "0.95"), q("target_ms", "0.99"), table)
+}
+
+// betweenLatency is per proxy and UTC day from apigee.proxy_calls_between
+// over the day, as the dashboard's Latency by proxy reads a range.
+var betweenLatency = `(SELECT d.d AS bucket_start, apiproxy,
+		apigee.latency_hist_quantile(th, 0.50) AS total_ms_p50, apigee.latency_hist_quantile(th, 0.90) AS total_ms_p90,
+		apigee.latency_hist_quantile(th, 0.95) AS total_ms_p95, apigee.latency_hist_quantile(th, 0.99) AS total_ms_p99,
+		apigee.latency_hist_quantile(gh, 0.50) AS target_ms_p50, apigee.latency_hist_quantile(gh, 0.90) AS target_ms_p90,
+		apigee.latency_hist_quantile(gh, 0.95) AS target_ms_p95, apigee.latency_hist_quantile(gh, 0.99) AS target_ms_p99
+	FROM (SELECT DISTINCT date_trunc('day', bucket_start, 'UTC') AS d FROM apigee.proxy_calls_1m) d,
+	LATERAL (SELECT apiproxy, apigee.latency_hist_merge(total_ms_hist) AS th, apigee.latency_hist_merge(target_ms_hist) AS gh
+		FROM apigee.proxy_calls_between(d.d, d.d + interval '1 day' - interval '1 minute') GROUP BY 1) s)`
 
 // TestLatencyHistFunctions checks the SQL summary functions directly.
 func TestLatencyHistFunctions(t *testing.T) {
