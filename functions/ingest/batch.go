@@ -181,8 +181,8 @@ type batcher struct {
 func newBatcher(w BatchWriter, cfg BatchConfig) *batcher {
 	cfg = cfg.withDefaults()
 	b := &batcher{
-		cfg: cfg,
-		w:   w,
+		cfg:   cfg,
+		w:     w,
 		in:    make(chan *pending, 1024),
 		out:   make(chan []*pending),
 		freed: make(chan struct{}, 1),
