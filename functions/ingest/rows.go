@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -15,6 +14,9 @@ import (
 // (shared/audit owns both, from the record's field table and the message's
 // own columns); ingested_at takes its default.
 var stageColumns = audit.Columns()
+
+// stageTypes are stageColumns' SQL types.
+var stageTypes = audit.SQLTypes()
 
 // createStageSQL declares the staging table column by column (not LIKE
 // apigee.api_calls) because the ingest role may not read the raw table's
@@ -160,7 +162,7 @@ func jsonAttributes(m map[string]string) []byte {
 var insertSQL = func() string {
 	var params, names, sel []string
 	n := 2
-	for i, t := range audit.SQLTypes() {
+	for i, t := range stageTypes {
 		c := stageColumns[i]
 		if c == "batch_id" {
 			sel = append(sel, "$1::bigint")
@@ -200,19 +202,12 @@ func arrayAsText(sqlType string) bool {
 	return sqlType == "inet" || sqlType == "jsonb" || strings.HasSuffix(sqlType, "[]")
 }
 
-// columnArrays returns insertSQL's arguments for calls: the batch id, then
-// one array per column, each holding what COPY would have written.
-func columnArrays(batchID int64, calls []Call) []any {
-	types := audit.SQLTypes()
-	cols := make([]any, 0, len(types))
+// columnArrays returns insertSQL's arguments for rows (RowValues): the batch
+// id, then one array per column, each holding what COPY would have written.
+func columnArrays(batchID int64, vals [][]any) []any {
+	cols := make([]any, 0, len(stageTypes))
 	cols = append(cols, batchID)
-	rows := &callRows{calls: calls, batchID: batchID}
-	vals := make([][]any, len(calls))
-	for i := 0; rows.Next(); i++ {
-		v, _ := rows.Values()
-		vals[i] = slices.Clone(v)
-	}
-	for j, t := range types {
+	for j, t := range stageTypes {
 		if stageColumns[j] == "batch_id" {
 			continue
 		}

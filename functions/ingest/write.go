@@ -191,7 +191,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 		return Result{}, fmt.Errorf("write: start batch: %w", err)
 	}
 
-	inserted, err := storeCalls(ctx, tx, res.BatchID, b.Calls, staged)
+	inserted, rows, err := storeCalls(ctx, tx, res.BatchID, b.Calls, staged)
 	if err != nil {
 		return Result{}, err
 	}
@@ -208,7 +208,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 			}
 		}
 	}
-	res.SHA256 = HashCalls(res.BatchID, inserted)
+	res.SHA256 = hashRows(res.BatchID, rows)
 
 	if res.Rejected, err = insertRejects(ctx, tx, res.BatchID, b.Rejects); err != nil {
 		return Result{}, err
@@ -272,6 +272,28 @@ func HashCalls(batchID int64, calls []Call) [32]byte {
 	return h.Sum()
 }
 
+// hashRows is HashCalls of rows already in RowValues form.
+func hashRows(batchID int64, rows [][]any) [32]byte {
+	h := audit.NewHasher(batchID)
+	for _, vals := range rows {
+		h.Row(vals)
+	}
+	return h.Sum()
+}
+
+// rowValues is each call's row as COPY writes it and the hash encodes it,
+// built once for both.
+func rowValues(batchID int64, calls []Call) [][]any {
+	n := len(audit.Columns())
+	flat := make([]any, n*len(calls))
+	out := make([][]any, len(calls))
+	for i := range calls {
+		c := &calls[i]
+		out[i] = audit.RowValues(flat[i*n:(i+1)*n:(i+1)*n], &c.Record, c.PubSubMessageID, c.PublishTime, batchID)
+	}
+	return out
+}
+
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
 
 // unnestMaxRows: a batch of at most this many calls is sent as column
@@ -283,62 +305,71 @@ const unnestMaxRows = 300
 
 // storeCalls inserts the calls that are new into apigee.api_calls,
 // recording the minutes they touched, through the staging table when staged
-// and as column arrays otherwise. It returns the calls inserted, in
-// (message_id, received_at) order.
-func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, staged bool) ([]Call, error) {
+// and as column arrays otherwise. It returns the calls inserted and their
+// rows (RowValues), in (message_id, received_at) order.
+func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, staged bool) ([]Call, [][]any, error) {
 	// A key (message_id, received_at) may come twice in one batch with
 	// different Pub/Sub metadata (a publisher retry is a new Pub/Sub
 	// message). ON CONFLICT would keep one copy, in no defined order, and
 	// RETURNING names only the key: sending one copy per key makes the
 	// stored row, and so rows_sha256, the one this function chose.
 	if len(calls) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	calls, index := firstOfEachKey(calls)
+	vals := rowValues(batchID, calls)
 	var rows pgx.Rows
 	var err error
 	if staged {
-		n, cerr := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, &callRows{calls: calls, batchID: batchID})
+		n, cerr := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, pgx.CopyFromRows(vals))
 		if cerr != nil {
-			return nil, fmt.Errorf("write: copy: %w", cerr)
+			return nil, nil, fmt.Errorf("write: copy: %w", cerr)
 		}
 		if int(n) != len(calls) {
-			return nil, fmt.Errorf("write: copy: staged %d of %d rows", n, len(calls))
+			return nil, nil, fmt.Errorf("write: copy: staged %d of %d rows", n, len(calls))
 		}
 		rows, err = tx.Query(ctx, moveSQL, batchID)
 	} else {
-		rows, err = tx.Query(ctx, insertSQL, columnArrays(batchID, calls)...)
+		rows, err = tx.Query(ctx, insertSQL, columnArrays(batchID, vals)...)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("write: insert: %w", err)
+		return nil, nil, fmt.Errorf("write: insert: %w", err)
 	}
-	inserted, err := collectInserted(rows, calls, index)
+	stored, err := collectInserted(rows, len(calls), index)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if len(inserted) < len(calls) {
-		stored := make([]bool, len(calls))
-		for i := range inserted {
-			stored[index[callKey{inserted[i].MessageID, inserted[i].ReceivedAt.UnixMicro()}]] = true
-		}
+	if len(stored) < len(calls) {
 		if err := checkSkipped(ctx, tx, calls, stored); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	sort.Slice(inserted, func(a, b int) bool {
-		if inserted[a].MessageID != inserted[b].MessageID {
-			return inserted[a].MessageID < inserted[b].MessageID
+	order := make([]int, 0, len(stored))
+	for i := range calls {
+		if stored[i] {
+			order = append(order, i)
 		}
-		return inserted[a].ReceivedAt.Before(inserted[b].ReceivedAt)
+	}
+	sort.Slice(order, func(a, b int) bool {
+		ca, cb := &calls[order[a]], &calls[order[b]]
+		if ca.MessageID != cb.MessageID {
+			return ca.MessageID < cb.MessageID
+		}
+		return ca.ReceivedAt.Before(cb.ReceivedAt)
 	})
-	return inserted, nil
+	inserted := make([]Call, len(order))
+	insertedRows := make([][]any, len(order))
+	for k, i := range order {
+		inserted[k], insertedRows[k] = calls[i], vals[i]
+	}
+	return inserted, insertedRows, nil
 }
 
-// collectInserted reads the keys INSERT … RETURNING names and returns their
-// calls.
-func collectInserted(rows pgx.Rows, calls []Call, index map[callKey]int) ([]Call, error) {
+// collectInserted reads the keys INSERT … RETURNING names: the positions
+// among n calls that were stored.
+func collectInserted(rows pgx.Rows, n int, index map[callKey]int) (map[int]bool, error) {
 	defer rows.Close()
-	inserted := make([]Call, 0, len(calls))
+	stored := make(map[int]bool, n)
 	for rows.Next() {
 		var id string
 		var at time.Time
@@ -349,12 +380,12 @@ func collectInserted(rows pgx.Rows, calls []Call, index map[callKey]int) ([]Call
 		if !ok {
 			return nil, fmt.Errorf("write: insert returned unknown key %q", id)
 		}
-		inserted = append(inserted, calls[i])
+		stored[i] = true
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("write: insert: %w", err)
 	}
-	return inserted, nil
+	return stored, nil
 }
 
 // KeyCollisionError reports a call that ON CONFLICT skipped although no
@@ -387,7 +418,7 @@ LIMIT 1`
 // hash of message_id, and exactly-once must not become at-most-once. It
 // costs one index lookup per duplicate, and nothing for a batch without
 // duplicates.
-func checkSkipped(ctx context.Context, tx inTx, calls []Call, stored []bool) error {
+func checkSkipped(ctx context.Context, tx inTx, calls []Call, stored map[int]bool) error {
 	var ids []string
 	var ats []time.Time
 	for i := range calls {
