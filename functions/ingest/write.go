@@ -1,7 +1,8 @@
 // The write stage writes ingest batches into the raw tables, exactly once per
 // API call: rows are copied into a per-connection temporary staging table
-// and moved into apigee.api_calls with INSERT … ON CONFLICT DO NOTHING, so a
-// redelivered message never makes a second row. In the same transaction it
+// and moved into apigee.api_calls with INSERT … ON CONFLICT DO NOTHING (a
+// small batch is sent as column arrays straight to that INSERT instead), so
+// a redelivered message never makes a second row. In the same transaction it
 // quarantines rejects, records the minutes the batch touched (for
 // functions/rollup) and one apigee.ingest_batches row with counts and a
 // SHA-256 of the inserted rows.
@@ -167,8 +168,8 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}
 	defer conn.Release()
 
-	// Two round trips besides the rows: BEGIN, the staging table (once per
-	// connection) and the batch id in one; emptying the staging table, the
+	// Two round trips besides the rows: BEGIN, the staging table (when
+	// staged) and the batch id in one; emptying the staging table, the
 	// batch row and COMMIT in another. A batch that fails between them is rolled back here, or,
 	// when even that fails, its connection is discarded by the pool (it
 	// is not idle).
