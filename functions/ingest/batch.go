@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"apigee-timescale/shared/function"
@@ -49,7 +50,11 @@ type BatchConfig struct {
 	// bounded and Pub/Sub slows down. Defaults 20,000 rows and 64 MiB.
 	QueueRows  int
 	QueueBytes int
-	// Flushers is how many batches may be written at once. Default 2.
+	// Flushers is how many batches may be written at once. Default 2. A
+	// batch that is not full waits for every write in progress to end
+	// (growing meanwhile) rather than start a second one beside it: its
+	// transaction's fixed cost is then shared by more rows. Only a full
+	// batch is written beside another, when one flusher cannot keep up.
 	Flushers int
 	// WriteTimeout bounds one batch's transaction. Default 20 s.
 	WriteTimeout time.Duration
@@ -157,6 +162,10 @@ type batcher struct {
 	w   BatchWriter
 	in  chan *pending
 	out chan []*pending
+	// busy counts the batches being written; freed wakes the collector when
+	// one is done.
+	busy  atomic.Int32
+	freed chan struct{}
 
 	mu         sync.Mutex
 	closed     bool
@@ -172,10 +181,11 @@ type batcher struct {
 func newBatcher(w BatchWriter, cfg BatchConfig) *batcher {
 	cfg = cfg.withDefaults()
 	b := &batcher{
-		cfg: cfg,
-		w:   w,
-		in:  make(chan *pending, 1024),
-		out: make(chan []*pending),
+		cfg:   cfg,
+		w:     w,
+		in:    make(chan *pending, 1024),
+		out:   make(chan []*pending),
+		freed: make(chan struct{}, 1),
 	}
 	b.collector.Add(1)
 	go b.collect()
@@ -297,7 +307,7 @@ func (b *batcher) collect() {
 	in := b.in
 	for {
 		var out chan []*pending
-		if len(batch) > 0 && (due || full() || in == nil) {
+		if len(batch) > 0 && (full() || in == nil || due && b.busy.Load() <= 0) {
 			out = b.out
 		}
 		var recv chan *pending
@@ -316,7 +326,9 @@ func (b *batcher) collect() {
 			add(p)
 		case <-timer.C:
 			due = true
+		case <-b.freed:
 		case out <- batch:
+			b.busy.Add(1)
 			timer.Stop()
 			batch, rows, bytes, due = nil, 0, 0, false
 		}
@@ -327,6 +339,11 @@ func (b *batcher) flush() {
 	defer b.flushers.Done()
 	for batch := range b.out {
 		b.write(batch)
+		b.busy.Add(-1)
+		select {
+		case b.freed <- struct{}{}:
+		default: // the collector has a wake-up pending already
+		}
 	}
 }
 

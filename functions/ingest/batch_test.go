@@ -250,3 +250,50 @@ func TestCloseDrainsThenRefuses(t *testing.T) {
 		t.Fatalf("after Close: %v, want ErrClosed", err)
 	}
 }
+
+// gateWriter holds every Write until release is closed, counting the
+// writes begun.
+type gateWriter struct {
+	started chan int // the rows of each write begun
+	release chan struct{}
+}
+
+func (g *gateWriter) Write(_ context.Context, b *Batch) (Result, error) {
+	g.started <- len(b.Calls)
+	<-g.release
+	return Result{Inserted: len(b.Calls)}, nil
+}
+
+// TestSecondFlusherOnlyForFullBatches: while one batch is being written, a
+// batch that is due but not full keeps growing instead of starting a
+// second transaction beside it; a full one starts at once.
+func TestSecondFlusherOnlyForFullBatches(t *testing.T) {
+	g := &gateWriter{started: make(chan int, 10), release: make(chan struct{})}
+	b := newBatcher(g, BatchConfig{MaxRows: 10, MaxWait: time.Millisecond, Flushers: 2})
+	defer b.Close(context.Background())
+	defer close(g.release) // before Close, which waits for the writes
+	submit := func(n int) {
+		for range n {
+			go b.Submit(context.Background(), testDelivery("m")) //nolint:errcheck // counted by the writer
+		}
+	}
+	submit(1)
+	if rows := <-g.started; rows != 1 {
+		t.Fatalf("first write has %d rows, want 1", rows)
+	}
+	submit(5)
+	select {
+	case rows := <-g.started:
+		t.Fatalf("a %d-row batch, not full, started beside the first write", rows)
+	case <-time.After(50 * time.Millisecond): // 50 × MaxWait
+	}
+	submit(5)
+	select {
+	case rows := <-g.started:
+		if rows != 10 {
+			t.Fatalf("second write has %d rows, want the 10 of a full batch", rows)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a full batch did not start beside the first write")
+	}
+}

@@ -29,10 +29,9 @@ func collideByLength(t *testing.T, db *testkit.DB) {
 // it. The Writer must tell the two apart: a redelivery is skipped, a
 // collision fails the batch as a data error naming the call.
 func TestKeyCollisionIsNotADuplicate(t *testing.T) {
-	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+	eachPath(t, func(t *testing.T, db *testkit.DB, w *Writer) {
 		ctx := context.Background()
 		collideByLength(t, db)
-		w := NewWriter(ingestPool(t, db))
 		at := time.Now().UTC().Truncate(time.Millisecond)
 		if _, err := w.Write(ctx, &Batch{Messages: 1, Calls: []Call{testCall("m1", "t", at)}}); err != nil {
 			t.Fatal(err)

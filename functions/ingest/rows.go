@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -12,6 +14,9 @@ import (
 // (shared/audit owns both, from the record's field table and the message's
 // own columns); ingested_at takes its default.
 var stageColumns = audit.Columns()
+
+// stageTypes are stageColumns' SQL types.
+var stageTypes = audit.SQLTypes()
 
 // createStageSQL declares the staging table column by column (not LIKE
 // apigee.api_calls) because the ingest role may not read the raw table's
@@ -145,4 +150,164 @@ func jsonAttributes(m map[string]string) []byte {
 	}
 	b, _ := json.Marshal(m) // a map of strings always marshals
 	return b
+}
+
+// insertSQL is moveSQL for a batch sent as one array per column instead of
+// through the staging table: the same INSERT … ON CONFLICT DO NOTHING in the
+// same key order, and the same invalidations, in one statement and one
+// round trip. $1 is the batch id; $2… are the columns' arrays, in
+// stageColumns order without batch_id. Arrays carry inet, text[] and jsonb
+// as text, cast here (a text[] per row cannot be one element of a text[]
+// array, and the text is what pgx's binary jsonb sends anyway).
+var insertSQL = func() string {
+	var params, names, sel []string
+	n := 2
+	for i, t := range stageTypes {
+		c := stageColumns[i]
+		if c == "batch_id" {
+			sel = append(sel, "$1::bigint")
+			continue
+		}
+		name := "c_" + c
+		param := t
+		if arrayAsText(t) {
+			param = "text"
+		}
+		params = append(params, fmt.Sprintf("$%d::%s[]", n, param))
+		names = append(names, name)
+		if param != t {
+			sel = append(sel, name+"::"+t)
+		} else {
+			sel = append(sel, name)
+		}
+		n++
+	}
+	return `
+WITH ins AS (
+	INSERT INTO apigee.api_calls (` + columnList + `)
+	SELECT ` + strings.Join(sel, ", ") + `
+	FROM unnest(` + strings.Join(params, ", ") + `) AS t(` + strings.Join(names, ", ") + `)
+	ORDER BY c_received_at, c_message_id
+	ON CONFLICT DO NOTHING
+	RETURNING message_id, received_at
+), inv AS (
+	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
+	SELECT DISTINCT $1::bigint, date_trunc('minute', received_at) FROM ins
+)
+SELECT message_id, received_at FROM ins`
+}()
+
+// arrayAsText: the column types whose arrays insertSQL takes as text.
+func arrayAsText(sqlType string) bool {
+	return sqlType == "inet" || sqlType == "jsonb" || strings.HasSuffix(sqlType, "[]")
+}
+
+// columnArrays returns insertSQL's arguments for rows (RowValues): the batch
+// id, then one array per column, each holding what COPY would have written.
+func columnArrays(batchID int64, vals [][]any) []any {
+	cols := make([]any, 0, len(stageTypes))
+	cols = append(cols, batchID)
+	for j, t := range stageTypes {
+		if stageColumns[j] == "batch_id" {
+			continue
+		}
+		cols = append(cols, columnArray(t, vals, j))
+	}
+	return cols
+}
+
+// columnArray is column j of vals as a typed slice pgx encodes as an array
+// of sqlType (or of text, see arrayAsText).
+func columnArray(sqlType string, vals [][]any, j int) any {
+	switch sqlType {
+	case "timestamptz":
+		out := make([]*time.Time, len(vals))
+		for i := range vals {
+			switch x := vals[i][j].(type) {
+			case time.Time:
+				out[i] = &x
+			case *time.Time:
+				out[i] = x
+			}
+		}
+		return out
+	case "integer":
+		return typedColumn[int32](vals, j)
+	case "smallint":
+		return typedColumn[int16](vals, j)
+	case "bigint":
+		return typedColumn[int64](vals, j)
+	case "boolean":
+		return typedColumn[bool](vals, j)
+	}
+	out := make([]*string, len(vals))
+	for i := range vals {
+		out[i] = textValue(vals[i][j])
+	}
+	return out
+}
+
+// typedColumn collects values that are T or *T (nil for NULL).
+func typedColumn[T any](vals [][]any, j int) []*T {
+	out := make([]*T, len(vals))
+	for i := range vals {
+		switch x := vals[i][j].(type) {
+		case T:
+			out[i] = &x
+		case *T:
+			out[i] = x
+		}
+	}
+	return out
+}
+
+// textValue is a column value as the text PostgreSQL's input function of
+// its type reads (nil for NULL).
+func textValue(v any) *string {
+	var s string
+	switch x := v.(type) {
+	case nil:
+		return nil
+	case string:
+		s = x
+	case *string:
+		return x
+	case netip.Addr:
+		s = x.String()
+	case []byte: // jsonb
+		if x == nil {
+			return nil
+		}
+		s = string(x)
+	case []string:
+		if x == nil {
+			return nil
+		}
+		s = arrayLiteral(x)
+	default:
+		panic(fmt.Sprintf("ingest: no text form for %T", v))
+	}
+	return &s
+}
+
+// arrayLiteral writes a text[] in PostgreSQL's array input syntax, every
+// element double-quoted with " and \ escaped, so no content is special.
+func arrayLiteral(elems []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, e := range elems {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for k := 0; k < len(e); k++ {
+			if e[k] == '"' || e[k] == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(e[k])
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"hash"
 	"maps"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -183,12 +184,29 @@ func nullTime(t time.Time) *time.Time {
 	return &t
 }
 
+// appendQuoted is strconv.AppendQuote, without its rune-by-rune scan for
+// the common string that is printable ASCII with nothing to escape.
+func appendQuoted(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return strconv.AppendQuote(b, s)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
 func appendCanonical(b []byte, v any) []byte {
 	switch x := v.(type) {
 	case nil:
 		return append(b, "null"...)
 	case time.Time:
-		return strconv.AppendQuote(b, x.UTC().Format("2006-01-02T15:04:05.000000Z07:00"))
+		// The layout's output is printable ASCII without quotes or
+		// backslashes, which strconv.Quote leaves as it is.
+		b = append(b, '"')
+		b = x.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z07:00")
+		return append(b, '"')
 	case *time.Time:
 		if x == nil {
 			return append(b, "null"...)
@@ -203,7 +221,7 @@ func appendCanonical(b []byte, v any) []byte {
 		if x == nil {
 			return append(b, "null"...)
 		}
-		return strconv.AppendQuote(b, *x)
+		return appendQuoted(b, *x)
 	case *int32:
 		if x == nil {
 			return append(b, "null"...)
@@ -229,8 +247,18 @@ func appendCanonical(b []byte, v any) []byte {
 	case int64:
 		return strconv.AppendInt(b, x, 10)
 	case string:
-		return strconv.AppendQuote(b, x)
-	default: // netip.Addr, []string
+		return appendQuoted(b, x)
+	case netip.Addr:
+		if x.IsValid() && x.Zone() == "" {
+			// What json.Marshal writes: the address's text (hex digits, dots
+			// and colons), quoted.
+			b = append(b, '"')
+			b = x.AppendTo(b)
+			return append(b, '"')
+		}
+		j, _ := json.Marshal(x)
+		return append(b, j...)
+	default: // []string
 		j, _ := json.Marshal(x)
 		return append(b, j...)
 	}
