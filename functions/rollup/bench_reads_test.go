@@ -25,6 +25,11 @@ func (r readResult) ratio() float64 { return r.raw.Seconds() / r.rollup.Seconds(
 const rawFilter = `received_at BETWEEN $__from AND $__to
 	AND tenant IN (${tenant:sqlstring}) AND environment IN (${environment:sqlstring}) AND apiproxy IN (${apiproxy:sqlstring})`
 
+// rawAppFilter is the filter of the panel of developer apps, which counts
+// an app's calls to every proxy (the per-app rollups have no proxy).
+const rawAppFilter = `received_at BETWEEN $__from AND $__to
+	AND tenant IN (${tenant:sqlstring}) AND environment IN (${environment:sqlstring})`
+
 // rawQuestions answers each dashboard panel's question (keyed by title)
 // from the raw rows with percentile_cont, as someone without rollups
 // would; the README's p95 per proxy per minute has both forms here.
@@ -50,7 +55,7 @@ var rawQuestions = map[string]string{
 		count(*) FILTER (WHERE coalesce(is_error, false) OR response_status_code >= 500),
 		(count(*) FILTER (WHERE coalesce(is_error, false) OR response_status_code >= 500))::float8 / count(*),
 		percentile_cont(0.95) WITHIN GROUP (ORDER BY total_response_time)
-		FROM apigee.api_calls WHERE ` + rawFilter + ` GROUP BY 1 ORDER BY 2 DESC LIMIT 10`,
+		FROM apigee.api_calls WHERE ` + rawAppFilter + ` GROUP BY 1 ORDER BY 2 DESC LIMIT 10`,
 	readmeQuestion: `SELECT date_bin('1 minute', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'), tenant, organization, environment, apiproxy,
 		percentile_cont(0.95) WITHIN GROUP (ORDER BY total_response_time)
 		FROM apigee.api_calls WHERE received_at >= $__from AND received_at < $__to GROUP BY 1, 2, 3, 4, 5`,

@@ -3,6 +3,7 @@ package rollup
 import (
 	"context"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,34 +106,40 @@ func TestProxyCallsBetween(t *testing.T) {
 		for i := range 3000 {
 			at := start.Add(time.Duration(rng.IntN(3*3600)) * time.Second)
 			calls = append(calls, call{at: at, tenant: "tenant-a", proxy: []string{"a", "b", "c"}[i%3],
+				app: ptr([]string{"app-x", "app-y", "app-z"}[(i/3)%3]),
 				env: []string{"prod", "test"}[rng.IntN(2)], status: 200, total: ptr(lognormal(rng, 80, 0.7)), target: ptr(lognormal(rng, 40, 0.7))})
 		}
 		insertCalls(t, db, calls)
 		mustRun(t, newTestRunner(t, db, testConfig(), nil))
 
-		var windows, bad int
-		err := db.Admin.QueryRow(ctx, `
+		// The per-app rollups' app_calls_between (00024) is the same function.
+		for _, rollup := range []string{"proxy", "app"} {
+			t.Run(rollup, func(t *testing.T) {
+				var windows, bad int
+				err := db.Admin.QueryRow(ctx, strings.ReplaceAll(`
 			WITH w AS (
 				SELECT $1::timestamptz - interval '20 minutes' + s * interval '7 minutes 13 seconds' AS t0, d
 				FROM generate_series(0, 30) s, unnest(ARRAY[interval '0', '59 minutes', '1 hour', '1 hour 1 minute', '2 hours 30 seconds', '4 hours']) d),
 			c AS (
 				SELECT (SELECT row(sum(calls), apigee.latency_hist_merge(total_ms_hist), apigee.latency_hist_merge(target_ms_hist))::text
-				        FROM apigee.proxy_calls_between(t0, t0 + d)) AS got,
+				        FROM apigee.ROLLUP_calls_between(t0, t0 + d)) AS got,
 				       (SELECT row(sum(calls), apigee.latency_hist_merge(total_ms_hist), apigee.latency_hist_merge(target_ms_hist))::text
-				        FROM apigee.proxy_calls_1m WHERE bucket_start BETWEEN t0 AND t0 + d) AS want
+				        FROM apigee.ROLLUP_calls_1m WHERE bucket_start BETWEEN t0 AND t0 + d) AS want
 				FROM w)
-			SELECT count(*), count(*) FILTER (WHERE got IS DISTINCT FROM want) FROM c`, start).Scan(&windows, &bad)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if windows != 31*6 || bad != 0 {
-			t.Fatalf("%d of %d ranges differ from the minute rows", bad, windows)
-		}
-		hour := start.Add(time.Hour)
-		got := queryInt(t, db.Admin, "SELECT count(*) FROM apigee.proxy_calls_between($1::timestamptz, $1::timestamptz + interval '59 minutes')", hour)
-		want := queryInt(t, db.Admin, "SELECT count(*) FROM apigee.proxy_calls_1h WHERE bucket_start = $1", hour)
-		if got != want || want != 6 {
-			t.Fatalf("a whole hour read %d rows, want its %d hour rows (6: 3 proxies × 2 environments)", got, want)
+			SELECT count(*), count(*) FILTER (WHERE got IS DISTINCT FROM want) FROM c`, "ROLLUP", rollup), start).Scan(&windows, &bad)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if windows != 31*6 || bad != 0 {
+					t.Fatalf("%d of %d ranges differ from the minute rows", bad, windows)
+				}
+				hour := start.Add(time.Hour)
+				got := queryInt(t, db.Admin, "SELECT count(*) FROM apigee."+rollup+"_calls_between($1::timestamptz, $1::timestamptz + interval '59 minutes')", hour)
+				want := queryInt(t, db.Admin, "SELECT count(*) FROM apigee."+rollup+"_calls_1h WHERE bucket_start = $1", hour)
+				if got != want || want != 6 {
+					t.Fatalf("a whole hour read %d rows, want its %d hour rows (6: 3 proxies or apps × 2 environments)", got, want)
+				}
+			})
 		}
 	})
 }
@@ -150,7 +157,7 @@ func TestRollupHistogramCounts(t *testing.T) {
 		}
 		insertCalls(t, db, calls)
 		mustRun(t, newTestRunner(t, db, testConfig(), nil))
-		for _, table := range []string{"api_calls_1m", "api_calls_1h", "proxy_calls_1m", "proxy_calls_1h"} {
+		for _, table := range []string{"api_calls_1m", "api_calls_1h", "proxy_calls_1m", "proxy_calls_1h", "app_calls_1m", "app_calls_1h"} {
 			rows := queryInt(t, db.Admin, "SELECT count(*) FROM apigee."+table)
 			bad := queryInt(t, db.Admin, "SELECT count(*) FROM apigee."+table+
 				" WHERE total_ms_count <> apigee.latency_hist_count(total_ms_hist) OR target_ms_count <> apigee.latency_hist_count(target_ms_hist)")

@@ -244,10 +244,34 @@ END
 $$;
 -- +goose StatementEnd
 
+-- +goose StatementBegin
+-- app_calls_between(t0, t1) is apigee.proxy_calls_between (00022) for the
+-- per-app rollups: every minute in [t0, t1] once, whole UTC hours from the
+-- hour rows, the ragged ends from the minute rows.
+CREATE FUNCTION apigee.app_calls_between(t0 timestamptz, t1 timestamptz) RETURNS SETOF apigee.app_calls_1m
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT m.* FROM apigee.app_calls_1m m
+    WHERE m.bucket_start BETWEEN t0 AND t1
+      AND m.bucket_start < date_bin('1 hour', t0 + INTERVAL '59 minutes 59.999999 seconds', TIMESTAMPTZ '2000-01-01 00:00:00+00')
+    UNION ALL
+    SELECT h.* FROM apigee.app_calls_1h h
+    WHERE h.bucket_start >= date_bin('1 hour', t0 + INTERVAL '59 minutes 59.999999 seconds', TIMESTAMPTZ '2000-01-01 00:00:00+00')
+      AND h.bucket_start < date_bin('1 hour', t1 + INTERVAL '1 minute', TIMESTAMPTZ '2000-01-01 00:00:00+00')
+    UNION ALL
+    SELECT m.* FROM apigee.app_calls_1m m
+    WHERE m.bucket_start BETWEEN t0 AND t1
+      AND m.bucket_start >= greatest(date_bin('1 hour', t0 + INTERVAL '59 minutes 59.999999 seconds', TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                                     date_bin('1 hour', t1 + INTERVAL '1 minute', TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+$$;
+-- +goose StatementEnd
+ALTER FUNCTION apigee.app_calls_between(timestamptz, timestamptz) OWNER TO apigee_owner;
+
 SELECT apigee.ensure_rollup_partitions((now() AT TIME ZONE 'UTC')::date - 1, (now() AT TIME ZONE 'UTC')::date + 7);
 SELECT apigee.harden_chunks();
 
 -- +goose Down
+DROP FUNCTION IF EXISTS apigee.app_calls_between(timestamptz, timestamptz);
 -- The replaced functions read apigee.tier_tables; without the app tables
 -- in it they do what 00019's did.
 -- +goose StatementBegin
