@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +48,16 @@ type densityResult struct {
 	perMinute int
 	plain     time.Duration
 	full      time.Duration
+	cpu       refreshCPU
 	reads     []readResult
+}
+
+// refreshCPU is what a refresh cost in CPU: its database backend's and the
+// function's own (this process's, which runs nothing else meanwhile).
+type refreshCPU struct {
+	db, fn time.Duration
+	// heap is the most heap in use sampled during the refresh.
+	heap uint64
 }
 
 func benchDensity(b *testing.B, kind testkit.Kind, perMinute int) densityResult {
@@ -75,10 +85,10 @@ func benchDensity(b *testing.B, kind testkit.Kind, perMinute int) densityResult 
 	cfg.RunBudget = time.Hour
 	r := newTestRunner(b, db, cfg, nil)
 	b.StartTimer()
-	full, s := benchRefresh(b, r)
+	full, s, cpu := benchRefresh(b, r)
 	b.StopTimer()
 	p2 := plain()
-	res := densityResult{kind: kind, perMinute: perMinute, plain: (p1 + p2) / 2, full: full}
+	res := densityResult{kind: kind, perMinute: perMinute, plain: (p1 + p2) / 2, full: full, cpu: cpu}
 	if s.RowsRead != benchRows {
 		b.Fatalf("refresh read %d rows, want %d", s.RowsRead, benchRows)
 	}
@@ -101,6 +111,8 @@ func benchDensity(b *testing.B, kind testkit.Kind, perMinute int) densityResult 
 		kind, perMinute, benchRows, m1, h1, pm, ph, am, ah)
 	fmt.Fprintf(&sb, "  full refresh (1m + 1h, wide, per proxy, per app): %8v  plain aggregate: %v / %v  rollup ÷ plain = %.2f × (target ≥ %.1f ×)\n",
 		full.Round(time.Millisecond), p1.Round(time.Millisecond), p2.Round(time.Millisecond), res.plain.Seconds()/full.Seconds(), targetBuild)
+	fmt.Fprintf(&sb, "  refresh CPU per raw row: database %.1f µs, function %.1f µs; function heap in use at most %d MiB\n",
+		float64(cpu.db.Microseconds())/benchRows, float64(cpu.fn.Microseconds())/benchRows, cpu.heap>>20)
 	for _, rd := range res.reads {
 		fmt.Fprintf(&sb, "  read %-40s %-3s rollups %8v  raw %8v  = %6.1f ×\n", rd.name, rd.window, rd.rollup.Round(time.Millisecond), rd.raw.Round(time.Millisecond), rd.ratio())
 	}
@@ -111,7 +123,7 @@ func benchDensity(b *testing.B, kind testkit.Kind, perMinute int) densityResult 
 
 // benchRefresh runs the refresh stage alone (no seal, retention, anomalies
 // or verify) until no invalidation is left, and returns its time.
-func benchRefresh(b *testing.B, r *Runner) (time.Duration, Summary) {
+func benchRefresh(b *testing.B, r *Runner) (time.Duration, Summary, refreshCPU) {
 	b.Helper()
 	ctx := context.Background()
 	pc, err := r.db.Acquire(ctx)
@@ -125,15 +137,48 @@ func benchRefresh(b *testing.B, r *Runner) (time.Duration, Summary) {
 		b.Fatal(err)
 	}
 	var s Summary
+	pid := int(conn.PgConn().PID())
+	db0, dbOK := testkit.BackendCPU(pid)
+	fn0, fnOK := testkit.BackendCPU(os.Getpid())
+	stop, peak := sampleHeap()
 	t0 := time.Now()
 	if err := r.refresh(ctx, conn, storage, time.Now().Add(time.Hour), &s); err != nil {
 		b.Fatalf("refresh: %v", err)
 	}
 	d := time.Since(t0)
+	stop()
+	db1, _ := testkit.BackendCPU(pid)
+	fn1, _ := testkit.BackendCPU(os.Getpid())
+	if !dbOK || !fnOK {
+		b.Fatalf("CPU of backend %d or of this process not readable from /proc", pid)
+	}
 	if s.PendingMinutes != 0 {
 		b.Fatalf("refresh left %d minutes", s.PendingMinutes)
 	}
-	return d, s
+	return d, s, refreshCPU{db: db1 - db0, fn: fn1 - fn0, heap: *peak}
+}
+
+// sampleHeap samples the heap in use every 20 ms until stop returns.
+func sampleHeap() (stop func(), peak *uint64) {
+	peak = new(uint64)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		var m runtime.MemStats
+		for {
+			runtime.ReadMemStats(&m)
+			*peak = max(*peak, m.HeapInuse)
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); <-finished }, peak
 }
 
 // printTargets ends the run with every ratio against its target, worst
