@@ -47,7 +47,7 @@ type binCount struct {
 	n   int64
 }
 
-const sparseMax = 16
+const sparseMax = 48
 
 func (h *hist) add(bin int32) {
 	switch {
@@ -292,9 +292,9 @@ func (l *level) add(i int32, minute int32, claimed bool, c *rawCall) {
 	l.minutes[*s-1].add(c)
 }
 
-// takeMinutes calls f for each minute group of the slice, by minute, and
-// forgets them.
-func (l *level) takeMinutes(f func(k minuteKey, g *group)) {
+// takeMinutes calls f for each minute group of the slice, by minute,
+// until f fails, and forgets them.
+func (l *level) takeMinutes(f func(k minuteKey, g *group) error) error {
 	order := make([]int32, len(l.minuteKeys))
 	for i := range order {
 		order[i] = int32(i)
@@ -306,13 +306,17 @@ func (l *level) takeMinutes(f func(k minuteKey, g *group)) {
 		}
 		return int(a.dim - b.dim)
 	})
+	var err error
 	for _, i := range order {
-		f(l.minuteKeys[i], &l.minutes[i])
+		if err = f(l.minuteKeys[i], &l.minutes[i]); err != nil {
+			break
+		}
 	}
 	for _, k := range l.minuteKeys {
 		l.slot[k.dim][int(k.minute)%sliceMinutes] = 0
 	}
 	l.minuteKeys, l.minutes = l.minuteKeys[:0], l.minutes[:0]
+	return err
 }
 
 // hourAgg aggregates one hour's raw rows into every rollup (rollups, in
@@ -350,8 +354,8 @@ func (a *hourAgg) groupOf(key []byte, dims func() wideDims) int32 {
 	}
 	d := dims()
 	w := a.levels[0].index(d)
-	if int(w) == len(a.fromWide[1]) {
-		for i := 1; i < len(rollups); i++ {
+	for i := 1; i < len(rollups); i++ {
+		if int(w) == len(a.fromWide[i]) { // a new wide group
 			a.fromWide[i] = append(a.fromWide[i], a.levels[i].index(rollups[i].project(d)))
 		}
 	}

@@ -64,7 +64,7 @@ func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rows
 // scanSlice is how much of an hour one raw-row scan reads: the minute
 // groups of a slice are written before the next is read, so a busy hour's
 // minute groups are never all in memory at once.
-const scanSlice = 10 * time.Minute
+const scanSlice = 5 * time.Minute
 
 // clearRollups deletes the rollup rows recompute replaces.
 func clearRollups(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) error {

@@ -119,20 +119,21 @@ func insertStaged(ctx context.Context, tx pgx.Tx) error {
 // returns the rows staged and the calls the wide ones count.
 func (a *hourAgg) copyMinutes(ctx context.Context, tx pgx.Tx, c *copyBinary, hour time.Time) (written, calls int64, err error) {
 	for i, r := range rollups {
-		lv := a.levels[i]
-		c.reset()
-		n := 0
-		lv.takeMinutes(func(k minuteKey, g *group) {
+		st := stager{a: a, tx: tx, table: r.minute, c: c}
+		st.c.reset()
+		err := a.levels[i].takeMinutes(func(k minuteKey, g *group) error {
 			if i == 0 {
 				calls += g.calls
 			}
-			a.row(c, hour.Add(time.Duration(k.minute)*time.Minute), lv.keys[k.dim], g)
-			n++
+			return st.add(ctx, hour.Add(time.Duration(k.minute)*time.Minute), a.levels[i].keys[k.dim], g)
 		})
-		if err := copyStage(ctx, tx, r.minute, c, n); err != nil {
+		if err == nil {
+			err = st.flush(ctx)
+		}
+		if err != nil {
 			return 0, 0, err
 		}
-		written += int64(n)
+		written += st.written
 	}
 	return written, calls, nil
 }
@@ -142,16 +143,54 @@ func (a *hourAgg) copyHour(ctx context.Context, tx pgx.Tx, c *copyBinary, hour t
 	var written int64
 	for i, r := range rollups {
 		lv := a.levels[i]
-		c.reset()
+		st := stager{a: a, tx: tx, table: r.hour, c: c}
+		st.c.reset()
 		for j, d := range lv.keys {
-			a.row(c, hour, d, &lv.hour[j])
+			if err := st.add(ctx, hour, d, &lv.hour[j]); err != nil {
+				return 0, err
+			}
 		}
-		if err := copyStage(ctx, tx, r.hour, c, len(lv.keys)); err != nil {
+		if err := st.flush(ctx); err != nil {
 			return 0, err
 		}
-		written += int64(len(lv.keys))
+		written += st.written
 	}
 	return written, nil
+}
+
+// copyChunk is the most a COPY stream holds before it is sent: the
+// function's memory does not grow with a busy slice's rows. A variable
+// only so TestSmallCopyChunks can make every stream a few rows.
+var copyChunk = 4 << 20
+
+// stager sends one rollup table's rows to its stage table in COPY streams
+// of up to about copyChunk bytes.
+type stager struct {
+	a       *hourAgg
+	tx      pgx.Tx
+	table   string
+	c       *copyBinary
+	rows    int
+	written int64
+}
+
+func (st *stager) add(ctx context.Context, bucket time.Time, d wideDims, g *group) error {
+	st.a.row(st.c, bucket, d, g)
+	st.rows++
+	if len(st.c.b) < copyChunk {
+		return nil
+	}
+	return st.flush(ctx)
+}
+
+func (st *stager) flush(ctx context.Context) error {
+	if err := copyStage(ctx, st.tx, st.table, st.c, st.rows); err != nil {
+		return err
+	}
+	st.written += int64(st.rows)
+	st.rows = 0
+	st.c.reset()
+	return nil
 }
 
 var stageColList = strings.Join(stageCols, ", ")
