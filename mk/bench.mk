@@ -17,16 +17,18 @@ bench-ingest:
 	url="$${BENCH_DATABASE_URL:-$$(deploy/local/timescaledb.sh up | tail -n1)}"; \
 	BENCH_DATABASE_URL="$$url" $(GO) run ./deploy/local/cmd/bench-ingest
 
-# On TimescaleDB (and plain PostgreSQL when TEST_POSTGRES_URL is set): full
-# rebuild over 1,000,000 raw rows (30 days) vs incremental refresh after +1%,
+# On TimescaleDB and plain PostgreSQL (TEST_TIMESCALEDB_URL and
+# TEST_POSTGRES_URL, or the local servers, started if needed): full rebuild
+# over 1,000,000 raw rows (30 days) vs incremental refresh after +1%,
 # retention dropping 30 daily chunks; then 1,000,000 rows at 10,000 and
 # 100,000 rows per minute: full refresh vs a plain GROUP BY, and every
 # Grafana panel from rollups vs raw rows; ends with a table of ratios vs
 # targets.
 bench-rollup:
-	@BENCH_DATABASE_URL="$${TEST_TIMESCALEDB_URL:-}" deploy/local/setup.sh bench; \
+	@set -euo pipefail; BENCH_DATABASE_URL="$${TEST_TIMESCALEDB_URL:-}" deploy/local/setup.sh bench; \
 	url="$${TEST_TIMESCALEDB_URL:-$$(deploy/local/timescaledb.sh up | tail -n1)}"; \
-	TEST_TIMESCALEDB_URL="$$url" $(GO) test -run '^$$' -bench BenchmarkRollup -benchtime 1x -timeout 120m ./functions/rollup/
+	pg="$${TEST_POSTGRES_URL:-$$(deploy/local/postgres.sh up | tail -n1)}"; \
+	TEST_TIMESCALEDB_URL="$$url" TEST_POSTGRES_URL="$$pg" $(GO) test -run '^$$' -bench BenchmarkRollup -benchtime 1x -timeout 120m ./functions/rollup/
 
 # bench-record counts the record decoder's instructions per record with
 # callgrind (repeatable on a busy machine, unlike ns/op): the difference

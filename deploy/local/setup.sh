@@ -13,7 +13,8 @@
 #   test   TEST_TIMESCALEDB_URL and TEST_POSTGRES_URL (reliability still
 #          needs the local TimescaleDB root: it restarts its own cluster)
 #   demo   DATABASE_URL
-#   bench  BENCH_DATABASE_URL
+#   bench  BENCH_DATABASE_URL, and TEST_POSTGRES_URL for bench-rollup's runs
+#          on plain PostgreSQL
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -52,6 +53,7 @@ demo)
 	;;
 bench)
 	[ -n "${BENCH_DATABASE_URL:-}" ] || { timescaledb; hint+=(BENCH_DATABASE_URL); }
+	[ -n "${TEST_POSTGRES_URL:-}" ] || { postgres; hint+=(TEST_POSTGRES_URL); }
 	;;
 *)
 	echo "usage: $0 test|demo|bench" >&2
