@@ -33,7 +33,7 @@ func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rows
 		return 0, 0, err
 	}
 	names := newInterner()
-	var c copyBinary
+	st := newStagers(tx, names)
 	claimed := claimedByHour(minutes)
 	for _, h := range hours {
 		a := newHourAgg(names, claimed[h])
@@ -42,18 +42,19 @@ func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rows
 			if err := scanRaw(ctx, tx, a, h, from, from.Add(scanSlice)); err != nil {
 				return 0, 0, fmt.Errorf("read raw rows %s: %w", from.Format(time.RFC3339), err)
 			}
-			n, calls, err := a.copyMinutes(ctx, tx, &c, h)
+			calls, err := a.copyMinutes(ctx, st, h)
 			if err != nil {
 				return 0, 0, err
 			}
-			written += n
 			rowsRead += calls
 		}
-		n, err := a.copyHour(ctx, tx, &c, h)
-		if err != nil {
+		if err := a.copyHour(ctx, st, h); err != nil {
 			return 0, 0, err
 		}
-		written += n
+	}
+	written, err = st.flush(ctx)
+	if err != nil {
+		return 0, 0, err
 	}
 	if err := insertStaged(ctx, tx); err != nil {
 		return 0, 0, err

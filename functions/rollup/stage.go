@@ -116,66 +116,79 @@ func insertStaged(ctx context.Context, tx pgx.Tx) error {
 }
 
 // copyMinutes stages the minute groups read so far and forgets them; it
-// returns the rows staged and the calls the wide ones count.
-func (a *hourAgg) copyMinutes(ctx context.Context, tx pgx.Tx, c *copyBinary, hour time.Time) (written, calls int64, err error) {
+// returns the calls the wide ones count.
+func (a *hourAgg) copyMinutes(ctx context.Context, st stagers, hour time.Time) (calls int64, err error) {
 	for i, r := range rollups {
-		st := stager{a: a, tx: tx, table: r.minute, c: c}
-		st.c.reset()
 		err := a.levels[i].takeMinutes(func(k minuteKey, g *group) error {
 			if i == 0 {
 				calls += g.calls
 			}
-			return st.add(ctx, hour.Add(time.Duration(k.minute)*time.Minute), a.levels[i].keys[k.dim], g)
+			return st[r.minute].add(ctx, hour.Add(time.Duration(k.minute)*time.Minute), a.levels[i].keys[k.dim], g)
 		})
-		if err == nil {
-			err = st.flush(ctx)
-		}
 		if err != nil {
-			return 0, 0, err
+			return 0, err
 		}
-		written += st.written
 	}
-	return written, calls, nil
+	return calls, nil
 }
 
 // copyHour stages the hour's groups.
-func (a *hourAgg) copyHour(ctx context.Context, tx pgx.Tx, c *copyBinary, hour time.Time) (int64, error) {
-	var written int64
+func (a *hourAgg) copyHour(ctx context.Context, st stagers, hour time.Time) error {
 	for i, r := range rollups {
 		lv := a.levels[i]
-		st := stager{a: a, tx: tx, table: r.hour, c: c}
-		st.c.reset()
 		for j, d := range lv.keys {
-			if err := st.add(ctx, hour, d, &lv.hour[j]); err != nil {
-				return 0, err
+			if err := st[r.hour].add(ctx, hour, d, &lv.hour[j]); err != nil {
+				return err
 			}
 		}
-		if err := st.flush(ctx); err != nil {
+	}
+	return nil
+}
+
+// copyChunk is the most a COPY stream holds before it is sent: the
+// function's memory does not grow with a busy slice's rows, and a sparse
+// refresh (hours of a few rows) sends one stream per table, not one per
+// slice. A variable only so TestSmallCopyChunks can make every stream a
+// few rows.
+var copyChunk = 4 << 20
+
+// stagers is one stager per rollup table, for one recompute.
+type stagers map[string]*stager
+
+func newStagers(tx pgx.Tx, names *interner) stagers {
+	st := stagers{}
+	for _, t := range staged {
+		st[t.table] = &stager{tx: tx, table: t.table, names: names}
+		st[t.table].c.reset()
+	}
+	return st
+}
+
+// flush sends what every stager holds and returns the rows staged in all.
+func (st stagers) flush(ctx context.Context) (int64, error) {
+	var written int64
+	for _, s := range st {
+		if err := s.flush(ctx); err != nil {
 			return 0, err
 		}
-		written += st.written
+		written += s.written
 	}
 	return written, nil
 }
 
-// copyChunk is the most a COPY stream holds before it is sent: the
-// function's memory does not grow with a busy slice's rows. A variable
-// only so TestSmallCopyChunks can make every stream a few rows.
-var copyChunk = 4 << 20
-
 // stager sends one rollup table's rows to its stage table in COPY streams
 // of up to about copyChunk bytes.
 type stager struct {
-	a       *hourAgg
 	tx      pgx.Tx
 	table   string
-	c       *copyBinary
+	names   *interner
+	c       copyBinary
 	rows    int
 	written int64
 }
 
 func (st *stager) add(ctx context.Context, bucket time.Time, d wideDims, g *group) error {
-	st.a.row(st.c, bucket, d, g)
+	writeRow(&st.c, st.names, bucket, d, g)
 	st.rows++
 	if len(st.c.b) < copyChunk {
 		return nil
@@ -184,7 +197,7 @@ func (st *stager) add(ctx context.Context, bucket time.Time, d wideDims, g *grou
 }
 
 func (st *stager) flush(ctx context.Context) error {
-	if err := copyStage(ctx, st.tx, st.table, st.c, st.rows); err != nil {
+	if err := copyStage(ctx, st.tx, st.table, &st.c, st.rows); err != nil {
 		return err
 	}
 	st.written += int64(st.rows)
@@ -211,11 +224,10 @@ func copyStage(ctx context.Context, tx pgx.Tx, table string, c *copyBinary, n in
 	return nil
 }
 
-// row writes one stage row, in stageCols order. A narrow rollup's group
+// writeRow writes one stage row, in stageCols order. A narrow rollup's group
 // has zero for the dimensions it lacks: NULL, and a status its tables do
 // not read.
-func (a *hourAgg) row(c *copyBinary, bucket time.Time, d wideDims, g *group) {
-	n := a.names
+func writeRow(c *copyBinary, n *interner, bucket time.Time, d wideDims, g *group) {
 	c.tuple(len(stageCols))
 	c.timestamptz(bucket)
 	for _, id := range []uint32{d.tenant, d.organization, d.environment, d.apiproxy, d.apiProduct, d.developerApp, d.requestVerb} {
