@@ -646,14 +646,17 @@ func seed(t *testing.T, db *testkit.DB, now time.Time) {
 			min(target_ms_min), max(target_ms_max), apigee.latency_hist_merge(target_ms_hist)
 		FROM apigee.api_calls_1m
 		GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`)
-	// The narrow per-proxy rollups, as functions/rollup fills them.
-	for _, c := range []struct{ table, bucket string }{{"proxy_calls_1m", "minute"}, {"proxy_calls_1h", "hour"}} {
+	// The narrow per-proxy and per-app rollups, as functions/rollup fills them.
+	for _, c := range []struct{ table, bucket, dim string }{
+		{"proxy_calls_1m", "minute", "apiproxy"}, {"proxy_calls_1h", "hour", "apiproxy"},
+		{"app_calls_1m", "minute", "developer_app"}, {"app_calls_1h", "hour", "developer_app"},
+	} {
 		exec(fmt.Sprintf(`
-		INSERT INTO apigee.%s (bucket_start, tenant, organization, environment, apiproxy, calls, errors,
+		INSERT INTO apigee.%[1]s (bucket_start, tenant, organization, environment, %[3]s, calls, errors,
 			status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
 			total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
 			target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist)
-		SELECT date_trunc('%s', received_at, 'UTC'), tenant, organization, environment, apiproxy, count(*),
+		SELECT date_trunc('%[2]s', received_at, 'UTC'), tenant, organization, environment, %[3]s, count(*),
 			count(*) FILTER (WHERE is_error OR response_status_code >= 500),
 			count(*) FILTER (WHERE response_status_code / 100 = 2), count(*) FILTER (WHERE response_status_code / 100 = 3),
 			count(*) FILTER (WHERE response_status_code / 100 = 4), count(*) FILTER (WHERE response_status_code / 100 = 5),
@@ -663,26 +666,7 @@ func seed(t *testing.T, db *testkit.DB, now time.Time) {
 			count(target_response_time), coalesce(sum(target_response_time), 0), min(target_response_time),
 			max(target_response_time), apigee.latency_hist_of(array_agg(target_response_time::float8))
 		FROM apigee.api_calls
-		GROUP BY 1, 2, 3, 4, 5`, c.table, c.bucket))
-	}
-	// The per-app rollups, the same way.
-	for _, c := range []struct{ table, bucket string }{{"app_calls_1m", "minute"}, {"app_calls_1h", "hour"}} {
-		exec(fmt.Sprintf(`
-		INSERT INTO apigee.%s (bucket_start, tenant, organization, environment, developer_app, calls, errors,
-			status_2xx, status_3xx, status_4xx, status_5xx, request_bytes, response_bytes,
-			total_ms_count, total_ms_sum, total_ms_min, total_ms_max, total_ms_hist,
-			target_ms_count, target_ms_sum, target_ms_min, target_ms_max, target_ms_hist)
-		SELECT date_trunc('%s', received_at, 'UTC'), tenant, organization, environment, developer_app, count(*),
-			count(*) FILTER (WHERE is_error OR response_status_code >= 500),
-			count(*) FILTER (WHERE response_status_code / 100 = 2), count(*) FILTER (WHERE response_status_code / 100 = 3),
-			count(*) FILTER (WHERE response_status_code / 100 = 4), count(*) FILTER (WHERE response_status_code / 100 = 5),
-			coalesce(sum(request_size), 0), coalesce(sum(response_size), 0),
-			count(total_response_time), coalesce(sum(total_response_time), 0), min(total_response_time),
-			max(total_response_time), apigee.latency_hist_of(array_agg(total_response_time::float8)),
-			count(target_response_time), coalesce(sum(target_response_time), 0), min(target_response_time),
-			max(target_response_time), apigee.latency_hist_of(array_agg(target_response_time::float8))
-		FROM apigee.api_calls
-		GROUP BY 1, 2, 3, 4, 5`, c.table, c.bucket))
+		GROUP BY 1, 2, 3, 4, 5`, c.table, c.bucket, c.dim))
 	}
 	exec(`SELECT apigee.harden_chunks()`)
 	exec(`
