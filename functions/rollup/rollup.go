@@ -336,9 +336,12 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 	if err != nil {
 		return 0, err
 	}
-	if storage == "timescaledb" {
+	if storage == "timescaledb" && newDays(minutes, ensured) {
 		// New chunks carry readers' grants until revoked; revoke before
-		// they are visible to anyone.
+		// they are visible to anyone. Only a batch writing a day this run
+		// has not written yet can have made a chunk (a rollup chunk spans
+		// whole days, and the run's earlier batch for that day made it and
+		// hardened it), so the others skip the walk over every chunk.
 		if _, err := tx.Exec(ctx, "SELECT apigee.harden_chunks()"); err != nil {
 			return 0, fmt.Errorf("harden rollup chunks: %w", err)
 		}
@@ -396,6 +399,18 @@ func hoursOf(minutes []time.Time) []time.Time {
 		hours = append(hours, m.Truncate(time.Hour))
 	}
 	return slices.Compact(hours)
+}
+
+// newDays reports whether minutes fall on a day not in seen, adding them.
+func newDays(minutes []time.Time, seen map[time.Time]bool) bool {
+	fresh := false
+	for _, m := range minutes {
+		if d := m.Truncate(day); !seen[d] {
+			seen[d] = true
+			fresh = true
+		}
+	}
+	return fresh
 }
 
 // ensureRollupPartitions creates the daily and monthly rollup partitions
