@@ -64,7 +64,7 @@ func (c *copyBinary) text(s string) {
 // arrayHeader is a one-dimensional array's header (array_send): the
 // number of dimensions, a has-nulls flag, the element type, and the
 // length and lower bound of the dimension; an empty array has no
-// dimensions.
+// dimensions. Each element follows as a field would (int32, int64).
 func (c *copyBinary) arrayHeader(elemOID uint32, n, elemSize int) {
 	size := 12
 	if n > 0 {
@@ -82,14 +82,4 @@ func (c *copyBinary) arrayHeader(elemOID uint32, n, elemSize int) {
 		c.b = binary.BigEndian.AppendUint32(c.b, uint32(n))
 		c.b = binary.BigEndian.AppendUint32(c.b, 1)
 	}
-}
-
-func (c *copyBinary) int4Elem(v int32) {
-	c.b = binary.BigEndian.AppendUint32(c.b, 4)
-	c.b = binary.BigEndian.AppendUint32(c.b, uint32(v))
-}
-
-func (c *copyBinary) int8Elem(v int64) {
-	c.b = binary.BigEndian.AppendUint32(c.b, 8)
-	c.b = binary.BigEndian.AppendUint64(c.b, uint64(v))
 }

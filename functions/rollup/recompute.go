@@ -56,7 +56,7 @@ func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rows
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := insertStaged(ctx, tx); err != nil {
+	if err := insertStaged(ctx, tx, st); err != nil {
 		return 0, 0, err
 	}
 	return rowsRead, written, nil

@@ -90,8 +90,9 @@ var staged = func() []struct{ table, cols, vals string } {
 
 func stageTable(table string) string { return "rollup_stage_" + table }
 
-// prepareStage makes the session's stage tables, once per session; their
-// rows go at commit (ON COMMIT DELETE ROWS), so a failed batch leaves none.
+// prepareStage makes the session's stage tables if this session has not
+// (a pooled connection keeps them); their rows go at commit (ON COMMIT
+// DELETE ROWS), so a failed batch leaves none.
 func prepareStage(ctx context.Context, tx pgx.Tx) error {
 	b := &pgx.Batch{}
 	for _, s := range staged {
@@ -103,11 +104,17 @@ func prepareStage(ctx context.Context, tx pgx.Tx) error {
 	return nil
 }
 
-// insertStaged moves the stage rows into the rollup tables.
-func insertStaged(ctx context.Context, tx pgx.Tx) error {
+// insertStaged moves the stage rows into the rollup tables that got any.
+func insertStaged(ctx context.Context, tx pgx.Tx, st stagers) error {
 	b := &pgx.Batch{}
 	for _, s := range staged {
+		if st[s.table].written == 0 {
+			continue
+		}
 		b.Queue("INSERT INTO apigee." + s.table + " (" + s.cols + ") SELECT " + s.vals + " FROM pg_temp." + stageTable(s.table))
+	}
+	if b.Len() == 0 {
+		return nil
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("insert rollup rows: %w", err)
@@ -255,7 +262,7 @@ func putLatency(c *copyBinary, l *latency) {
 	}
 	n := l.hist.each(func(int32, int64) {})
 	c.arrayHeader(oidInt4, n, 4)
-	l.hist.each(func(b int32, _ int64) { c.int4Elem(b) })
+	l.hist.each(func(b int32, _ int64) { c.int32(b) })
 	c.arrayHeader(oidInt8, n, 8)
-	l.hist.each(func(_ int32, k int64) { c.int8Elem(k) })
+	l.hist.each(func(_ int32, k int64) { c.int64(k) })
 }
