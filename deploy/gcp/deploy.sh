@@ -137,6 +137,8 @@ if [ -n "$APIGEE_ORG" ] && [ -z "$APIGEE_ENV" ]; then die "APIGEE_ORG is set: se
 for t in ALERT_REJECT_BATCHES ALERT_NON_ACK ALERT_JOB_FAILURES DB_MAX_CONNS DB_PORT CONN_MARGIN; do
 	[[ ${!t} =~ ^[0-9]+$ ]] || die "$t must be a whole number"
 done
+# A rollup run holds two connections: its locked session and the refresh's reader.
+[ "$DB_MAX_CONNS" -ge 2 ] || die "DB_MAX_CONNS must be at least 2 (a rollup run holds two connections)"
 
 sa_email() { echo "$PREFIX-$1@$PROJECT_ID.iam.gserviceaccount.com"; }
 SA_INGEST=$(sa_email ingest)

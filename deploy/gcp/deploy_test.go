@@ -920,6 +920,7 @@ func TestInvalidConfigurationIsRefusedBeforeAnyCall(t *testing.T) {
 		{"too few delivery attempts", "MAX_DELIVERY_ATTEMPTS", "3", "MAX_DELIVERY_ATTEMPTS must be 5-100"},
 		{"bad prefix", "PREFIX", "Apigee_", "PREFIX"},
 		{"no database", "DB_HOST", "", "set DB_HOST, or CLOUDSQL_INSTANCE"},
+		{"one connection per instance", "DB_MAX_CONNS", "1", "DB_MAX_CONNS must be at least 2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -130,12 +130,13 @@ func TestHistogramsMatchSQL(t *testing.T) {
 }
 
 // TestSmallCopyChunks runs a refresh whose every COPY stream holds a few
-// rows (copyChunk of 1 KiB): the rollups still equal the raw rows. Not
-// parallel: it changes copyChunk while no other test runs.
+// rows (copyChunk of 1 KiB) and whose writer inserts the stage rows after
+// every stream (insertEvery 1): the rollups still equal the raw rows. Not
+// parallel: it changes copyChunk and insertEvery while no other test runs.
 func TestSmallCopyChunks(t *testing.T) {
-	saved := copyChunk
-	copyChunk = 1 << 10
-	t.Cleanup(func() { copyChunk = saved })
+	savedChunk, savedEvery := copyChunk, insertEvery
+	copyChunk, insertEvery = 1<<10, 1
+	t.Cleanup(func() { copyChunk, insertEvery = savedChunk, savedEvery })
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		rng := rand.New(rand.NewPCG(13, 14))
 		hour := time.Now().UTC().Add(-4 * time.Hour).Truncate(time.Hour)

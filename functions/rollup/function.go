@@ -2,6 +2,7 @@ package rollup
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -51,6 +52,9 @@ func newHandler(start func(ctx context.Context) (*Runner, error), log *slog.Logg
 	})
 }
 
+// minConns is how many connections a run holds at once.
+const minConns = 2
+
 // runnerFromEnv reads Config and the dbconn variables (DATABASE_URL,
 // DB_SECRET, CLOUDSQL_INSTANCE, ...) and opens the pool and, with
 // ALERT_TOPIC, the Pub/Sub publisher.
@@ -62,6 +66,11 @@ func runnerFromEnv(ctx context.Context) (*Runner, error) {
 	dbcfg, err := dbconn.ConfigFromEnv()
 	if err != nil {
 		return nil, err
+	}
+	if dbcfg.MaxConns < minConns {
+		// With one, the refresh's second Acquire would wait for ever.
+		return nil, fmt.Errorf("rollup: %s=%d: a run holds %d connections (the locked session and the refresh's reader)",
+			dbconn.EnvMaxConns, dbcfg.MaxConns, minConns)
 	}
 	db, err := dbconn.Open(ctx, dbcfg)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/deploy/local/testkit"
+	"apigee-timescale/shared/dbconn"
 )
 
 func serve(h http.Handler, method string) (int, map[string]any) {
@@ -66,5 +67,13 @@ func TestHandlerRunFailure(t *testing.T) {
 	code, body := serve(h, http.MethodPost)
 	if code != http.StatusInternalServerError || body["status"] != "error" || body["error"] == "" {
 		t.Fatalf("got %d %v, want 500 with status error", code, body)
+	}
+}
+
+func TestRunnerNeedsTwoConnections(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+	t.Setenv(dbconn.EnvMaxConns, "1")
+	if _, err := runnerFromEnv(context.Background()); err == nil || !strings.Contains(err.Error(), dbconn.EnvMaxConns) {
+		t.Fatalf("DB_MAX_CONNS=1: got %v, want an error naming %s", err, dbconn.EnvMaxConns)
 	}
 }

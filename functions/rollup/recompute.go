@@ -16,51 +16,78 @@ import (
 // hours and returns the raw rows read into minute rows and the rollup
 // rows written.
 //
-// Each hour's raw rows are read once, a slice of the hour at a time (one
-// index range scan each), and aggregated in memory (aggregate.go) into the
-// wide and per-proxy groups of every minute and of the hour; the groups are
-// copied into temporary stage tables and inserted from there at the end.
-// (COPY cannot write the rollup tables themselves: they have row-level
-// security, and COPY FROM refuses such tables.) The hours are whole:
-// retention drops raw rows by day (raw_dropped_before is a day boundary)
-// and invalidations before it are discarded first, so no recomputed hour is
-// missing raw rows.
-func recompute(ctx context.Context, tx pgx.Tx, minutes, hours []time.Time) (rowsRead, written int64, err error) {
+// It works on two connections at once. tx, which claimed the minutes,
+// deletes the old rows and writes the new ones (stageWriter, stage.go);
+// reader reads the raw rows (readHours) under tx's snapshot, exported and
+// imported as PostgreSQL's snapshot synchronization functions document
+// (the way parallel pg_dump shares one), so it sees exactly the raw rows a
+// read on tx would: at least those of every invalidation tx consumed. The
+// hours are whole: retention drops raw rows by day (raw_dropped_before is
+// a day boundary) and invalidations before it are discarded first, so no
+// recomputed hour is missing raw rows.
+func recompute(ctx context.Context, tx pgx.Tx, reader *pgx.Conn, minutes, hours []time.Time) (rowsRead, written int64, err error) {
 	if err := clearRollups(ctx, tx, minutes, hours); err != nil {
 		return 0, 0, err
 	}
 	if err := prepareStage(ctx, tx); err != nil {
 		return 0, 0, err
 	}
+	var snapshot string
+	if err := tx.QueryRow(ctx, "SELECT pg_export_snapshot()").Scan(&snapshot); err != nil {
+		return 0, 0, fmt.Errorf("export snapshot: %w", err)
+	}
+	w := startStageWriter(ctx, tx)
 	names := newInterner()
-	st := newStagers(tx, names)
+	rowsRead, err = readHours(ctx, reader, snapshot, newStagers(w, names), names, minutes, hours)
+	written, werr := w.finish(err == nil)
+	if werr != nil {
+		// The writer's failure is the cause when the reader failed too
+		// (its send returned the writer's error).
+		return 0, 0, werr
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	return rowsRead, written, nil
+}
+
+// readHours reads each hour's raw rows once, a slice of the hour at a time
+// (one index range scan each), on conn in a read-only transaction under
+// snapshot, aggregates them (aggregate.go) and stages every group.
+func readHours(ctx context.Context, conn *pgx.Conn, snapshot string, st stagers, names *interner, minutes, hours []time.Time) (int64, error) {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return 0, fmt.Errorf("begin read: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(snapshot)); err != nil {
+		return 0, fmt.Errorf("import snapshot: %w", err)
+	}
+	var rowsRead int64
 	claimed := claimedByHour(minutes)
 	for _, h := range hours {
 		a := newHourAgg(names, claimed[h])
 		for off := time.Duration(0); off < time.Hour; off += scanSlice {
 			from := h.Add(off)
 			if err := scanRaw(ctx, tx, a, h, from, from.Add(scanSlice)); err != nil {
-				return 0, 0, fmt.Errorf("read raw rows %s: %w", from.Format(time.RFC3339), err)
+				return 0, fmt.Errorf("read raw rows %s: %w", from.Format(time.RFC3339), err)
 			}
-			calls, err := a.copyMinutes(ctx, st, h)
+			calls, err := a.copyMinutes(st, h)
 			if err != nil {
-				return 0, 0, err
+				return 0, err
 			}
 			rowsRead += calls
 		}
-		if err := a.copyHour(ctx, st, h); err != nil {
-			return 0, 0, err
+		if err := a.copyHour(st, h); err != nil {
+			return 0, err
 		}
 	}
-	written, err = st.flush(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	if err := insertStaged(ctx, tx, st); err != nil {
-		return 0, 0, err
-	}
-	return rowsRead, written, nil
+	return rowsRead, st.flush()
 }
+
+// quoteLiteral quotes s as an SQL string literal (SET TRANSACTION SNAPSHOT
+// takes no parameters).
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // scanSlice is how much of an hour one raw-row scan reads: the minute
 // groups of a slice are written before the next is read, so a busy hour's

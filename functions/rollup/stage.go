@@ -12,7 +12,8 @@ import (
 
 // This file is the refresh's write stage: the groups aggregate.go made are
 // copied (binary COPY) into one temporary stage table per rollup table and
-// inserted from there with one statement each.
+// inserted from there, by a writer of their own (stageWriter) while the
+// reader goes on.
 
 // stageCols is every stage table's shape: the wide dimensions (NULL in a
 // per-proxy row's product, app, verb and status), every counter and each
@@ -104,33 +105,15 @@ func prepareStage(ctx context.Context, tx pgx.Tx) error {
 	return nil
 }
 
-// insertStaged moves the stage rows into the rollup tables that got any.
-func insertStaged(ctx context.Context, tx pgx.Tx, st stagers) error {
-	b := &pgx.Batch{}
-	for _, s := range staged {
-		if st[s.table].written == 0 {
-			continue
-		}
-		b.Queue("INSERT INTO apigee." + s.table + " (" + s.cols + ") SELECT " + s.vals + " FROM pg_temp." + stageTable(s.table))
-	}
-	if b.Len() == 0 {
-		return nil
-	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("insert rollup rows: %w", err)
-	}
-	return nil
-}
-
 // copyMinutes stages the minute groups read so far and forgets them; it
 // returns the calls the wide ones count.
-func (a *hourAgg) copyMinutes(ctx context.Context, st stagers, hour time.Time) (calls int64, err error) {
+func (a *hourAgg) copyMinutes(st stagers, hour time.Time) (calls int64, err error) {
 	for i, r := range rollups {
 		err := a.levels[i].takeMinutes(func(k minuteKey, g *group) error {
 			if i == 0 {
 				calls += g.calls
 			}
-			return st[r.minute].add(ctx, hour.Add(time.Duration(k.minute)*time.Minute), a.levels[i].keys[k.dim], g)
+			return st[r.minute].add(hour.Add(time.Duration(k.minute)*time.Minute), a.levels[i].keys[k.dim], g)
 		})
 		if err != nil {
 			return 0, err
@@ -140,11 +123,11 @@ func (a *hourAgg) copyMinutes(ctx context.Context, st stagers, hour time.Time) (
 }
 
 // copyHour stages the hour's groups.
-func (a *hourAgg) copyHour(ctx context.Context, st stagers, hour time.Time) error {
+func (a *hourAgg) copyHour(st stagers, hour time.Time) error {
 	for i, r := range rollups {
 		lv := a.levels[i]
 		for j, d := range lv.keys {
-			if err := st[r.hour].add(ctx, hour, d, &lv.hour[j]); err != nil {
+			if err := st[r.hour].add(hour, d, &lv.hour[j]); err != nil {
 				return err
 			}
 		}
@@ -159,68 +142,184 @@ func (a *hourAgg) copyHour(ctx context.Context, st stagers, hour time.Time) erro
 // few rows.
 var copyChunk = 4 << 20
 
+// insertEvery is how many rows a stage table collects before the writer
+// moves them on to its rollup table: the insert then overlaps the reading
+// of later rows instead of waiting for the end, while a sparse refresh
+// still inserts each table once. A variable only so TestSmallCopyChunks
+// can insert after every stream.
+var insertEvery = 50_000
+
 // stagers is one stager per rollup table, for one recompute.
 type stagers map[string]*stager
 
-func newStagers(tx pgx.Tx, names *interner) stagers {
+func newStagers(w *stageWriter, names *interner) stagers {
 	st := stagers{}
 	for _, t := range staged {
-		st[t.table] = &stager{tx: tx, table: t.table, names: names}
+		st[t.table] = &stager{w: w, table: t.table, names: names}
 		st[t.table].c.reset()
 	}
 	return st
 }
 
-// flush sends what every stager holds and returns the rows staged in all.
-func (st stagers) flush(ctx context.Context) (int64, error) {
-	var written int64
+// flush sends what every stager holds.
+func (st stagers) flush() error {
 	for _, s := range st {
-		if err := s.flush(ctx); err != nil {
-			return 0, err
+		if err := s.flush(); err != nil {
+			return err
 		}
-		written += s.written
 	}
-	return written, nil
+	return nil
 }
 
-// stager sends one rollup table's rows to its stage table in COPY streams
-// of up to about copyChunk bytes.
+// stager encodes one rollup table's rows into COPY streams of up to about
+// copyChunk bytes and hands each full one to the writer.
 type stager struct {
-	tx      pgx.Tx
-	table   string
-	names   *interner
-	c       copyBinary
-	rows    int
-	written int64
+	w     *stageWriter
+	table string
+	names *interner
+	c     copyBinary
+	rows  int
 }
 
-func (st *stager) add(ctx context.Context, bucket time.Time, d wideDims, g *group) error {
+func (st *stager) add(bucket time.Time, d wideDims, g *group) error {
 	writeRow(&st.c, st.names, bucket, d, g)
 	st.rows++
 	if len(st.c.b) < copyChunk {
 		return nil
 	}
-	return st.flush(ctx)
+	return st.flush()
 }
 
-func (st *stager) flush(ctx context.Context) error {
-	if err := copyStage(ctx, st.tx, st.table, &st.c, st.rows); err != nil {
+func (st *stager) flush() error {
+	if st.rows == 0 {
+		return nil
+	}
+	if err := st.w.send(stageStream{table: st.table, data: st.c.finish(), rows: st.rows}); err != nil {
 		return err
 	}
-	st.written += int64(st.rows)
-	st.rows = 0
+	st.c.b = st.w.buffer()
 	st.c.reset()
+	st.rows = 0
 	return nil
+}
+
+// stageStream is one COPY stream of rows for table's stage table.
+type stageStream struct {
+	table string
+	data  []byte
+	rows  int
+}
+
+// stageWriter is the write side of a recompute, on the transaction's
+// connection and a goroutine of its own: it copies the streams the reader
+// sends into the stage tables and inserts a stage table's rows into its
+// rollup table once it holds insertEvery rows, and what is left at the
+// end. So the database writes one part of the refresh while the reader's
+// connection scans the next and this process aggregates it.
+type stageWriter struct {
+	tx      pgx.Tx
+	streams chan stageStream
+	free    chan []byte // sent streams' buffers, for the stagers to reuse
+	done    chan struct{}
+	// commit is set before streams is closed: insert what is staged.
+	commit bool
+	// err, written and staged belong to the writer's goroutine until done
+	// is closed.
+	err     error
+	written int64
+	staged  map[string]int // rows in a stage table, not yet inserted
+}
+
+func startStageWriter(ctx context.Context, tx pgx.Tx) *stageWriter {
+	w := &stageWriter{tx: tx, streams: make(chan stageStream, 2), free: make(chan []byte, 4),
+		done: make(chan struct{}), staged: map[string]int{}}
+	go w.run(ctx)
+	return w
+}
+
+// run stops at the first error, closing done, so a reader waiting in send
+// is let go at once.
+func (w *stageWriter) run(ctx context.Context) {
+	defer close(w.done)
+	for s := range w.streams {
+		if w.err = w.copy(ctx, s); w.err != nil {
+			return
+		}
+	}
+	if w.commit {
+		w.err = w.insert(ctx, func(int) bool { return true })
+	}
+}
+
+func (w *stageWriter) copy(ctx context.Context, s stageStream) error {
+	if err := copyStage(ctx, w.tx, s.table, s.data, s.rows); err != nil {
+		return err
+	}
+	select {
+	case w.free <- s.data:
+	default:
+	}
+	w.written += int64(s.rows)
+	w.staged[s.table] += s.rows
+	return w.insert(ctx, func(n int) bool { return n >= insertEvery })
+}
+
+// insert moves the rows of the stage tables whose staged row count due
+// accepts into their rollup tables, in one round trip.
+func (w *stageWriter) insert(ctx context.Context, due func(rows int) bool) error {
+	b := &pgx.Batch{}
+	for _, s := range staged {
+		if n := w.staged[s.table]; n == 0 || !due(n) {
+			continue
+		}
+		b.Queue("INSERT INTO apigee." + s.table + " (" + s.cols + ") SELECT " + s.vals + " FROM pg_temp." + stageTable(s.table))
+		b.Queue("TRUNCATE pg_temp." + stageTable(s.table))
+		w.staged[s.table] = 0
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := w.tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("insert rollup rows: %w", err)
+	}
+	return nil
+}
+
+// send hands s to the writer; after the writer failed it returns the
+// writer's error.
+func (w *stageWriter) send(s stageStream) error {
+	select {
+	case w.streams <- s:
+		return nil
+	case <-w.done:
+		return w.err
+	}
+}
+
+// buffer returns a sent stream's buffer to reuse, or nil.
+func (w *stageWriter) buffer() []byte {
+	select {
+	case b := <-w.free:
+		return b
+	default:
+		return nil
+	}
+}
+
+// finish ends the writer, inserting what is staged when commit is true,
+// and returns the rows it staged and its error.
+func (w *stageWriter) finish(commit bool) (int64, error) {
+	w.commit = commit
+	close(w.streams)
+	<-w.done
+	return w.written, w.err
 }
 
 var stageColList = strings.Join(stageCols, ", ")
 
-// copyStage sends the n rows in c to table's stage table.
-func copyStage(ctx context.Context, tx pgx.Tx, table string, c *copyBinary, n int) error {
-	if n == 0 {
-		return nil
-	}
-	tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(c.finish()),
+// copyStage sends the n rows of the COPY stream data to table's stage table.
+func copyStage(ctx context.Context, tx pgx.Tx, table string, data []byte, n int) error {
+	tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(data),
 		"COPY pg_temp."+stageTable(table)+" ("+stageColList+") FROM STDIN (FORMAT binary)")
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", table, err)
