@@ -49,27 +49,28 @@ type binCount struct {
 
 const sparseMax = 48
 
-func (h *hist) add(bin int32) {
+// add counts n calls in bin.
+func (h *hist) add(bin int32, n int64) {
 	switch {
 	case bin == math.MinInt32:
-		h.zero++
+		h.zero += n
 	case h.dense != nil:
-		h.addDense(bin)
+		h.addDense(bin, n)
 	default:
 		i, found := slices.BinarySearchFunc(h.sparse, bin, func(e binCount, b int32) int { return int(e.bin) - int(b) })
 		if found {
-			h.sparse[i].n++
+			h.sparse[i].n += n
 			return
 		}
 		if len(h.sparse) == sparseMax {
 			h.toDense()
-			h.addDense(bin)
+			h.addDense(bin, n)
 			return
 		}
 		if h.sparse == nil {
 			h.sparse = make([]binCount, 0, 4)
 		}
-		h.sparse = slices.Insert(h.sparse, i, binCount{bin, 1})
+		h.sparse = slices.Insert(h.sparse, i, binCount{bin, n})
 	}
 }
 
@@ -82,7 +83,7 @@ func (h *hist) toDense() {
 	h.sparse = nil
 }
 
-func (h *hist) addDense(bin int32) {
+func (h *hist) addDense(bin int32, n int64) {
 	if bin < h.lo {
 		grown := make([]int64, int(h.lo-bin)+len(h.dense))
 		copy(grown[h.lo-bin:], h.dense)
@@ -91,7 +92,7 @@ func (h *hist) addDense(bin int32) {
 	for int(bin-h.lo) >= len(h.dense) {
 		h.dense = append(h.dense, 0)
 	}
-	h.dense[bin-h.lo]++
+	h.dense[bin-h.lo] += n
 }
 
 // each calls f for every bin with calls, in bin order, and returns how
@@ -132,7 +133,23 @@ func (l *latency) add(v, bin int32) {
 	}
 	l.count++
 	l.sum += int64(v)
-	l.hist.add(bin)
+	l.hist.add(bin, 1)
+}
+
+// merge adds o's calls to l.
+func (l *latency) merge(o *latency) {
+	if o.count == 0 {
+		return
+	}
+	if l.count == 0 || o.min < l.min {
+		l.min = o.min
+	}
+	if l.count == 0 || o.max > l.max {
+		l.max = o.max
+	}
+	l.count += o.count
+	l.sum += o.sum
+	o.hist.each(func(bin int32, n int64) { l.hist.add(bin, n) })
 }
 
 // group is one rollup row's aggregates.
@@ -153,6 +170,20 @@ type rawCall struct {
 	totalBin, targetBin     int32 // latencyBin of each, once per row
 	hasTotal, hasTarget     bool
 	hasRequest, hasResponse bool
+}
+
+// merge adds o's calls to g.
+func (g *group) merge(o *group) {
+	g.calls += o.calls
+	g.errors += o.errors
+	g.clientErrors += o.clientErrors
+	g.s2xx += o.s2xx
+	g.s3xx += o.s3xx
+	g.s5xx += o.s5xx
+	g.requestBytes += o.requestBytes
+	g.responseBytes += o.responseBytes
+	g.total.merge(&o.total)
+	g.target.merge(&o.target)
 }
 
 func (g *group) add(c *rawCall) {
@@ -240,8 +271,8 @@ func (d wideDims) appOf() wideDims {
 	return wideDims{tenant: d.tenant, organization: d.organization, environment: d.environment, developerApp: d.developerApp}
 }
 
-// level is one rollup table's groups for one hour: the hour's and, for
-// the claimed minutes of the slice being read, the minutes'.
+// level is one rollup table's groups for one hour: the hour's and the
+// minutes' of the slice being read.
 type level struct {
 	keys []wideDims // by group index
 	idx  map[wideDims]int32
@@ -278,11 +309,10 @@ func (l *level) index(d wideDims) int32 {
 	return i
 }
 
-func (l *level) add(i int32, minute int32, claimed bool, c *rawCall) {
-	l.hour[i].add(c)
-	if !claimed {
-		return
-	}
+// add counts c in the minute group of group index i; takeMinutes adds the
+// minute groups to the hour's (a minute group's few bins are merged once,
+// instead of every call being counted twice).
+func (l *level) add(i int32, minute int32, c *rawCall) {
 	s := &l.slot[i][int(minute)%sliceMinutes]
 	if *s == 0 {
 		l.minuteKeys = append(l.minuteKeys, minuteKey{minute, i})
@@ -292,9 +322,10 @@ func (l *level) add(i int32, minute int32, claimed bool, c *rawCall) {
 	l.minutes[*s-1].add(c)
 }
 
-// takeMinutes calls f for each minute group of the slice, by minute,
-// until f fails, and forgets them.
-func (l *level) takeMinutes(f func(k minuteKey, g *group) error) error {
+// takeMinutes adds each minute group of the slice to its hour group and
+// calls f for those of claimed minutes, by minute, until f fails; then it
+// forgets them.
+func (l *level) takeMinutes(claimed *[60]bool, f func(k minuteKey, g *group) error) error {
 	order := make([]int32, len(l.minuteKeys))
 	for i := range order {
 		order[i] = int32(i)
@@ -308,7 +339,12 @@ func (l *level) takeMinutes(f func(k minuteKey, g *group) error) error {
 	})
 	var err error
 	for _, i := range order {
-		if err = f(l.minuteKeys[i], &l.minutes[i]); err != nil {
+		k, g := l.minuteKeys[i], &l.minutes[i]
+		l.hour[k.dim].merge(g)
+		if !claimed[k.minute] {
+			continue
+		}
+		if err = f(k, g); err != nil {
 			break
 		}
 	}
@@ -365,9 +401,8 @@ func (a *hourAgg) groupOf(key []byte, dims func() wideDims) int32 {
 
 // add counts one raw call of wide group w, minute minutes after the hour.
 func (a *hourAgg) add(w int32, minute int32, c *rawCall) {
-	claimed := a.claimed[minute]
-	a.levels[0].add(w, minute, claimed, c)
+	a.levels[0].add(w, minute, c)
 	for i := 1; i < len(rollups); i++ {
-		a.levels[i].add(a.fromWide[i][w], minute, claimed, c)
+		a.levels[i].add(a.fromWide[i][w], minute, c)
 	}
 }

@@ -109,7 +109,7 @@ func prepareStage(ctx context.Context, tx pgx.Tx) error {
 // returns the calls the wide ones count.
 func (a *hourAgg) copyMinutes(st stagers, hour time.Time) (calls int64, err error) {
 	for i, r := range rollups {
-		err := a.levels[i].takeMinutes(func(k minuteKey, g *group) error {
+		err := a.levels[i].takeMinutes(&a.claimed, func(k minuteKey, g *group) error {
 			if i == 0 {
 				calls += g.calls
 			}
