@@ -184,7 +184,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}()
 	var res Result
 	staged := len(b.Calls) > w.unnestMax
-	calls, index := keyOrder(b.Calls, !staged)
+	calls, index := keyOrder(b.Calls)
 	vals := rowValues(0, calls) // the batch id is set once known
 	var stored map[int]bool
 	start := &pgx.Batch{}
@@ -336,12 +336,12 @@ var batchIDColumn = slices.Index(stageColumns, "batch_id")
 // same redelivered messages wait on each other in one order and cannot
 // deadlock; received_at first, api_calls_key's order, so a batch appends to
 // the index's pages instead of splitting them (the index stays ~90 % full)
-// and the heap is in time order for the rollup's range scans. Only the
-// arrays are sorted here (sortCalls): insertSQL keeps the order they
-// come in, whereas moveSQL sorts in the database anyway (a heap scan of the
-// staging table has no defined order).
-func keyOrder(calls []Call, sortCalls bool) ([]Call, map[callKey]int) {
-	if sortCalls && !keysSorted(calls) {
+// and the heap is in time order for the rollup's range scans. insertSQL
+// keeps the order its arrays come in; moveSQL sorts again (a heap scan of
+// the staging table has no defined order), which costs little on rows
+// copied in order: PostgreSQL's sort checks for sorted input first.
+func keyOrder(calls []Call) ([]Call, map[callKey]int) {
+	if !keysSorted(calls) {
 		// Sort positions, not the calls (each is a few hundred bytes).
 		perm := make([]int, len(calls))
 		for i := range perm {

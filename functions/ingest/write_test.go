@@ -372,9 +372,8 @@ func TestPathsStoreTheSameRow(t *testing.T) {
 	})
 }
 
-// TestKeyOrder: the arrays go in key order (received_at, then message_id),
-// one copy per key, the first delivered, whatever order they came in; the
-// staging path keeps the calls' order (moveSQL sorts).
+// TestKeyOrder: calls go in key order (received_at, then message_id), one
+// copy per key, the first delivered, whatever order they came in.
 func TestKeyOrder(t *testing.T) {
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	c := func(id string, sec int, ps string) Call {
@@ -383,27 +382,16 @@ func TestKeyOrder(t *testing.T) {
 		return x
 	}
 	in := []Call{c("b", 1, "p1"), c("a", 1, "p2"), c("z", 0, "p3"), c("b", 1, "p4"), c("a", 2, "p5")}
-	for _, tc := range []struct {
-		name string
-		sort bool
-		want []string
-	}{
-		{"arrays", true, []string{"z/p3", "a/p2", "b/p1", "a/p5"}},
-		{"staged", false, []string{"b/p1", "a/p2", "z/p3", "a/p5"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, index := keyOrder(slices.Clone(in), tc.sort)
-			var ids []string
-			for i, g := range got {
-				ids = append(ids, g.MessageID+"/"+g.PubSubMessageID)
-				if index[callKey{g.MessageID, g.ReceivedAt.UnixMicro()}] != i {
-					t.Errorf("index of %s = %d, want %d", g.MessageID, index[callKey{g.MessageID, g.ReceivedAt.UnixMicro()}], i)
-				}
-			}
-			if !slices.Equal(ids, tc.want) {
-				t.Errorf("got %v, want %v", ids, tc.want)
-			}
-		})
+	got, index := keyOrder(slices.Clone(in))
+	var ids []string
+	for i, g := range got {
+		ids = append(ids, g.MessageID+"/"+g.PubSubMessageID)
+		if k := index[callKey{g.MessageID, g.ReceivedAt.UnixMicro()}]; k != i {
+			t.Errorf("index of %s = %d, want %d", g.MessageID, k, i)
+		}
+	}
+	if want := []string{"z/p3", "a/p2", "b/p1", "a/p5"}; !slices.Equal(ids, want) {
+		t.Errorf("got %v, want %v", ids, want)
 	}
 }
 
