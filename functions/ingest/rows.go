@@ -153,19 +153,26 @@ func jsonAttributes(m map[string]string) []byte {
 }
 
 // insertSQL is moveSQL for a batch sent as one array per column instead of
-// through the staging table: the same INSERT … ON CONFLICT DO NOTHING in the
-// same key order, and the same invalidations, in one statement and one
-// round trip. $1 is the batch id; $2… are the columns' arrays, in
-// stageColumns order without batch_id. Arrays carry inet, text[] and jsonb
-// as text, cast here (a text[] per row cannot be one element of a text[]
-// array, and the text is what pgx's binary jsonb sends anyway).
+// through the staging table: the same INSERT … ON CONFLICT DO NOTHING and
+// the same invalidations, in one statement sent with the batch's BEGIN.
+// The batch id is the sequence's value that nextval gave this transaction
+// just before (currval, in an InitPlan: evaluated once). $1… are the
+// columns' arrays, in stageColumns order without batch_id, and in key order
+// (keyOrder): a function scan returns its rows in the order of its arrays,
+// so the INSERT goes in that order without sorting again. An array sent as
+// NULL, for a column no row of the batch has, is a column of NULLs: ROWS
+// FROM pads a shorter function's result with NULLs, and the per-row cost of
+// unnesting it is saved. Arrays carry inet, text[] and jsonb as text, cast
+// here (a text[] per row cannot be one element of a text[] array, and the
+// text is what pgx's binary jsonb sends anyway).
 var insertSQL = func() string {
+	const batchID = "(SELECT currval('apigee.ingest_batch_id_seq'))"
 	var params, names, sel []string
-	n := 2
+	n := 1
 	for i, t := range stageTypes {
 		c := stageColumns[i]
 		if c == "batch_id" {
-			sel = append(sel, "$1::bigint")
+			sel = append(sel, batchID)
 			continue
 		}
 		name := "c_" + c
@@ -187,12 +194,11 @@ WITH ins AS (
 	INSERT INTO apigee.api_calls (` + columnList + `)
 	SELECT ` + strings.Join(sel, ", ") + `
 	FROM unnest(` + strings.Join(params, ", ") + `) AS t(` + strings.Join(names, ", ") + `)
-	ORDER BY c_received_at, c_message_id
 	ON CONFLICT DO NOTHING
 	RETURNING message_id, received_at
 ), inv AS (
 	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
-	SELECT DISTINCT $1::bigint, date_trunc('minute', received_at) FROM ins
+	SELECT DISTINCT ` + batchID + `, date_trunc('minute', received_at) FROM ins
 )
 SELECT message_id, received_at FROM ins`
 }()
@@ -202,18 +208,58 @@ func arrayAsText(sqlType string) bool {
 	return sqlType == "inet" || sqlType == "jsonb" || strings.HasSuffix(sqlType, "[]")
 }
 
-// columnArrays returns insertSQL's arguments for rows (RowValues): the batch
-// id, then one array per column, each holding what COPY would have written.
-func columnArrays(batchID int64, vals [][]any) []any {
+// columnArrays returns insertSQL's arguments for rows (RowValues): one
+// array per column but batch_id, each holding what COPY would have written,
+// or nil (NULL) for a column that is NULL in every row.
+func columnArrays(vals [][]any) []any {
 	cols := make([]any, 0, len(stageTypes))
-	cols = append(cols, batchID)
 	for j, t := range stageTypes {
-		if stageColumns[j] == "batch_id" {
+		if j == batchIDColumn {
+			continue
+		}
+		if allNull(vals, j) {
+			cols = append(cols, nil)
 			continue
 		}
 		cols = append(cols, columnArray(t, vals, j))
 	}
 	return cols
+}
+
+// allNull reports whether column j is NULL in every row.
+func allNull(vals [][]any, j int) bool {
+	for i := range vals {
+		if !isNull(vals[i][j]) {
+			return false
+		}
+	}
+	return true
+}
+
+// isNull reports a value RowValues writes for NULL: nil, or a nil pointer
+// or slice.
+func isNull(v any) bool {
+	switch x := v.(type) {
+	case nil:
+		return true
+	case *string:
+		return x == nil
+	case *int16:
+		return x == nil
+	case *int32:
+		return x == nil
+	case *int64:
+		return x == nil
+	case *bool:
+		return x == nil
+	case *time.Time:
+		return x == nil
+	case []byte:
+		return x == nil
+	case []string:
+		return x == nil
+	}
+	return false
 }
 
 // columnArray is column j of vals as a typed slice pgx encodes as an array

@@ -14,6 +14,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -168,11 +169,12 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}
 	defer conn.Release()
 
-	// Two round trips besides the rows: BEGIN, the staging table (when
-	// staged) and the batch id in one; emptying the staging table, the
-	// batch row and COMMIT in another. A batch that fails between them is rolled back here, or,
-	// when even that fails, its connection is discarded by the pool (it
-	// is not idle).
+	// Two round trips: BEGIN, the staging table (when staged), the batch id
+	// and, for a batch sent as arrays, its INSERT in one (the staging table
+	// takes its COPY and move besides); emptying the staging table, the
+	// batch row and COMMIT in another. A batch that fails between them is
+	// rolled back here, or, when even that fails, its connection is
+	// discarded by the pool (it is not idle).
 	tx := conn.Conn()
 	committed := false
 	defer func() {
@@ -182,17 +184,29 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}()
 	var res Result
 	staged := len(b.Calls) > w.unnestMax
+	calls, index := keyOrder(b.Calls)
+	vals := rowValues(0, calls) // the batch id is set once known
+	var stored map[int]bool
 	start := &pgx.Batch{}
 	start.Queue("BEGIN")
 	if staged {
 		start.Queue(createStageSQL)
 	}
 	start.Queue("SELECT nextval('apigee.ingest_batch_id_seq')").QueryRow(func(r pgx.Row) error { return r.Scan(&res.BatchID) })
+	if !staged && len(calls) > 0 {
+		start.Queue(insertSQL, columnArrays(vals)...).Query(func(rows pgx.Rows) (err error) {
+			stored, err = collectInserted(rows, len(calls), index)
+			return err
+		})
+	}
 	if err := tx.SendBatch(ctx, start).Close(); err != nil {
 		return Result{}, fmt.Errorf("write: start batch: %w", err)
 	}
+	for _, row := range vals {
+		row[batchIDColumn] = res.BatchID
+	}
 
-	inserted, rows, err := storeCalls(ctx, tx, res.BatchID, b.Calls, staged)
+	inserted, rows, err := storeCalls(ctx, tx, res.BatchID, calls, vals, stored, index)
 	if err != nil {
 		return Result{}, err
 	}
@@ -304,41 +318,86 @@ func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
 // cheaper cost per row wins past this size (BenchmarkWrite, rows=80 … 1000).
 const unnestMaxRows = 300
 
+// batchIDColumn is batch_id's position in stageColumns.
+var batchIDColumn = slices.Index(stageColumns, "batch_id")
+
+// keyOrder returns calls in key order, received_at then message_id, without
+// later copies of a key, and each kept call's position by key (see
+// firstOfEachKey).
+//
+// A key (message_id, received_at) may come twice in one batch with
+// different Pub/Sub metadata (a publisher retry is a new Pub/Sub message).
+// ON CONFLICT would keep one copy, in no defined order, and RETURNING names
+// only the key: sending one copy per key makes the stored row, and so
+// rows_sha256, the one this function chose, the first delivered (the sort
+// is stable).
+//
+// Rows go in one total order of their keys so that two batches holding the
+// same redelivered messages wait on each other in one order and cannot
+// deadlock; received_at first, api_calls_key's order, so a batch appends to
+// the index's pages instead of splitting them (the index stays ~90 % full)
+// and the heap is in time order for the rollup's range scans. insertSQL
+// keeps the order its arrays come in; moveSQL sorts again (a heap scan of
+// the staging table has no defined order), which costs little on rows
+// copied in order: PostgreSQL's sort checks for sorted input first.
+func keyOrder(calls []Call) ([]Call, map[callKey]int) {
+	if !keysSorted(calls) {
+		// Sort positions, not the calls (each is a few hundred bytes).
+		perm := make([]int, len(calls))
+		for i := range perm {
+			perm[i] = i
+		}
+		slices.SortStableFunc(perm, func(a, b int) int { return compareKeyPtrs(&calls[a], &calls[b]) })
+		out := make([]Call, len(calls))
+		for k, i := range perm {
+			out[k] = calls[i]
+		}
+		calls = out
+	}
+	return firstOfEachKey(calls)
+}
+
+func keysSorted(calls []Call) bool {
+	for i := 1; i < len(calls); i++ {
+		if compareKeyPtrs(&calls[i-1], &calls[i]) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func compareKeyPtrs(a, b *Call) int {
+	if c := cmp.Compare(a.ReceivedAt.UnixMicro(), b.ReceivedAt.UnixMicro()); c != 0 {
+		return c
+	}
+	return strings.Compare(a.MessageID, b.MessageID)
+}
+
 // storeCalls inserts the calls that are new into apigee.api_calls,
-// recording the minutes they touched, through the staging table when staged
-// and as column arrays otherwise. It returns the calls inserted and their
-// rows (RowValues), in (message_id, received_at) order.
-func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, staged bool) ([]Call, [][]any, error) {
-	// A key (message_id, received_at) may come twice in one batch with
-	// different Pub/Sub metadata (a publisher retry is a new Pub/Sub
-	// message). ON CONFLICT would keep one copy, in no defined order, and
-	// RETURNING names only the key: sending one copy per key makes the
-	// stored row, and so rows_sha256, the one this function chose.
+// recording the minutes they touched: through the staging table when
+// stored is nil (the arrays' INSERT, sent with the batch's start, already
+// ran otherwise). calls and index are keyOrder's, vals their RowValues. It
+// returns the calls inserted and their rows, in (message_id, received_at)
+// order.
+func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals [][]any, stored map[int]bool, index map[callKey]int) ([]Call, [][]any, error) {
 	if len(calls) == 0 {
 		return nil, nil, nil
 	}
-	calls, index := firstOfEachKey(calls)
-	vals := rowValues(batchID, calls)
-	var rows pgx.Rows
-	var err error
-	if staged {
-		n, cerr := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, pgx.CopyFromRows(vals))
-		if cerr != nil {
-			return nil, nil, fmt.Errorf("write: copy: %w", cerr)
+	if stored == nil {
+		n, err := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, pgx.CopyFromRows(vals))
+		if err != nil {
+			return nil, nil, fmt.Errorf("write: copy: %w", err)
 		}
 		if int(n) != len(calls) {
 			return nil, nil, fmt.Errorf("write: copy: staged %d of %d rows", n, len(calls))
 		}
-		rows, err = tx.Query(ctx, moveSQL, batchID)
-	} else {
-		rows, err = tx.Query(ctx, insertSQL, columnArrays(batchID, vals)...)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("write: insert: %w", err)
-	}
-	stored, err := collectInserted(rows, len(calls), index)
-	if err != nil {
-		return nil, nil, err
+		rows, err := tx.Query(ctx, moveSQL, batchID)
+		if err != nil {
+			return nil, nil, fmt.Errorf("write: insert: %w", err)
+		}
+		if stored, err = collectInserted(rows, len(calls), index); err != nil {
+			return nil, nil, err
+		}
 	}
 	if len(stored) < len(calls) {
 		if err := checkSkipped(ctx, tx, calls, stored); err != nil {

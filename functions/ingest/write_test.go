@@ -371,3 +371,48 @@ func TestPathsStoreTheSameRow(t *testing.T) {
 		}
 	})
 }
+
+// TestKeyOrder: calls go in key order (received_at, then message_id), one
+// copy per key, the first delivered, whatever order they came in.
+func TestKeyOrder(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	c := func(id string, sec int, ps string) Call {
+		x := testCall(id, "t", at.Add(time.Duration(sec)*time.Second))
+		x.PubSubMessageID = ps
+		return x
+	}
+	in := []Call{c("b", 1, "p1"), c("a", 1, "p2"), c("z", 0, "p3"), c("b", 1, "p4"), c("a", 2, "p5")}
+	got, index := keyOrder(slices.Clone(in))
+	var ids []string
+	for i, g := range got {
+		ids = append(ids, g.MessageID+"/"+g.PubSubMessageID)
+		if k := index[callKey{g.MessageID, g.ReceivedAt.UnixMicro()}]; k != i {
+			t.Errorf("index of %s = %d, want %d", g.MessageID, k, i)
+		}
+	}
+	if want := []string{"z/p3", "a/p2", "b/p1", "a/p5"}; !slices.Equal(ids, want) {
+		t.Errorf("got %v, want %v", ids, want)
+	}
+}
+
+// TestColumnArraysNull: a column NULL in every row is sent as one NULL,
+// any other as an array with a NULL where a row has none.
+func TestColumnArraysNull(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	a, b := testCall("a", "t", at), testCall("b", "t", at)
+	b.UserAgent = "curl/8"
+	cols := columnArrays(rowValues(0, []Call{a, b}))
+	for j, name := range slices.Delete(slices.Clone(stageColumns), batchIDColumn, batchIDColumn+1) {
+		switch name {
+		case "useragent":
+			ua, ok := cols[j].([]*string)
+			if !ok || len(ua) != 2 || ua[0] != nil || ua[1] == nil || *ua[1] != "curl/8" {
+				t.Errorf("useragent: got %#v", cols[j])
+			}
+		case "target_host", "identity_scopes", "extra":
+			if cols[j] != nil {
+				t.Errorf("%s: got %#v, want nil (NULL)", name, cols[j])
+			}
+		}
+	}
+}
