@@ -10,7 +10,7 @@ import (
 	"apigee-timescale/deploy/local/testkit"
 )
 
-// TestLatencyHistRunsQuantile checks the quantile walks of 00022 against
+// TestLatencyHistRunsQuantile checks the quantile walks of 00022 and 00026 against
 // percentile_cont over each value's bin representative, which is what a
 // histogram quantile is: random groups of 1–12 runs, some empty, some in
 // the minute rows' form (one entry per call, bins repeated), with zeros
@@ -74,6 +74,9 @@ func TestLatencyHistRunsQuantile(t *testing.T) {
 			{"no values", "SELECT apigee.latency_hist_runs_quantile('{}', '{}', NULL, 0, 0.5)"},
 			{"rank past the values", "SELECT apigee.latency_hist_runs_quantile('{1,5}', '{1,1}', NULL, 10, 0.4)"},
 			{"rank past the values of the runs", "SELECT apigee.latency_hist_runs_quantile('{1,5,2}', '{1,1,1}', '{2,1}', 10, 0.45)"},
+			{"rank past the values of two runs, from the top", "SELECT apigee.latency_hist_runs_quantile('{1,5,2}', '{1,1,1}', '{2,1}', 10, 0.6)"},
+			{"rank past the values of three runs", "SELECT apigee.latency_hist_runs_quantile('{1,5,2,3}', '{1,1,1,1}', '{2,1,1}', 10, 0.5)"},
+			{"rank past the values, from the top", "SELECT apigee.latency_hist_runs_quantile('{1,5}', '{1,1}', NULL, 10, 0.6)"},
 			{"NULL n", "SELECT apigee.latency_hist_runs_quantile('{1,5}', '{1,1}', NULL, NULL, 0.5)"},
 		} {
 			t.Run(c.name, func(t *testing.T) {
@@ -164,6 +167,85 @@ func TestRollupHistogramCounts(t *testing.T) {
 			if rows == 0 || bad != 0 {
 				t.Errorf("%s: %d of %d rows count other calls than their histograms", table, bad, rows)
 			}
+		}
+	})
+}
+
+// TestLatencyHistRunsQuantileMerged checks that the walk of 00026 gives
+// latency_hist_quantile's value over the merged histogram bit for bit
+// (not within a tolerance): groups of one, two and three runs (the merge,
+// the single walk and 00022's walk), runs empty, in both stored forms
+// (repeated bins or counted), sharing bins with each other (values drawn
+// from a few milliseconds, so ties across runs are the rule), with zeros,
+// at quantiles near both ends and random ones; single runs also with lens
+// NULL, as the views call it.
+func TestLatencyHistRunsQuantileMerged(t *testing.T) {
+	t.Parallel()
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		ctx := context.Background()
+		conn, err := db.Admin.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Release()
+		for _, sql := range []string{
+			"SELECT setseed(0.75)",
+			// Group g has 1 + g % 3 runs; a fifth of the groups draw from 1–4 ms.
+			`CREATE TEMP TABLE vals AS
+			 SELECT g, j, CASE WHEN random() < 0.03 THEN 0
+			                   WHEN g % 5 = 0 THEN 1 + floor(random() * 4)
+			                   ELSE round(exp(ln(100) + 0.8 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))) END AS v
+			 FROM generate_series(1, 900) g, generate_series(1, 1 + g % 3) j,
+			      LATERAL generate_series(1, CASE WHEN (g + j) % 11 = 0 THEN 0 ELSE (random() * 300)::int END + j - j) i`,
+			`CREATE TEMP TABLE runs AS
+			 SELECT s.g, s.j, CASE WHEN x.g IS NULL THEN ROW('{}', '{}')::apigee.latency_hist
+			                       WHEN (s.g + s.j) % 2 = 0 THEN ROW(x.bins, x.ones)::apigee.latency_hist ELSE x.h END AS h
+			 FROM (SELECT g, j FROM generate_series(1, 900) g, generate_series(1, 1 + g % 3) j) s
+			 LEFT JOIN (SELECT g, j, array_agg(apigee.latency_hist_bin(v) ORDER BY apigee.latency_hist_bin(v)) AS bins,
+			                   array_agg(1::bigint) AS ones, apigee.latency_hist_of(array_agg(v)) AS h
+			            FROM vals GROUP BY g, j) x ON x.g = s.g AND x.j = s.j`,
+		} {
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				t.Fatalf("%v\n%s", err, sql)
+			}
+		}
+		rows, err := conn.Query(ctx, `
+			WITH grp AS (
+				SELECT g, apigee.array_cat_agg((h).bins ORDER BY j) AS b, apigee.array_cat_agg((h).counts ORDER BY j) AS c,
+				       apigee.array_cat_agg(ARRAY[cardinality((h).bins)] ORDER BY j) AS l,
+				       sum(apigee.latency_hist_count(h))::bigint AS n, apigee.latency_hist_merge(h) AS m
+				FROM runs GROUP BY g),
+			qs AS (
+				SELECT unnest('{0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.3, 0.49, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1}'::float8[]) AS q
+				UNION ALL SELECT random() FROM generate_series(1, 10)),
+			got AS (
+				SELECT cardinality(l) AS k, n, apigee.latency_hist_quantile(m, q) AS want,
+				       apigee.latency_hist_runs_quantile(b, c, l, n, q) AS runs,
+				       apigee.latency_hist_runs_quantile(b, c, CASE WHEN cardinality(l) = 1 THEN NULL ELSE l END, n, q) AS unlabelled
+				FROM grp, qs)
+			SELECT k, count(*), count(*) FILTER (WHERE n > 0 AND want IS NOT NULL),
+			       count(*) FILTER (WHERE runs IS DISTINCT FROM want OR unlabelled IS DISTINCT FROM want)
+			FROM got GROUP BY k ORDER BY k`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		seen := 0
+		for rows.Next() {
+			var k, compared, valued, bad int
+			if err := rows.Scan(&k, &compared, &valued, &bad); err != nil {
+				t.Fatal(err)
+			}
+			seen++
+			if valued < 5000 || bad != 0 {
+				t.Errorf("%d runs: %d of %d quantiles (%d with a value) differ from latency_hist_quantile of the merged histogram", k, bad, compared, valued)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if seen != 3 {
+			t.Fatalf("groups of %d run counts, want 1, 2 and 3", seen)
 		}
 	})
 }
