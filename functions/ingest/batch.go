@@ -442,7 +442,6 @@ func (b *batcher) writeAlone(d *delivery) (Result, []Reject, error) {
 	return res, refused, err
 }
 
-
 func (b *batcher) report(st BatchStats) {
 	if b.cfg.OnBatch != nil {
 		b.cfg.OnBatch(st)
