@@ -2,11 +2,11 @@
 // batch, which is written in one transaction when it reaches a row, byte or
 // time limit, and each delivery is answered only after its batch commits.
 //
-// It separates batching from writing the way promscale's ingestor does: one
-// collector goroutine forms batches and keeps growing the next one while
-// the flushers (a few goroutines, each one transaction at a time) are busy,
-// so a slow database produces bigger batches rather than a longer queue of
-// small ones.
+// It separates batching from writing the way promscale's ingestor does:
+// deliveries join the forming batch, which keeps growing while the flushers
+// (a few goroutines, each one transaction at a time) are busy, so a slow
+// database produces bigger batches rather than a longer queue of small
+// ones.
 
 package ingest
 
@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"apigee-timescale/shared/function"
@@ -139,6 +138,12 @@ type delivery struct {
 	Bytes int
 	// src keys and dates the rejects the database may yet cause.
 	src source
+	// err is the delivery's outcome, set by the flusher before it closes
+	// the batch's done.
+	err error
+	// one holds the Calls of a single-record delivery, the common push
+	// case, so they take no allocation of their own.
+	one [1]Call
 }
 
 func (d *delivery) rows() int { return len(d.Calls) + len(d.Rejects) }
@@ -150,45 +155,51 @@ var (
 	ErrClosed = fmt.Errorf("batch: closed: %w", function.ErrUnavailable)
 )
 
-type pending struct {
-	item    *delivery
-	arrived time.Time
-	done    chan error
+// flight is one batch: its deliveries in arrival order and, once written,
+// their answers. One channel per batch, closed once, wakes every delivery
+// waiting on it: a delivery costs no channel of its own and no wake-up of
+// a goroutine between its handler and the flusher.
+type flight struct {
+	items       []*delivery
+	rows, bytes int
+	// first is when the first delivery joined.
+	first time.Time
+	done  chan struct{}
 }
 
-// batcher is safe for concurrent use.
+// batcher is safe for concurrent use. Submit adds to the forming batch
+// under mu; a flusher takes a batch when it is full, or when it is due
+// (MaxWait after its first delivery) and no other write is in progress,
+// which is what makes group commit adapt to the database's speed.
 type batcher struct {
 	cfg BatchConfig
 	w   BatchWriter
-	in  chan *pending
-	out chan []*pending
-	// busy counts the batches being written; freed wakes the collector when
-	// one is done.
-	busy  atomic.Int32
-	freed chan struct{}
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// work wakes a flusher: a batch is ready, due, or the batcher closed.
+	work    sync.Cond
+	forming *flight
+	// ready are full batches not yet taken by a flusher, oldest first.
+	ready []*flight
+	// due: forming's MaxWait has passed. busy counts batches being written.
+	due        bool
+	busy       int
 	closed     bool
 	queueRows  int
 	queueBytes int
-	submits    sync.WaitGroup
+	// timer marks forming due, MaxWait after its first delivery.
+	timer *time.Timer
 
-	collector sync.WaitGroup
-	flushers  sync.WaitGroup
+	flushers sync.WaitGroup
 }
 
 // newBatcher starts a batcher writing through w.
 func newBatcher(w BatchWriter, cfg BatchConfig) *batcher {
 	cfg = cfg.withDefaults()
-	b := &batcher{
-		cfg:   cfg,
-		w:     w,
-		in:    make(chan *pending, 1024),
-		out:   make(chan []*pending),
-		freed: make(chan struct{}, 1),
-	}
-	b.collector.Add(1)
-	go b.collect()
+	b := &batcher{cfg: cfg, w: w}
+	b.work.L = &b.mu
+	b.timer = time.AfterFunc(time.Hour, b.expire)
+	b.timer.Stop()
 	for range cfg.Flushers {
 		b.flushers.Add(1)
 		go b.flush()
@@ -196,53 +207,90 @@ func newBatcher(w BatchWriter, cfg BatchConfig) *batcher {
 	return b
 }
 
-// Submit adds item to a batch and waits until that batch has committed. An
-// error means the item may or may not be stored (a timeout can race the
-// commit): the caller must not acknowledge, and redelivery is safe because
-// writes are idempotent.
+// Submit adds item to a batch and waits until that batch has committed,
+// or ctx ends. An error means the item may or may not be stored (a timeout
+// can race the commit): the caller must not acknowledge, and redelivery is
+// safe because writes are idempotent.
 func (b *batcher) Submit(ctx context.Context, item *delivery) error {
-	if err := b.reserve(item); err != nil {
+	return b.SubmitWithin(ctx, item, 0)
+}
+
+// SubmitWithin is Submit that also gives up after wait (none when zero):
+// a timer, where a context.WithTimeout per delivery costs an allocation
+// more, a child registered with the parent context and a channel.
+func (b *batcher) SubmitWithin(ctx context.Context, item *delivery, wait time.Duration) error {
+	f, err := b.enqueue(item)
+	if err != nil {
 		return err
 	}
-	p := &pending{item: item, arrived: time.Now(), done: make(chan error, 1)}
-	select {
-	case b.in <- p:
-		b.submits.Done()
-	case <-ctx.Done():
-		b.submits.Done()
-		b.release(item)
-		return fmt.Errorf("batch: enqueue: %w", ctx.Err())
+	var expired <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		expired = t.C
 	}
 	select {
-	case err := <-p.done:
-		return err
+	case <-f.done:
+		return item.err
 	case <-ctx.Done():
 		return fmt.Errorf("batch: waiting for commit: %w", ctx.Err())
+	case <-expired:
+		return fmt.Errorf("batch: waiting for commit: %w", context.DeadlineExceeded)
 	}
 }
 
-func (b *batcher) reserve(item *delivery) error {
+// enqueue reserves item's share of the queue and adds it to the forming
+// batch, which it hands to the flushers once full.
+func (b *batcher) enqueue(item *delivery) (*flight, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	// An item larger than the whole queue is still admitted into an empty
 	// queue, or it could never be written.
 	empty := b.queueRows == 0 && b.queueBytes == 0
 	if !empty && (b.queueRows+item.rows() > b.cfg.QueueRows || b.queueBytes+item.Bytes > b.cfg.QueueBytes) {
-		return ErrQueueFull
+		return nil, ErrQueueFull
 	}
 	b.queueRows += item.rows()
 	b.queueBytes += item.Bytes
-	b.submits.Add(1)
-	return nil
+	f := b.forming
+	if f == nil {
+		f = &flight{first: time.Now(), done: make(chan struct{})}
+		b.forming, b.due = f, false
+		b.timer.Reset(b.cfg.MaxWait)
+	}
+	f.items = append(f.items, item)
+	f.rows += item.rows()
+	f.bytes += item.Bytes
+	if f.rows >= b.cfg.MaxRows || f.bytes >= b.cfg.MaxBytes {
+		b.ready = append(b.ready, f)
+		b.forming = nil
+		b.timer.Stop()
+		b.work.Signal()
+	}
+	return f, nil
 }
 
-func (b *batcher) release(item *delivery) {
+// expire marks the forming batch due. A late firing meant for a batch
+// already taken finds a younger one and leaves it: the Reset that batch
+// made fires again in time.
+func (b *batcher) expire() {
 	b.mu.Lock()
-	b.queueRows -= item.rows()
-	b.queueBytes -= item.Bytes
+	defer b.mu.Unlock()
+	if f := b.forming; f != nil && time.Since(f.first) >= b.cfg.MaxWait {
+		b.due = true
+		if b.busy == 0 {
+			b.work.Signal()
+		}
+	}
+}
+
+func (b *batcher) release(rows, bytes int) {
+	b.mu.Lock()
+	b.queueRows -= rows
+	b.queueBytes -= bytes
 	b.mu.Unlock()
 }
 
@@ -257,18 +305,11 @@ func (b *batcher) Queued() (rows, bytes int) {
 // flushers, or until ctx ends.
 func (b *batcher) Close(ctx context.Context) error {
 	b.mu.Lock()
-	already := b.closed
 	b.closed = true
+	b.work.Broadcast()
 	b.mu.Unlock()
-	if !already {
-		go func() {
-			b.submits.Wait() // no Submit is between reserve and send
-			close(b.in)
-		}()
-	}
 	done := make(chan struct{})
 	go func() {
-		b.collector.Wait()
 		b.flushers.Wait()
 		close(done)
 	}()
@@ -280,81 +321,65 @@ func (b *batcher) Close(ctx context.Context) error {
 	}
 }
 
-// collect forms batches. While every flusher is busy it keeps adding to the
-// current batch up to the size limits, which is what makes group commit
-// adapt to the database's speed.
-func (b *batcher) collect() {
-	defer b.collector.Done()
-	defer close(b.out)
-	var (
-		batch []*pending
-		rows  int
-		bytes int
-		timer = time.NewTimer(time.Hour)
-		due   bool
-	)
-	timer.Stop()
-	full := func() bool { return rows >= b.cfg.MaxRows || bytes >= b.cfg.MaxBytes }
-	add := func(p *pending) {
-		if len(batch) == 0 {
-			timer.Reset(b.cfg.MaxWait)
-			due = false
-		}
-		batch = append(batch, p)
-		rows += p.item.rows()
-		bytes += p.item.Bytes
-	}
-	in := b.in
-	for {
-		var out chan []*pending
-		if len(batch) > 0 && (full() || in == nil || due && b.busy.Load() <= 0) {
-			out = b.out
-		}
-		var recv chan *pending
-		if !full() {
-			recv = in
-		}
-		if in == nil && len(batch) == 0 {
-			return
-		}
-		select {
-		case p, ok := <-recv:
-			if !ok {
-				in = nil
-				continue
-			}
-			add(p)
-		case <-timer.C:
-			due = true
-		case <-b.freed:
-		case out <- batch:
-			b.busy.Add(1)
-			timer.Stop()
-			batch, rows, bytes, due = nil, 0, 0, false
-		}
-	}
-}
-
 func (b *batcher) flush() {
 	defer b.flushers.Done()
-	for batch := range b.out {
-		b.write(batch)
-		b.busy.Add(-1)
-		select {
-		case b.freed <- struct{}{}:
-		default: // the collector has a wake-up pending already
+	for {
+		f := b.next()
+		if f == nil {
+			return
 		}
+		b.write(f)
+		b.mu.Lock()
+		b.busy--
+		b.mu.Unlock()
 	}
 }
 
-func (b *batcher) write(batch []*pending) {
+// next waits for a batch to write: a full one at once, the forming one
+// when it is due and no other write is in progress (a batch that is not
+// full grows meanwhile rather than pay a transaction of its own), or
+// whatever is left once closed. Nil: closed and nothing is left.
+func (b *batcher) next() *flight {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for {
+		if len(b.ready) > 0 {
+			f := b.ready[0]
+			b.ready[0] = nil
+			b.ready = b.ready[1:]
+			b.busy++
+			return f
+		}
+		if f := b.forming; f != nil && (b.closed || b.due && b.busy == 0) {
+			b.forming, b.due = nil, false
+			b.timer.Stop()
+			b.busy++
+			return f
+		}
+		if b.closed {
+			return nil
+		}
+		b.work.Wait()
+	}
+}
+
+func (b *batcher) write(f *flight) {
+	defer func() {
+		// The queue is released before the answers, so a delivery that has
+		// its answer finds its share gone.
+		b.release(f.rows, f.bytes)
+		close(f.done)
+	}()
 	start := time.Now()
-	st := BatchStats{Deliveries: len(batch), Wait: start.Sub(batch[0].arrived)}
-	wb := &Batch{Messages: len(batch)}
-	for _, p := range batch {
-		wb.Calls = append(wb.Calls, p.item.Calls...)
-		wb.Rejects = append(wb.Rejects, p.item.Rejects...)
-		st.Bytes += p.item.Bytes
+	st := BatchStats{Deliveries: len(f.items), Wait: start.Sub(f.first)}
+	wb := &Batch{Messages: len(f.items)}
+	if len(f.items) > 0 {
+		wb.Calls = make([]Call, 0, f.rows)
+	}
+	for _, d := range f.items {
+		wb.Calls = append(wb.Calls, d.Calls...)
+		wb.Rejects = append(wb.Rejects, d.Rejects...)
+		st.Bytes += d.Bytes
 	}
 	st.Rows = len(wb.Calls) + len(wb.Rejects)
 	st.Reasons = countReasons(st.Reasons, wb.Rejects)
@@ -365,11 +390,11 @@ func (b *batcher) write(batch []*pending) {
 		// own so the others are not held hostage, and quarantine the rows the
 		// database refuses.
 		st.Split, st.Err = true, err
-		for _, p := range batch {
-			r, refused, perr := b.writeAlone(p.item)
-			st.add(r, perr)
+		for _, d := range f.items {
+			r, refused, derr := b.writeAlone(d)
+			st.add(r, derr)
 			st.Reasons = countReasons(st.Reasons, refused)
-			b.finish(p, perr)
+			d.err = derr // its Submit reads it once done is closed
 		}
 		st.Write = time.Since(start)
 		b.report(st)
@@ -377,10 +402,10 @@ func (b *batcher) write(batch []*pending) {
 	}
 	st.Result, st.Write, st.Err = res, time.Since(start), err
 	if err != nil {
-		st.Failed = len(batch)
+		st.Failed = len(f.items)
 	}
-	for _, p := range batch {
-		b.finish(p, err)
+	for _, d := range f.items {
+		d.err = err
 	}
 	b.report(st)
 }
@@ -415,11 +440,6 @@ func (b *batcher) writeAlone(d *delivery) (Result, []Reject, error) {
 	}
 	res, err = b.writeOnce(&Batch{Rejects: append(slices.Clip(d.Rejects), refused...), Messages: 1})
 	return res, refused, err
-}
-
-func (b *batcher) finish(p *pending, err error) {
-	b.release(p.item)
-	p.done <- err
 }
 
 func (b *batcher) report(st BatchStats) {

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"maps"
 	"net/http"
 	"slices"
@@ -48,6 +49,21 @@ func FuzzDecodePush(f *testing.F) {
 		p := record.Parse(m.Data, record.DefaultLimits())
 		if len(m.Data) > 0 && len(p.Records)+len(p.Rejects) == 0 {
 			t.Fatalf("data %q produced neither records nor rejects", m.Data)
+		}
+	})
+}
+
+// FuzzDecodeBase64: the fast path for padded standard base64 accepts and
+// decodes exactly what the lenient decoder does.
+func FuzzDecodeBase64(f *testing.F) {
+	for _, s := range []string{"e30=", "e30", "QQ==", "QQ=\n=", "QUI=\r\n", "QUJD", "-_-_", "+/+/", "QQ==QQ==", "!!", "", "QR==", "QQ\n==", "QUJDQQ=\n=\n\n\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, s []byte) {
+		got, gotErr := decodeBase64(s)
+		want, wantErr := lenientBase64(s)
+		if (gotErr == nil) != (wantErr == nil) || gotErr != nil && gotErr.Error() != wantErr.Error() || !bytes.Equal(got, want) {
+			t.Fatalf("%q: decoded %q, %v; the lenient decoder %q, %v", s, got, gotErr, want, wantErr)
 		}
 	})
 }

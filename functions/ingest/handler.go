@@ -150,9 +150,6 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
-	defer cancel()
-
 	var m message
 	body, err := readBody(r, s.cfg.MaxBodyBytes)
 	switch {
@@ -167,7 +164,10 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		m = decodePush(r.Header, body)
 	}
-	code, msg := s.answer(s.submit(ctx, m, len(body)))
+	// RequestTimeout is the batcher's timer, not a context.WithTimeout: a
+	// child context per delivery costs allocations and a registration
+	// with the request's context.
+	code, msg := s.answer(s.submit(r.Context(), m, len(body), s.cfg.RequestTimeout))
 	if code == http.StatusNoContent {
 		w.WriteHeader(code)
 		return
@@ -182,17 +182,25 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // declared length when there is one (io.ReadAll would grow it from 512
 // bytes, copying as it goes).
 func readBody(r *http.Request, limit int) ([]byte, error) {
-	lr := io.LimitReader(r.Body, int64(limit)+1)
 	if r.ContentLength <= 0 || r.ContentLength > int64(limit) {
-		return io.ReadAll(lr)
+		return io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
 	}
 	buf := make([]byte, r.ContentLength, r.ContentLength+1)
-	if _, err := io.ReadFull(lr, buf); err != nil {
+	if _, err := io.ReadFull(r.Body, buf); err != nil {
 		return nil, err
 	}
 	// A body longer than declared is an error in net/http; read on to be
-	// sure nothing is left.
-	rest, err := io.ReadAll(lr)
+	// sure nothing is left. The spare byte of buf sees the common case
+	// (nothing) without a LimitReader or a buffer.
+	n, err := r.Body.Read(buf[len(buf):cap(buf)])
+	buf = buf[:len(buf)+n]
+	switch {
+	case err == io.EOF:
+		return buf, nil
+	case err != nil:
+		return nil, err
+	}
+	rest, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1-int64(len(buf))))
 	return append(buf, rest...), err
 }
 
@@ -209,7 +217,7 @@ func (s *Service) HandleEvent(ctx context.Context, e event.Event) error {
 	if m.ID == "" {
 		m.ID = record.Storable(e.ID())
 	}
-	if err := s.submit(ctx, m, len(e.Data())); err != nil {
+	if err := s.submit(ctx, m, len(e.Data()), 0); err != nil {
 		return fmt.Errorf("ingest: %w", err)
 	}
 	return nil
@@ -232,9 +240,10 @@ func (s *Service) answer(err error) (int, string) {
 // submit validates a message and waits until its records are committed.
 // Every failure is classified for function.StatusFor: the queue bound is
 // overload (429); anything else (deadline, database down, shutting down)
-// means not stored now (503), and the redelivery is idempotent.
-func (s *Service) submit(ctx context.Context, m message, size int) error {
-	err := s.batcher.Submit(ctx, s.toDelivery(m, size))
+// means not stored now (503), and the redelivery is idempotent. A
+// non-zero wait bounds the wait as a deadline on ctx would.
+func (s *Service) submit(ctx context.Context, m message, size int, wait time.Duration) error {
+	err := s.batcher.SubmitWithin(ctx, s.toDelivery(m, size), wait)
 	if err == nil || errors.Is(err, function.ErrOverloaded) || errors.Is(err, function.ErrUnavailable) {
 		return err
 	}
@@ -256,7 +265,11 @@ func (s *Service) toDelivery(m message, size int) *delivery {
 		d.Rejects = append(d.Rejects, d.src.private(s.privacy, d.src.reject(p.Rejects[i], ""), false))
 	}
 	s.privacy.Records(p.Records)
-	d.Calls = make([]Call, len(p.Records))
+	d.Calls = d.one[:0]
+	if len(p.Records) > len(d.one) {
+		d.Calls = make([]Call, 0, len(p.Records))
+	}
+	d.Calls = d.Calls[:len(p.Records)]
 	// Every position in the message holds a record or a reject, in order:
 	// a record's index is the next one no reject holds.
 	index, r := 0, 0

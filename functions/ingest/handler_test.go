@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,5 +82,39 @@ func TestCallsKeepTheirIndex(t *testing.T) {
 	}
 	if fmt.Sprint(got) != "[1 3 4]" || len(d.Rejects) != 2 || d.Rejects[1].DedupeKey != "msg:ps-9:2" {
 		t.Fatalf("call indexes %v, rejects %+v; want [1 3 4] and rejects 0 and 2", got, d.Rejects)
+	}
+}
+
+// A delivery whose batch has not committed within INGEST_REQUEST_TIMEOUT is
+// answered 503 then, not when the write ends: Pub/Sub's ack deadline is
+// close behind.
+func TestRequestTimeoutAnswers503(t *testing.T) {
+	cfg, err := configFrom(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RequestTimeout = 100 * time.Millisecond
+	g := &gateWriter{started: make(chan int, 1), release: make(chan struct{})}
+	s, err := NewService(cfg, Deps{Writer: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	defer close(g.release) // before Close, which waits for the write
+	start := time.Now()
+	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(wrapped("t1", rec("timeout-1", time.Now()), nil)))
+	w := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() { s.ServeHTTP(w, r); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer 5 s after a 100 ms request timeout")
+	}
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("answered %d (Retry-After %q), want 503 with Retry-After", w.Code, w.Header().Get("Retry-After"))
+	}
+	if el := time.Since(start); el < cfg.RequestTimeout {
+		t.Fatalf("answered after %v, before the timeout", el)
 	}
 }

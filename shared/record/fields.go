@@ -23,6 +23,36 @@ type parser struct {
 	// intern shares the strings that repeat across the records of one
 	// message (organization, proxy, user agent, ...); nil disables it.
 	intern map[string]string
+	// rec is the record being read, in the input at base; src, made on
+	// first use, is its bytes as one string, of which keep hands out the
+	// record's string fields: one allocation per record instead of one per
+	// field.
+	rec  val
+	base *byte
+	src  string
+}
+
+// startRecord makes b[v.start:v.end] the record keep takes strings from.
+func (p *parser) startRecord(b []byte, v val) {
+	p.rec, p.base, p.src = v, nil, ""
+	if len(b) > 0 {
+		p.base = &b[0]
+	}
+}
+
+// keep returns s as a string. s must be what text or plainText returned
+// for v: then, without escapes, it is b[v.start+1:] cut to len(s), and
+// the string is a slice of the record's src.
+func (p *parser) keep(b []byte, v val, s []byte) string {
+	start := v.start + 1
+	if v.esc || len(b) == 0 || &b[0] != p.base || start < p.rec.start || start+len(s) > p.rec.end {
+		return string(s)
+	}
+	if p.src == "" {
+		p.src = string(b[p.rec.start:p.rec.end])
+	}
+	start -= p.rec.start
+	return p.src[start : start+len(s)]
 }
 
 type kv struct{ key, value val }
@@ -146,10 +176,10 @@ func (p *parser) str(b []byte, v val, name string, max int, required, intern boo
 			return "", rej
 		}
 	}
-	if intern {
+	if intern && p.intern != nil {
 		return p.internString(out), nil
 	}
-	return string(out), nil
+	return p.keep(b, v, out), nil
 }
 
 type numErr uint8
@@ -551,7 +581,7 @@ func (p *parser) messageID(b []byte, v val, f *Field) (string, *Reject) {
 	if hasControl(s) {
 		return "", invalid(f.Key, "%s %s contains a control character", f.Key, p.token(b, v))
 	}
-	return string(s), nil
+	return p.keep(b, v, s), nil
 }
 
 // hasControl reports whether s holds a control character (unicode.IsControl).
@@ -696,7 +726,7 @@ func (p *parser) path(b []byte, v val, f *Field) (string, *Reject) {
 	if len(s) > f.Max {
 		return "", invalid(f.Key, "%s is %d bytes long without its query string, the limit is %d", f.Key, len(s), f.Max)
 	}
-	return string(s), nil
+	return p.keep(b, v, s), nil
 }
 
 func (p *parser) clientIP(b []byte, v val, f *Field) (netip.Addr, *Reject) {
@@ -713,7 +743,8 @@ func (p *parser) clientIP(b []byte, v val, f *Field) (netip.Addr, *Reject) {
 
 func (p *parser) userAgent(b []byte, v val, f *Field) (string, *Reject) {
 	s, rej := p.text(b, v, f.Key, 0, false)
-	if rej != nil {
+	lenient := rej != nil
+	if lenient {
 		if s, rej = lenientText(b, v, rej); rej != nil {
 			return "", rej
 		}
@@ -730,7 +761,10 @@ func (p *parser) userAgent(b []byte, v val, f *Field) (string, *Reject) {
 	if s == nil {
 		return "", nil
 	}
-	return p.internString(s), nil
+	if lenient || p.intern != nil {
+		return p.internString(s), nil
+	}
+	return p.keep(b, v, s), nil
 }
 
 // object locates the members of the object field obj for the fields that

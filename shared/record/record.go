@@ -19,6 +19,7 @@ package record
 import (
 	"encoding/json"
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -179,6 +180,7 @@ func ParseRecord(raw []byte, lim Limits) (Record, *Reject) {
 		return Record{}, notObject(raw, v)
 	}
 	var r Record
+	p.startRecord(raw, val{start: 0, end: len(raw)})
 	if rej := p.record(raw, &p.loc, true, &r); rej != nil {
 		rej.Raw = raw
 		return Record{}, rej
@@ -220,7 +222,10 @@ func Parse(data []byte, lim Limits) Parsed {
 	if len(data) > lim.MaxMessageBytes {
 		return whole(data, ReasonMessageTooLarge, sprintf("the message is %d bytes, the limit is %d", len(data), lim.MaxMessageBytes))
 	}
-	s := splitter{p: parser{lim: &lim, now: lim.Now()}, data: data}
+	s := splitters.Get().(*splitter)
+	defer s.recycle()
+	*s = splitter{p: parser{buf: s.p.buf[:0], unknown: s.p.unknown[:0], now: lim.Now()}, data: data, lim: lim}
+	s.p.lim = &s.lim
 	i := skipWS(data, trimBOM(data))
 	if i == len(data) {
 		return whole(data, ReasonEmptyMessage, "the message holds no records")
@@ -248,8 +253,28 @@ func whole(data []byte, reason, detail string) Parsed {
 	return Parsed{Rejects: []Reject{{Index: -1, Reason: reason, Detail: detail, Raw: data}}}
 }
 
+// splitters keep Parse's state off the stack, which a push delivery's
+// goroutine would otherwise grow (and copy) after every garbage collection
+// shrinks it, and keep the parser's buffers from one message to the next.
+var splitters = sync.Pool{New: func() any { return new(splitter) }}
+
+// recycle returns s to splitters, keeping only its buffers; a large one
+// is let go rather than held by an idle pool.
+func (s *splitter) recycle() {
+	buf, unknown := s.p.buf[:0], s.p.unknown[:0]
+	if cap(buf) > 64<<10 {
+		buf = nil
+	}
+	if cap(unknown) > 1024 {
+		unknown = nil
+	}
+	*s = splitter{p: parser{buf: buf, unknown: unknown}}
+	splitters.Put(s)
+}
+
 // splitter is Parse's state while it walks one message.
 type splitter struct {
+	lim        Limits
 	p          parser
 	data       []byte
 	out        Parsed
@@ -326,6 +351,7 @@ func (s *splitter) item(v val) {
 		rej = notObject(raw, v)
 	default:
 		s.out.Records = append(s.out.Records, Record{})
+		p.startRecord(s.data, v)
 		if rej = p.record(s.data, &p.loc, true, &s.out.Records[len(s.out.Records)-1]); rej != nil {
 			s.out.Records = s.out.Records[:len(s.out.Records)-1]
 			if len(s.out.Records) == 0 {
