@@ -14,11 +14,7 @@ import (
 func TestStageTableMatchesAPICalls(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
-		conn, err := db.Admin.Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Release()
+		conn := db.AdminConn(t)
 		if _, err := conn.Exec(ctx, createStageSQL); err != nil {
 			t.Fatalf("%s: %v", createStageSQL, err)
 		}

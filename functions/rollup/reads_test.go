@@ -19,11 +19,7 @@ func TestLatencyHistRunsQuantile(t *testing.T) {
 	t.Parallel()
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
-		conn, err := db.Admin.Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Release()
+		conn := db.AdminConn(t)
 		for _, sql := range []string{
 			"SELECT setseed(0.25)",
 			`CREATE TEMP TABLE vals AS
@@ -43,7 +39,7 @@ func TestLatencyHistRunsQuantile(t *testing.T) {
 			}
 		}
 		var groups, compared, bad int
-		err = conn.QueryRow(ctx, `
+		err := conn.QueryRow(ctx, `
 			WITH grp AS (
 				SELECT g, apigee.array_cat_agg((h).bins ORDER BY j) AS b, apigee.array_cat_agg((h).counts ORDER BY j) AS c,
 				       apigee.array_cat_agg(ARRAY[cardinality((h).bins)] ORDER BY j) AS l,
@@ -183,11 +179,7 @@ func TestLatencyHistRunsQuantileMerged(t *testing.T) {
 	t.Parallel()
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
-		conn, err := db.Admin.Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Release()
+		conn := db.AdminConn(t)
 		for _, sql := range []string{
 			"SELECT setseed(0.75)",
 			// Group g has 1 + g % 3 runs; a fifth of the groups draw from 1–4 ms.

@@ -103,6 +103,18 @@ func New(tb testing.TB, k Kind, opts ...migrations.Options) *DB {
 	return &DB{Kind: k, Name: name, URL: dbURL, Admin: pool}
 }
 
+// AdminConn is one connection of Admin, for a test whose statements need
+// one session (temporary tables, settings); it is released at cleanup.
+func (db *DB) AdminConn(tb testing.TB) *pgxpool.Conn {
+	tb.Helper()
+	conn, err := db.Admin.Acquire(context.Background())
+	if err != nil {
+		tb.Fatalf("testkit: acquire: %v", err)
+	}
+	tb.Cleanup(conn.Release)
+	return conn
+}
+
 // Each runs fn as a subtest against a fresh database of every kind.
 func Each(t *testing.T, fn func(t *testing.T, db *DB)) {
 	t.Helper()
