@@ -247,7 +247,9 @@ func (w *stageWriter) run(ctx context.Context) {
 		}
 	}
 	if w.commit {
-		w.err = w.insert(ctx, func(int) bool { return true })
+		// The stage rows go at commit (ON COMMIT DELETE ROWS): no
+		// TRUNCATE, which costs a new file and a catalog update each.
+		w.err = w.insert(ctx, func(int) bool { return true }, false)
 	}
 }
 
@@ -261,19 +263,22 @@ func (w *stageWriter) copy(ctx context.Context, s stageStream) error {
 	}
 	w.written += int64(s.rows)
 	w.staged[s.table] += s.rows
-	return w.insert(ctx, func(n int) bool { return n >= insertEvery })
+	return w.insert(ctx, func(n int) bool { return n >= insertEvery }, true)
 }
 
 // insert moves the rows of the stage tables whose staged row count due
-// accepts into their rollup tables, in one round trip.
-func (w *stageWriter) insert(ctx context.Context, due func(rows int) bool) error {
+// accepts into their rollup tables, in one round trip, and empties those
+// stage tables if truncate is set.
+func (w *stageWriter) insert(ctx context.Context, due func(rows int) bool, truncate bool) error {
 	b := &pgx.Batch{}
 	for _, s := range staged {
 		if n := w.staged[s.table]; n == 0 || !due(n) {
 			continue
 		}
 		b.Queue("INSERT INTO apigee." + s.table + " (" + s.cols + ") SELECT " + s.vals + " FROM pg_temp." + stageTable(s.table))
-		b.Queue("TRUNCATE pg_temp." + stageTable(s.table))
+		if truncate {
+			b.Queue("TRUNCATE pg_temp." + stageTable(s.table))
+		}
 		w.staged[s.table] = 0
 	}
 	if b.Len() == 0 {
