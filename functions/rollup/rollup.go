@@ -259,12 +259,6 @@ func (r *Runner) refresh(ctx context.Context, conn *pgx.Conn, storage string, de
 	}
 	s.InvalidationsDiscarded += tag.RowsAffected()
 
-	// The raw rows are read on a second connection (recompute).
-	reader, err := r.db.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("acquire reader connection: %w", err)
-	}
-	defer reader.Release()
 	ensured := map[time.Time]bool{}
 	for first := true; ; first = false {
 		if !first && !time.Now().Before(deadline) {
@@ -272,7 +266,7 @@ func (r *Runner) refresh(ctx context.Context, conn *pgx.Conn, storage string, de
 			break
 		}
 		limit := r.batchLimit()
-		n, err := r.refreshBatch(ctx, conn, reader.Conn(), storage, limit, ensured, s)
+		n, err := r.refreshBatch(ctx, conn, storage, limit, ensured, s)
 		if err != nil {
 			if smaller, ok := shrink(ctx, err, limit); ok {
 				r.batch.Store(int64(smaller))
@@ -322,7 +316,7 @@ func shrink(ctx context.Context, err error, limit int) (int, bool) {
 // by a statement after the DELETE) holds at least the rows of every
 // invalidation the DELETE consumed; invalidations committed after the
 // DELETE stay for the next batch.
-func (r *Runner) refreshBatch(ctx context.Context, conn, reader *pgx.Conn, storage string, limit int, ensured map[time.Time]bool, s *Summary) (int, error) {
+func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage string, limit int, ensured map[time.Time]bool, s *Summary) (int, error) {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin: %w", err)
@@ -339,7 +333,14 @@ func (r *Runner) refreshBatch(ctx context.Context, conn, reader *pgx.Conn, stora
 			return 0, err
 		}
 	}
-	rowsRead, written, err := recompute(ctx, tx, reader, minutes, hours)
+	// The raw rows are read on a second connection (recompute), taken
+	// only by a batch with work: a run with nothing to refresh holds one.
+	reader, err := r.db.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("acquire reader connection: %w", err)
+	}
+	defer reader.Release()
+	rowsRead, written, err := recompute(ctx, tx, reader.Conn(), minutes, hours)
 	if err != nil {
 		return 0, err
 	}
