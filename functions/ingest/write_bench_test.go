@@ -3,9 +3,11 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/deploy/local/testkit"
@@ -78,21 +80,7 @@ func BenchmarkWriteIndexes(b *testing.B) {
 }
 
 func benchWrite(b *testing.B, db *testkit.DB, size int, call func(i int) Call) {
-	_, dsn := db.Login(b, "apigee_ingest")
-	cfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg.MaxConns = 1 // one backend, whose CPU time is then the batches'
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pool.Close()
-	var pid int
-	if err := pool.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		b.Fatal(err)
-	}
+	pool, pid := oneBackend(b, db)
 	w := NewWriter(pool)
 	calls := make([]Call, b.N)
 	for i := range calls {
@@ -116,6 +104,27 @@ func benchWrite(b *testing.B, db *testkit.DB, size int, call func(i int) Call) {
 	}
 }
 
+// oneBackend is a pool of one ingest-role connection, whose backend's CPU
+// time (pid) is then the benchmark's; closed at cleanup.
+func oneBackend(b *testing.B, db *testkit.DB) (*pgxpool.Pool, int) {
+	_, dsn := db.Login(b, "apigee_ingest")
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	var pid int
+	if err := pool.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		b.Fatal(err)
+	}
+	return pool, pid
+}
+
 // undoRawIndexes applies migration 00017's down: the raw table as 00016
 // left it.
 func undoRawIndexes(tb testing.TB, db *testkit.DB) {
@@ -132,4 +141,115 @@ func undoRawIndexes(tb testing.TB, db *testkit.DB) {
 	if _, err := p.ApplyVersion(context.Background(), 17, false); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// BenchmarkWriteFixedCost splits what one transaction of the push path
+// costs the database before its rows do: each case adds one piece to the
+// one before it and reports the backend's CPU per transaction (read from
+// /proc, so the server must run on this machine). The difference between
+// two cases is that piece's cost; "writer" cases are Writer.Write itself.
+// async-commit is a diagnostic only (the share of the commit's WAL flush);
+// ingest always commits synchronously.
+//
+//	go test -run '^$' -bench BenchmarkWriteFixedCost -benchtime 3000x ./functions/ingest/
+func BenchmarkWriteFixedCost(b *testing.B) {
+	// noInv cuts insertSQL's invalidations CTE, keeping its result.
+	noInv := func(q string) string {
+		return q[:strings.Index(q, "), inv AS (")] + ")\nSELECT message_id, received_at FROM ins"
+	}
+	// unnestOnly decodes and unnests insertSQL's column arrays, and
+	// inserts nothing.
+	unnestOnly := "SELECT count(*) FROM unnest(" + insertSQL[strings.Index(insertSQL, "FROM unnest(")+len("FROM unnest("):strings.Index(insertSQL, ") AS t(")] + ")"
+	const batchRow = `INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages, rows_sha256)
+		VALUES (currval('apigee.ingest_batch_id_seq'), 1, 0, 0, 1, '\x00')`
+	cases := []struct {
+		name string
+		// rows is the calls the transaction inserts with insert (0: none).
+		rows   int
+		insert string
+		// first are the statements after BEGIN; split sends the batch row
+		// and COMMIT in a second round trip, as Writer.write does.
+		first []string
+		split bool
+	}{
+		{name: "begin-commit"},
+		{name: "batch-row", first: []string{"SELECT nextval('apigee.ingest_batch_id_seq')", batchRow}},
+		{name: "batch-row/async-commit", first: []string{"SET LOCAL synchronous_commit = off", "SELECT nextval('apigee.ingest_batch_id_seq')", batchRow}},
+		{name: "unnest-only-1", rows: 1, insert: unnestOnly},
+		{name: "insert-1", rows: 1, insert: insertSQL},
+		{name: "insert-1/two-round-trips", rows: 1, insert: insertSQL, split: true},
+		{name: "insert-1/no-invalidations", rows: 1, insert: noInv(insertSQL)},
+		{name: "insert-1/no-invalidations/no-on-conflict", rows: 1, insert: strings.Replace(noInv(insertSQL), "ON CONFLICT DO NOTHING", "", 1)},
+		{name: "insert-1/no-invalidations/plain-table", rows: 1, insert: strings.Replace(noInv(insertSQL), "apigee.api_calls", "apigee.bench_plain_calls", 1)},
+		{name: "insert-64", rows: 64, insert: insertSQL},
+		{name: "writer-1", rows: 1},
+		{name: "writer-64", rows: 64},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := context.Background()
+			db := testkit.New(b, testkit.TimescaleDB)
+			if _, err := db.Admin.Exec(ctx, `CREATE TABLE apigee.bench_plain_calls (LIKE apigee.api_calls INCLUDING ALL);
+				GRANT SELECT, INSERT ON apigee.bench_plain_calls TO apigee_ingest`); err != nil {
+				b.Fatal(err)
+			}
+			pool, pid := oneBackend(b, db)
+			w := NewWriter(pool)
+			hour := time.Now().UTC().Truncate(time.Hour)
+			calls := make([]Call, b.N*c.rows)
+			for i := range calls {
+				calls[i] = benchCall("fixed", i, hour.Add(time.Duration(i)*50*time.Microsecond))
+			}
+			cpu0, ok := testkit.BackendCPU(pid)
+			if !ok {
+				b.Fatal("no CPU time for the backend: the server must run on this machine")
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				batch := calls[i*c.rows : (i+1)*c.rows]
+				if strings.HasPrefix(c.name, "writer") {
+					if _, err := w.Write(ctx, &Batch{Calls: batch, Messages: len(batch)}); err != nil {
+						b.Fatal(err)
+					}
+					continue
+				}
+				if err := fixedCostTx(ctx, pool, c.first, c.insert, batch, batchRow, c.split); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			cpu1, _ := testkit.BackendCPU(pid)
+			b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(b.N), "backend-µs/tx")
+		})
+	}
+}
+
+// fixedCostTx is one transaction of BenchmarkWriteFixedCost: BEGIN, first,
+// the insert of calls (with nextval before it and the batch row after),
+// COMMIT, in one round trip or two.
+func fixedCostTx(ctx context.Context, pool *pgxpool.Pool, first []string, insert string, calls []Call, batchRow string, split bool) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	send := func(q *pgx.Batch) error { return conn.Conn().SendBatch(ctx, q).Close() }
+	q := &pgx.Batch{}
+	q.Queue("BEGIN")
+	for _, s := range first {
+		q.Queue(s)
+	}
+	if len(calls) > 0 {
+		q.Queue("SELECT nextval('apigee.ingest_batch_id_seq')")
+		q.Queue(insert, columnArrays(rowValues(0, calls))...)
+		if split {
+			if err := send(q); err != nil {
+				return err
+			}
+			q = &pgx.Batch{}
+		}
+		q.Queue(batchRow)
+	}
+	q.Queue("COMMIT")
+	return send(q)
 }
