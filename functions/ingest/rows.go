@@ -35,7 +35,8 @@ var createStageSQL = func() string {
 }()
 
 // moveSQL inserts the staged rows that are new, records the minutes they
-// touched for functions/rollup, and returns their keys. Duplicates within
+// touched for functions/rollup, and says which were stored (insertedSelect;
+// $2 is the number of staged rows). Duplicates within
 // the batch or already stored are skipped by ON CONFLICT DO NOTHING (on
 // api_calls_key, migration 00017). Rows go in one total order of their
 // keys so that two batches holding the same redelivered messages wait on
@@ -54,7 +55,16 @@ WITH ins AS (
 	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
 	SELECT DISTINCT $1::bigint, date_trunc('minute', received_at) FROM ins
 )
-SELECT message_id, received_at FROM ins`
+` + insertedSelect(2)
+
+// insertedSelect ends moveSQL and insertSQL: when all of the batch's $n
+// calls were stored, as they are unless a message was redelivered, one row
+// (n, NULL, NULL), so no key is sent or read; otherwise one row per stored
+// call with its key (and a count of 0 with NULLs when none was).
+func insertedSelect(n int) string {
+	return fmt.Sprintf(`SELECT c.stored, i.message_id, i.received_at
+FROM (SELECT count(*) AS stored FROM ins) AS c LEFT JOIN ins AS i ON c.stored < $%d`, n)
+}
 
 const clearStageSQL = "DELETE FROM apigee_stage_calls"
 
@@ -157,8 +167,8 @@ func jsonAttributes(m map[string]string) []byte {
 // the same invalidations, in one statement sent with the batch's BEGIN.
 // The batch id is the sequence's value that nextval gave this transaction
 // just before (currval, in an InitPlan: evaluated once). $1… are the
-// columns' arrays, in stageColumns order without batch_id, and in key order
-// (keyOrder): a function scan returns its rows in the order of its arrays,
+// columns' arrays, in stageColumns order without batch_id, then the number
+// of calls (for insertedSelect); the arrays are in key order (keyOrder): a function scan returns its rows in the order of its arrays,
 // so the INSERT goes in that order without sorting again. An array sent as
 // NULL, for a column no row of the batch has, is a column of NULLs: ROWS
 // FROM pads a shorter function's result with NULLs, and the per-row cost of
@@ -200,7 +210,7 @@ WITH ins AS (
 	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
 	SELECT DISTINCT ` + batchID + `, date_trunc('minute', received_at) FROM ins
 )
-SELECT message_id, received_at FROM ins`
+` + insertedSelect(n)
 }()
 
 // arrayAsText: the column types whose arrays insertSQL takes as text.

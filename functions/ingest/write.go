@@ -184,9 +184,9 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}()
 	var res Result
 	staged := len(b.Calls) > w.unnestMax
-	calls, index := keyOrder(b.Calls)
+	calls := keyOrder(b.Calls)
 	vals := rowValues(0, calls) // the batch id is set once known
-	var stored map[int]bool
+	var stored []bool
 	start := &pgx.Batch{}
 	start.Queue("BEGIN")
 	if staged {
@@ -194,8 +194,8 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}
 	start.Queue("SELECT nextval('apigee.ingest_batch_id_seq')").QueryRow(func(r pgx.Row) error { return r.Scan(&res.BatchID) })
 	if !staged && len(calls) > 0 {
-		start.Queue(insertSQL, columnArrays(vals)...).Query(func(rows pgx.Rows) (err error) {
-			stored, err = collectInserted(rows, len(calls), index)
+		start.Queue(insertSQL, append(columnArrays(vals), len(calls))...).Query(func(rows pgx.Rows) (err error) {
+			stored, err = collectInserted(rows, calls)
 			return err
 		})
 	}
@@ -206,7 +206,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 		row[batchIDColumn] = res.BatchID
 	}
 
-	inserted, rows, err := storeCalls(ctx, tx, res.BatchID, calls, vals, stored, index)
+	inserted, rows, err := storeCalls(ctx, tx, res.BatchID, calls, vals, stored)
 	if err != nil {
 		return Result{}, err
 	}
@@ -322,8 +322,7 @@ const unnestMaxRows = 300
 var batchIDColumn = slices.Index(stageColumns, "batch_id")
 
 // keyOrder returns calls in key order, received_at then message_id, without
-// later copies of a key, and each kept call's position by key (see
-// firstOfEachKey).
+// later copies of a key (see firstOfEachKey).
 //
 // A key (message_id, received_at) may come twice in one batch with
 // different Pub/Sub metadata (a publisher retry is a new Pub/Sub message).
@@ -339,8 +338,10 @@ var batchIDColumn = slices.Index(stageColumns, "batch_id")
 // and the heap is in time order for the rollup's range scans. insertSQL
 // keeps the order its arrays come in; moveSQL sorts again (a heap scan of
 // the staging table has no defined order), which costs little on rows
-// copied in order: PostgreSQL's sort checks for sorted input first.
-func keyOrder(calls []Call) ([]Call, map[callKey]int) {
+// copied in order: PostgreSQL's sort checks for sorted input first. The
+// order also lets collectInserted find a call by its key with a binary
+// search.
+func keyOrder(calls []Call) []Call {
 	if !keysSorted(calls) {
 		// Sort positions, not the calls (each is a few hundred bytes).
 		perm := make([]int, len(calls))
@@ -376,10 +377,10 @@ func compareKeyPtrs(a, b *Call) int {
 // storeCalls inserts the calls that are new into apigee.api_calls,
 // recording the minutes they touched: through the staging table when
 // stored is nil (the arrays' INSERT, sent with the batch's start, already
-// ran otherwise). calls and index are keyOrder's, vals their RowValues. It
-// returns the calls inserted and their rows, in (message_id, received_at)
-// order.
-func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals [][]any, stored map[int]bool, index map[callKey]int) ([]Call, [][]any, error) {
+// ran otherwise). calls are keyOrder's, vals their RowValues, stored[i]
+// whether calls[i] was stored. It returns the calls inserted and their
+// rows, in (message_id, received_at) order.
+func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals [][]any, stored []bool) ([]Call, [][]any, error) {
 	if len(calls) == 0 {
 		return nil, nil, nil
 	}
@@ -391,31 +392,31 @@ func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals 
 		if int(n) != len(calls) {
 			return nil, nil, fmt.Errorf("write: copy: staged %d of %d rows", n, len(calls))
 		}
-		rows, err := tx.Query(ctx, moveSQL, batchID)
+		rows, err := tx.Query(ctx, moveSQL, batchID, len(calls))
 		if err != nil {
 			return nil, nil, fmt.Errorf("write: insert: %w", err)
 		}
-		if stored, err = collectInserted(rows, len(calls), index); err != nil {
+		if stored, err = collectInserted(rows, calls); err != nil {
 			return nil, nil, err
 		}
 	}
-	if len(stored) < len(calls) {
-		if err := checkSkipped(ctx, tx, calls, stored); err != nil {
-			return nil, nil, err
-		}
-	}
-	order := make([]int, 0, len(stored))
+	order := make([]int, 0, len(calls))
 	for i := range calls {
 		if stored[i] {
 			order = append(order, i)
 		}
 	}
-	sort.Slice(order, func(a, b int) bool {
-		ca, cb := &calls[order[a]], &calls[order[b]]
-		if ca.MessageID != cb.MessageID {
-			return ca.MessageID < cb.MessageID
+	if len(order) < len(calls) {
+		if err := checkSkipped(ctx, tx, calls, stored); err != nil {
+			return nil, nil, err
 		}
-		return ca.ReceivedAt.Before(cb.ReceivedAt)
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		ca, cb := &calls[a], &calls[b]
+		if c := strings.Compare(ca.MessageID, cb.MessageID); c != 0 {
+			return c
+		}
+		return ca.ReceivedAt.Compare(cb.ReceivedAt)
 	})
 	inserted := make([]Call, len(order))
 	insertedRows := make([][]any, len(order))
@@ -425,25 +426,35 @@ func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals 
 	return inserted, insertedRows, nil
 }
 
-// collectInserted reads the keys INSERT … RETURNING names: the positions
-// among n calls that were stored.
-func collectInserted(rows pgx.Rows, n int, index map[callKey]int) (map[int]bool, error) {
+// collectInserted reads what insertedSelect returns: which of calls (in key
+// order, one per key) were stored.
+func collectInserted(rows pgx.Rows, calls []Call) ([]bool, error) {
 	defer rows.Close()
-	stored := make(map[int]bool, n)
+	stored := make([]bool, len(calls))
+	var count int64
 	for rows.Next() {
-		var id string
-		var at time.Time
-		if err := rows.Scan(&id, &at); err != nil {
+		var id *string
+		var at *time.Time
+		if err := rows.Scan(&count, &id, &at); err != nil {
 			return nil, fmt.Errorf("write: insert: %w", err)
 		}
-		i, ok := index[callKey{id, at.UnixMicro()}]
-		if !ok {
-			return nil, fmt.Errorf("write: insert returned unknown key %q", id)
+		if id == nil {
+			continue // every call stored (count = len(calls)), or none
+		}
+		key := Call{Record: record.Record{MessageID: *id, ReceivedAt: *at}}
+		i := sort.Search(len(calls), func(i int) bool { return compareKeyPtrs(&calls[i], &key) >= 0 })
+		if i == len(calls) || compareKeyPtrs(&calls[i], &key) != 0 {
+			return nil, fmt.Errorf("write: insert returned unknown key %q", *id)
 		}
 		stored[i] = true
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("write: insert: %w", err)
+	}
+	if count == int64(len(calls)) {
+		for i := range stored {
+			stored[i] = true
+		}
 	}
 	return stored, nil
 }
@@ -478,7 +489,7 @@ LIMIT 1`
 // hash of message_id, and exactly-once must not become at-most-once. It
 // costs one index lookup per duplicate, and nothing for a batch without
 // duplicates.
-func checkSkipped(ctx context.Context, tx inTx, calls []Call, stored map[int]bool) error {
+func checkSkipped(ctx context.Context, tx inTx, calls []Call, stored []bool) error {
 	var ids []string
 	var ats []time.Time
 	for i := range calls {
@@ -598,34 +609,21 @@ func isNoPartition(err error) bool {
 	return errors.As(err, &pg) && pg.Code == pgerrcode.CheckViolation && pg.ConstraintName == "" && pg.TableName != ""
 }
 
-// callKey is a row's key in apigee.api_calls, received_at in the
-// microseconds PostgreSQL keeps.
-type callKey struct {
-	id string
-	at int64
-}
-
-// firstOfEachKey returns calls without later copies of a key, keeping the
-// first delivered (calls itself when there are none), and each kept call's
-// position by key, to match what INSERT … RETURNING names.
-func firstOfEachKey(calls []Call) ([]Call, map[callKey]int) {
-	index := make(map[callKey]int, len(calls))
-	var out []Call // nil until a later copy shows up
-	for i := range calls {
-		k := callKey{calls[i].MessageID, calls[i].ReceivedAt.UnixMicro()}
-		if _, dup := index[k]; dup {
-			if out == nil {
-				out = append(make([]Call, 0, len(calls)), calls[:i]...)
-			}
+// firstOfEachKey returns calls, in key order, without later copies of a
+// key: they are next to the first delivered copy, which the stable sort
+// kept first. calls itself when there are none.
+func firstOfEachKey(calls []Call) []Call {
+	for i := 1; i < len(calls); i++ {
+		if compareKeyPtrs(&calls[i-1], &calls[i]) != 0 {
 			continue
 		}
-		index[k] = len(index) // its position among the calls kept
-		if out != nil {
-			out = append(out, calls[i])
+		out := append(make([]Call, 0, len(calls)-1), calls[:i]...)
+		for j := i + 1; j < len(calls); j++ {
+			if compareKeyPtrs(&out[len(out)-1], &calls[j]) != 0 {
+				out = append(out, calls[j])
+			}
 		}
+		return out
 	}
-	if out == nil {
-		return calls, index
-	}
-	return out, index
+	return calls
 }

@@ -155,11 +155,12 @@ func undoRawIndexes(tb testing.TB, db *testkit.DB) {
 func BenchmarkWriteFixedCost(b *testing.B) {
 	// noInv cuts insertSQL's invalidations CTE, keeping its result.
 	noInv := func(q string) string {
-		return q[:strings.Index(q, "), inv AS (")] + ")\nSELECT message_id, received_at FROM ins"
+		return q[:strings.Index(q, "), inv AS (")] + ")\n" + q[strings.Index(q, "SELECT c.stored"):]
 	}
 	// unnestOnly decodes and unnests insertSQL's column arrays, and
 	// inserts nothing.
-	unnestOnly := "SELECT count(*) FROM unnest(" + insertSQL[strings.Index(insertSQL, "FROM unnest(")+len("FROM unnest("):strings.Index(insertSQL, ") AS t(")] + ")"
+	unnestOnly := fmt.Sprintf("SELECT count(*) < $%d FROM unnest(%s)", len(stageColumns),
+		insertSQL[strings.Index(insertSQL, "FROM unnest(")+len("FROM unnest("):strings.Index(insertSQL, ") AS t(")])
 	const batchRow = `INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages, rows_sha256)
 		VALUES (currval('apigee.ingest_batch_id_seq'), 1, 0, 0, 1, '\x00')`
 	cases := []struct {
@@ -241,7 +242,7 @@ func fixedCostTx(ctx context.Context, pool *pgxpool.Pool, first []string, insert
 	}
 	if len(calls) > 0 {
 		q.Queue("SELECT nextval('apigee.ingest_batch_id_seq')")
-		q.Queue(insert, columnArrays(rowValues(0, calls))...)
+		q.Queue(insert, append(columnArrays(rowValues(0, calls)), len(calls))...)
 		if split {
 			if err := send(q); err != nil {
 				return err
