@@ -19,6 +19,10 @@
 //	     path's median wait for its commit) before its 204, 64 in
 //	     flight: the same request rate and parked requests as (3a),
 //	     without the work; informative, not a target of issue 13
+//	(0d) (0b) whose writer takes floorWait per batch, 64 in flight: the
+//	     push path's batches and wake-ups and all of its function's work
+//	     but the database write (pgx's encoding and round trips);
+//	     informative
 //
 // Every HTTP mode runs its server and its load generator as two processes
 // of this binary (-role serve, -role load), so the function's CPU is its
@@ -187,6 +191,9 @@ func (h *harness) modes(ctx context.Context, ing *pgxpool.Pool) []mode {
 		{"0c64", func() (result, error) {
 			return h.http(ctx, "0c64", fmt.Sprintf("(0c) floor that waits %v before its 204, 64 in flight", floorWait), "floorwait", *msgs, 1, 64)
 		}},
+		{"0d64", func() (result, error) {
+			return h.http(ctx, "0d64", fmt.Sprintf("(0d) ingest with a writer that waits %v and stores nothing, 64 in flight", floorWait), "nodbwait", *msgs, 1, 64)
+		}},
 		{"0b", func() (result, error) {
 			return h.http(ctx, "0b", "(0b) ingest with a writer that stores nothing, 256 in flight", "nodb", *msgs, 1, 256)
 		}},
@@ -286,6 +293,7 @@ func report(res []result) {
 	ratio("function CPU per delivery, push (3a) ÷ floor (0a), 64 in flight", "3a", "0a64", fn, "≤ 2 ×", atMost(2))
 	ratio("function CPU per delivery, push (3b) ÷ floor (0a), 256 in flight", "3b", "0a256", fn, "≤ 2 ×", atMost(2))
 	ratio("function CPU per delivery, push (3a) ÷ floor that waits (0c), 64 in flight (informative)", "3a", "0c64", fn, "–", nil)
+	ratio("function CPU per delivery, ingest without a database that waits (0d) ÷ floor (0a), 64 in flight (informative)", "0d64", "0a64", fn, "–", nil)
 	var cold time.Duration
 	var rss int64
 	for _, r := range res {

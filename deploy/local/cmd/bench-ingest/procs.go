@@ -34,6 +34,7 @@ import (
 //	floor  read the body, answer 204: the least any push function can do
 //	floorwait  the floor, waiting floorWait before the 204
 //	nodb   the ingest Service with a writer that stores nothing
+//	nodbwait  nodb, its writer taking floorWait per batch as a commit would
 //	naive  one autocommitted INSERT per message through a pgx pool
 func serve(kind string) error {
 	if path := os.Getenv(envProfile); path != "" {
@@ -63,12 +64,16 @@ func serve(kind string) error {
 			time.Sleep(floorWait)
 			w.WriteHeader(http.StatusNoContent)
 		})
-	case "nodb":
+	case "nodb", "nodbwait":
 		cfg, err := ingest.ConfigFromEnv()
 		if err != nil {
 			return err
 		}
-		s, err := ingest.NewService(cfg, ingest.Deps{Writer: discard{}})
+		w := discard{}
+		if kind == "nodbwait" {
+			w.wait = floorWait
+		}
+		s, err := ingest.NewService(cfg, ingest.Deps{Writer: w})
 		if err != nil {
 			return err
 		}
@@ -94,10 +99,12 @@ const floorWait = 10 * time.Millisecond
 const envProfile = "BENCH_SERVER_CPUPROFILE"
 
 // discard is a batch writer that stores nothing and reports every call
-// inserted.
-type discard struct{}
+// inserted, after wait (nodbwait: the batches then form as they do while
+// a database commits).
+type discard struct{ wait time.Duration }
 
-func (discard) Write(_ context.Context, b *ingest.Batch) (ingest.Result, error) {
+func (d discard) Write(_ context.Context, b *ingest.Batch) (ingest.Result, error) {
+	time.Sleep(d.wait)
 	return ingest.Result{Inserted: len(b.Calls), Rejected: len(b.Rejects)}, nil
 }
 
