@@ -26,23 +26,30 @@ func newService(t testing.TB, db *testkit.DB, tweak func(*Config, *Deps)) *Servi
 	return newServiceDSN(t, dsn, tweak)
 }
 
+// dsnPool is a pool of at most maxConns connections to dsn, closed at
+// cleanup.
+func dsnPool(tb testing.TB, dsn string, maxConns int32) *pgxpool.Pool {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.MaxConns = maxConns
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool
+}
+
 func newServiceDSN(t testing.TB, dsn string, tweak func(*Config, *Deps)) *Service {
 	t.Helper()
 	cfg, err := configFrom(func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
-	pcfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pcfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	d := Deps{DB: pool}
+	d := Deps{DB: dsnPool(t, dsn, 8)}
 	if tweak != nil {
 		tweak(&cfg, &d)
 	}

@@ -108,16 +108,7 @@ func benchWrite(b *testing.B, db *testkit.DB, size int, call func(i int) Call) {
 // time (pid) is then the benchmark's; closed at cleanup.
 func oneBackend(b *testing.B, db *testkit.DB) (*pgxpool.Pool, int) {
 	_, dsn := db.Login(b, "apigee_ingest")
-	cfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Close)
+	pool := dsnPool(b, dsn, 1)
 	var pid int
 	if err := pool.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 		b.Fatal(err)
