@@ -36,8 +36,8 @@ var createStageSQL = func() string {
 
 // moveSQL inserts the staged rows that are new, records the minutes they
 // touched for functions/rollup, and says which were stored (insertedSelect;
-// $2 is the number of staged rows). Duplicates within
-// the batch or already stored are skipped by ON CONFLICT DO NOTHING (on
+// $2 is the number of staged rows). Duplicates within the batch or already
+// stored are skipped by ON CONFLICT DO NOTHING (on
 // api_calls_key, migration 00017). Rows go in one total order of their
 // keys so that two batches holding the same redelivered messages wait on
 // each other in one order and cannot deadlock; received_at first, the
@@ -168,8 +168,9 @@ func jsonAttributes(m map[string]string) []byte {
 // The batch id is the sequence's value that nextval gave this transaction
 // just before (currval, in an InitPlan: evaluated once). $1… are the
 // columns' arrays, in stageColumns order without batch_id, then the number
-// of calls (for insertedSelect); the arrays are in key order (keyOrder): a function scan returns its rows in the order of its arrays,
-// so the INSERT goes in that order without sorting again. An array sent as
+// of calls (for insertedSelect). The arrays are in key order (keyOrder): a
+// function scan returns its rows in the order of its arrays, so the INSERT
+// goes in that order without sorting again. An array sent as
 // NULL, for a column no row of the batch has, is a column of NULLs: ROWS
 // FROM pads a shorter function's result with NULLs, and the per-row cost of
 // unnesting it is saved. Arrays carry inet, text[] and jsonb as text, cast
