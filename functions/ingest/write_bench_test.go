@@ -144,14 +144,14 @@ func undoRawIndexes(tb testing.TB, db *testkit.DB) {
 //
 //	go test -run '^$' -bench BenchmarkWriteFixedCost -benchtime 3000x ./functions/ingest/
 func BenchmarkWriteFixedCost(b *testing.B) {
-	// noInv cuts insertSQL's invalidations CTE, keeping its result.
-	noInv := func(q string) string {
-		return q[:strings.Index(q, "), inv AS (")] + ")\n" + q[strings.Index(q, "SELECT c.stored"):]
-	}
-	// unnestOnly decodes and unnests insertSQL's column arrays, and
+	// noInv is insertSQL without its invalidations CTE, keeping its
+	// result; unnestOnly decodes and unnests insertSQL's column arrays and
 	// inserts nothing.
-	unnestOnly := fmt.Sprintf("SELECT count(*) < $%d FROM unnest(%s)", len(stageColumns),
-		insertSQL[strings.Index(insertSQL, "FROM unnest(")+len("FROM unnest("):strings.Index(insertSQL, ") AS t(")])
+	head, _ := sqlPart(b, insertSQL, "", "), inv AS (")
+	_, tail := sqlPart(b, insertSQL, "", "SELECT c.stored")
+	noInv := head + ")\n" + tail
+	arrays, _ := sqlPart(b, insertSQL, "FROM unnest(", ") AS t(")
+	unnestOnly := fmt.Sprintf("SELECT count(*) < $%d FROM unnest(%s)", len(stageColumns), arrays)
 	const batchRow = `INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages, rows_sha256)
 		VALUES (currval('apigee.ingest_batch_id_seq'), 1, 0, 0, 1, '\x00')`
 	cases := []struct {
@@ -160,9 +160,10 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 		rows   int
 		insert string
 		// first are the statements after BEGIN; split sends the batch row
-		// and COMMIT in a second round trip, as Writer.write does.
-		first []string
-		split bool
+		// and COMMIT in a second round trip, as Writer.write does; writer
+		// runs Writer.Write instead.
+		first         []string
+		split, writer bool
 	}{
 		{name: "begin-commit"},
 		{name: "batch-row", first: []string{"SELECT nextval('apigee.ingest_batch_id_seq')", batchRow}},
@@ -170,12 +171,12 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 		{name: "unnest-only-1", rows: 1, insert: unnestOnly},
 		{name: "insert-1", rows: 1, insert: insertSQL},
 		{name: "insert-1/two-round-trips", rows: 1, insert: insertSQL, split: true},
-		{name: "insert-1/no-invalidations", rows: 1, insert: noInv(insertSQL)},
-		{name: "insert-1/no-invalidations/no-on-conflict", rows: 1, insert: strings.Replace(noInv(insertSQL), "ON CONFLICT DO NOTHING", "", 1)},
-		{name: "insert-1/no-invalidations/plain-table", rows: 1, insert: strings.Replace(noInv(insertSQL), "apigee.api_calls", "apigee.bench_plain_calls", 1)},
+		{name: "insert-1/no-invalidations", rows: 1, insert: noInv},
+		{name: "insert-1/no-invalidations/no-on-conflict", rows: 1, insert: strings.Replace(noInv, "ON CONFLICT DO NOTHING", "", 1)},
+		{name: "insert-1/no-invalidations/plain-table", rows: 1, insert: strings.Replace(noInv, "apigee.api_calls", "apigee.bench_plain_calls", 1)},
 		{name: "insert-64", rows: 64, insert: insertSQL},
-		{name: "writer-1", rows: 1},
-		{name: "writer-64", rows: 64},
+		{name: "writer-1", rows: 1, writer: true},
+		{name: "writer-64", rows: 64, writer: true},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
@@ -199,7 +200,7 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				batch := calls[i*c.rows : (i+1)*c.rows]
-				if strings.HasPrefix(c.name, "writer") {
+				if c.writer {
 					if _, err := w.Write(ctx, &Batch{Calls: batch, Messages: len(batch)}); err != nil {
 						b.Fatal(err)
 					}
@@ -214,6 +215,18 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 			b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(b.N), "backend-µs/tx")
 		})
 	}
+}
+
+// sqlPart returns the text of q between from (its start when empty) and
+// to, and the text from to on; the benchmark fails if either is missing,
+// so a change to insertSQL cannot turn a case into something else.
+func sqlPart(b *testing.B, q, from, to string) (part, rest string) {
+	_, after, ok := strings.Cut(q, from)
+	part, _, ok2 := strings.Cut(after, to)
+	if !ok || !ok2 {
+		b.Fatalf("insertSQL no longer has %q … %q", from, to)
+	}
+	return part, to + strings.SplitN(after, to, 2)[1]
 }
 
 // fixedCostTx is one transaction of BenchmarkWriteFixedCost: BEGIN, first,
