@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"apigee-timescale/shared/audit"
+	"apigee-timescale/shared/copybinary"
 )
 
 // stageColumns are the COPY order, which is the canonical hash's
@@ -68,6 +69,9 @@ FROM (SELECT count(*) AS stored FROM ins) AS c LEFT JOIN ins AS i ON c.stored < 
 
 const clearStageSQL = "DELETE FROM apigee_stage_calls"
 
+// copyStageSQL takes copyRows' stream.
+var copyStageSQL = "COPY apigee_stage_calls (" + columnList + ") FROM STDIN (FORMAT binary)"
+
 var columnList = strings.Join(stageColumns, ", ")
 
 // insertRejectsSQL takes one array per column ($1–$13) and the batch id ($14).
@@ -78,7 +82,7 @@ SELECT r.*, $14::bigint FROM unnest($1::timestamptz[], $2::text[], $3::text[], $
 	$7::integer[], $8::bytea[], $9::bytea[], $10::text[], $11::text[], $12::timestamptz[], $13::jsonb[]) AS r
 ON CONFLICT DO NOTHING`
 
-// callRows feeds calls to CopyFrom without building [][]any up front.
+// callRows yields calls' rows (RowValues) one at a time, for HashCalls.
 type callRows struct {
 	calls   []Call
 	batchID int64
@@ -95,7 +99,7 @@ func (c *callRows) Err() error { return nil }
 
 func (c *callRows) Values() ([]any, error) {
 	r := &c.calls[c.i-1]
-	c.row = audit.RowValues(c.row, &r.Record, r.PubSubMessageID, r.PublishTime, c.batchID)
+	c.row = audit.RowValues(c.row, &r.Record, &r.PubSubMessageID, &r.PublishTime, c.batchID)
 	return c.row, nil
 }
 
@@ -367,4 +371,127 @@ func arrayLiteral(elems []string) string {
 	}
 	b.WriteByte('}')
 	return b.String()
+}
+
+// copyKind is how copyValue writes a column of one SQL type.
+type copyKind uint8
+
+const (
+	copyText copyKind = iota
+	copyTimestamptz
+	copySmallint
+	copyInteger
+	copyBigint
+	copyBoolean
+	copyInet
+	copyJSONB
+	copyTextArray
+)
+
+// stageKinds are stageTypes as copyKinds. A column type without one is a
+// programming error that every test of this package meets at start-up.
+var stageKinds = func() []copyKind {
+	kinds := map[string]copyKind{"text": copyText, "timestamptz": copyTimestamptz, "smallint": copySmallint,
+		"integer": copyInteger, "bigint": copyBigint, "boolean": copyBoolean, "inet": copyInet, "jsonb": copyJSONB,
+		"text[]": copyTextArray}
+	out := make([]copyKind, len(stageTypes))
+	for j, t := range stageTypes {
+		k, ok := kinds[t]
+		if !ok {
+			panic("ingest: no binary COPY encoding for column type " + t + " of " + stageColumns[j])
+		}
+		out[j] = k
+	}
+	return out
+}()
+
+// copyRows appends rows (RowValues, in stageColumns order) to a binary
+// COPY stream for copyStageSQL.
+func copyRows(w *copybinary.Writer, vals [][]any) error {
+	for _, row := range vals {
+		w.Tuple(len(row))
+		for j, v := range row {
+			if !copyValue(w, stageKinds[j], v) {
+				return fmt.Errorf("write: copy: column %s: no %s encoding for %T", stageColumns[j], stageTypes[j], v)
+			}
+		}
+	}
+	return nil
+}
+
+// copyValue writes v, a value RowValues gives for a column of kind k, in
+// that type's binary format; false when v is not such a value.
+func copyValue(w *copybinary.Writer, k copyKind, v any) bool {
+	if isNull(v) {
+		w.Null()
+		return true
+	}
+	switch x := v.(type) {
+	case string:
+		if k == copyText {
+			w.Text(x)
+			return true
+		}
+	case *string:
+		if k == copyText {
+			w.Text(*x)
+			return true
+		}
+	case time.Time:
+		if k == copyTimestamptz {
+			w.Timestamptz(x)
+			return true
+		}
+	case *time.Time:
+		if k == copyTimestamptz {
+			w.Timestamptz(*x)
+			return true
+		}
+	case int16:
+		if k == copySmallint {
+			w.Int16(x)
+			return true
+		}
+	case *int16:
+		if k == copySmallint {
+			w.Int16(*x)
+			return true
+		}
+	case *int32:
+		if k == copyInteger {
+			w.Int32(*x)
+			return true
+		}
+	case int64:
+		if k == copyBigint {
+			w.Int64(x)
+			return true
+		}
+	case *int64:
+		if k == copyBigint {
+			w.Int64(*x)
+			return true
+		}
+	case *bool:
+		if k == copyBoolean {
+			w.Bool(*x)
+			return true
+		}
+	case netip.Addr:
+		if k == copyInet && x.IsValid() && x.Zone() == "" {
+			w.Inet(x)
+			return true
+		}
+	case []byte:
+		if k == copyJSONB {
+			w.JSONB(x)
+			return true
+		}
+	case []string:
+		if k == copyTextArray {
+			w.TextArray(x)
+			return true
+		}
+	}
+	return false
 }

@@ -14,6 +14,7 @@
 package ingest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -31,6 +32,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/shared/audit"
+	"apigee-timescale/shared/copybinary"
 	"apigee-timescale/shared/record"
 )
 
@@ -77,9 +79,9 @@ type Result struct {
 	Retries int
 }
 
-// inTx is a connection inside a batch's transaction (*pgx.Conn, or a pgx.Tx).
+// inTx is a connection inside a batch's transaction (a *pgx.Conn).
 type inTx interface {
-	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+	PgConn() *pgconn.PgConn
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -202,8 +204,9 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	if err := tx.SendBatch(ctx, start).Close(); err != nil {
 		return Result{}, fmt.Errorf("write: start batch: %w", err)
 	}
+	id := any(res.BatchID) // boxed once: boxing an int64 allocates
 	for _, row := range vals {
-		row[batchIDColumn] = res.BatchID
+		row[batchIDColumn] = id
 	}
 
 	inserted, rows, err := storeCalls(ctx, tx, res.BatchID, calls, vals, stored)
@@ -304,7 +307,7 @@ func rowValues(batchID int64, calls []Call) [][]any {
 	out := make([][]any, len(calls))
 	for i := range calls {
 		c := &calls[i]
-		out[i] = audit.RowValues(flat[i*n:(i+1)*n:(i+1)*n], &c.Record, c.PubSubMessageID, c.PublishTime, batchID)
+		out[i] = audit.RowValues(flat[i*n:(i+1)*n:(i+1)*n], &c.Record, &c.PubSubMessageID, &c.PublishTime, batchID)
 	}
 	return out
 }
@@ -385,12 +388,8 @@ func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals 
 		return nil, nil, nil
 	}
 	if stored == nil {
-		n, err := tx.CopyFrom(ctx, pgx.Identifier{"apigee_stage_calls"}, stageColumns, pgx.CopyFromRows(vals))
-		if err != nil {
-			return nil, nil, fmt.Errorf("write: copy: %w", err)
-		}
-		if int(n) != len(calls) {
-			return nil, nil, fmt.Errorf("write: copy: staged %d of %d rows", n, len(calls))
+		if err := copyStage(ctx, tx, vals); err != nil {
+			return nil, nil, err
 		}
 		rows, err := tx.Query(ctx, moveSQL, batchID, len(calls))
 		if err != nil {
@@ -424,6 +423,33 @@ func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals 
 		inserted[k], insertedRows[k] = calls[i], vals[i]
 	}
 	return inserted, insertedRows, nil
+}
+
+// copyBufs holds the buffers of copyStage's streams, which are as large as
+// the batch (about 400 bytes a row): one per batch would be most of what a
+// batch allocates.
+var copyBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// copyStage copies rows (RowValues) into the staging table, encoded by
+// copyRows rather than pgx's CopyFrom (see shared/copybinary).
+func copyStage(ctx context.Context, tx inTx, vals [][]any) error {
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	var cw copybinary.Writer
+	cw.Reset(*buf)
+	if err := copyRows(&cw, vals); err != nil {
+		return err
+	}
+	data := cw.Finish()
+	*buf = data[:0]
+	tag, err := tx.PgConn().CopyFrom(ctx, bytes.NewReader(data), copyStageSQL)
+	if err != nil {
+		return fmt.Errorf("write: copy: %w", err)
+	}
+	if n := tag.RowsAffected(); n != int64(len(vals)) {
+		return fmt.Errorf("write: copy: staged %d of %d rows", n, len(vals))
+	}
+	return nil
 }
 
 // collectInserted reads what insertedSelect returns: which of calls (in key

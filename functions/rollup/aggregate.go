@@ -4,6 +4,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"apigee-timescale/shared/copybinary"
 )
 
 // This file is the refresh's aggregation stage: raw rows in, rollup groups
@@ -245,12 +247,12 @@ func (in *interner) id(b []byte) uint32 {
 }
 
 // put writes id's value to a COPY row: NULL for nullName.
-func (in *interner) put(c *copyBinary, id uint32) {
+func (in *interner) put(c *copybinary.Writer, id uint32) {
 	if id == nullName {
-		c.null()
+		c.Null()
 		return
 	}
-	c.text(in.names[id])
+	c.Text(in.names[id])
 }
 
 // wideDims are the eight dimensions of api_calls_1m/1h, as interned ids

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"apigee-timescale/shared/copybinary"
 )
 
 // This file is the refresh's write stage: the groups aggregate.go made are
@@ -156,7 +158,7 @@ func newStagers(w *stageWriter, names *interner) stagers {
 	st := stagers{}
 	for _, t := range staged {
 		st[t.table] = &stager{w: w, table: t.table, names: names}
-		st[t.table].c.reset()
+		st[t.table].c.Reset(nil)
 	}
 	return st
 }
@@ -177,14 +179,14 @@ type stager struct {
 	w     *stageWriter
 	table string
 	names *interner
-	c     copyBinary
+	c     copybinary.Writer
 	rows  int
 }
 
 func (st *stager) add(bucket time.Time, d wideDims, g *group) error {
 	writeRow(&st.c, st.names, bucket, d, g)
 	st.rows++
-	if len(st.c.b) < copyChunk {
+	if st.c.Len() < copyChunk {
 		return nil
 	}
 	return st.flush()
@@ -194,11 +196,10 @@ func (st *stager) flush() error {
 	if st.rows == 0 {
 		return nil
 	}
-	if err := st.w.send(stageStream{table: st.table, data: st.c.finish(), rows: st.rows}); err != nil {
+	if err := st.w.send(stageStream{table: st.table, data: st.c.Finish(), rows: st.rows}); err != nil {
 		return err
 	}
-	st.c.b = st.w.buffer()
-	st.c.reset()
+	st.c.Reset(st.w.buffer())
 	st.rows = 0
 	return nil
 }
@@ -338,15 +339,15 @@ func copyStage(ctx context.Context, tx pgx.Tx, table string, data []byte, n int)
 // writeRow writes one stage row, in stageCols order. A narrow rollup's group
 // has zero for the dimensions it lacks: NULL, and a status its tables do
 // not read.
-func writeRow(c *copyBinary, n *interner, bucket time.Time, d wideDims, g *group) {
-	c.tuple(len(stageCols))
-	c.timestamptz(bucket)
+func writeRow(c *copybinary.Writer, n *interner, bucket time.Time, d wideDims, g *group) {
+	c.Tuple(len(stageCols))
+	c.Timestamptz(bucket)
 	for _, id := range []uint32{d.tenant, d.organization, d.environment, d.apiproxy, d.apiProduct, d.developerApp, d.requestVerb} {
 		n.put(c, id)
 	}
-	c.int16(d.status)
+	c.Int16(d.status)
 	for _, v := range []int64{g.calls, g.errors, g.clientErrors, g.s2xx, g.s3xx, g.s5xx, g.requestBytes, g.responseBytes} {
-		c.int64(v)
+		c.Int64(v)
 	}
 	putLatency(c, &g.total)
 	putLatency(c, &g.target)
@@ -354,19 +355,19 @@ func writeRow(c *copyBinary, n *interner, bucket time.Time, d wideDims, g *group
 
 // putLatency writes count, sum, min, max (NULL without values), bins and
 // counts.
-func putLatency(c *copyBinary, l *latency) {
-	c.int64(l.count)
-	c.int64(l.sum)
+func putLatency(c *copybinary.Writer, l *latency) {
+	c.Int64(l.count)
+	c.Int64(l.sum)
 	if l.count == 0 {
-		c.null()
-		c.null()
+		c.Null()
+		c.Null()
 	} else {
-		c.int32(l.min)
-		c.int32(l.max)
+		c.Int32(l.min)
+		c.Int32(l.max)
 	}
 	n := l.hist.each(func(int32, int64) {})
-	c.arrayHeader(oidInt4, n, 4)
-	l.hist.each(func(b int32, _ int64) { c.int32(b) })
-	c.arrayHeader(oidInt8, n, 8)
-	l.hist.each(func(_ int32, k int64) { c.int64(k) })
+	c.ArrayHeader(copybinary.OIDInt4, n, n*8)
+	l.hist.each(func(b int32, _ int64) { c.Int32(b) })
+	c.ArrayHeader(copybinary.OIDInt8, n, n*12)
+	l.hist.each(func(_ int32, k int64) { c.Int64(k) })
 }

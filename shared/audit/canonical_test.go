@@ -18,7 +18,14 @@ func TestCanonicalFastPaths(t *testing.T) {
 			t.Errorf("%q: got %s, want %s", v, got, want)
 		}
 	}
-	for _, at := range []time.Time{time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC), time.Date(1, 1, 1, 0, 0, 0, 0, time.FixedZone("x", 3600)), time.Unix(0, 0)} {
+	times := []time.Time{time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC), time.Date(1, 1, 1, 0, 0, 0, 0, time.FixedZone("x", 3600)),
+		time.Unix(0, 0), time.Unix(-1, 999), time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(-1, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC), time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2024, 2, 29, 12, 0, 0, 1000, time.FixedZone("y", -9*3600-1800))}
+	for i := range 1000 { // one every 11 days and some seconds, 1970 to 2000
+		times = append(times, time.Unix(int64(i)*(11*86400+4567), int64(i)*7919))
+	}
+	for _, at := range times {
 		if got, want := string(appendCanonical(nil, at)), strconv.Quote(at.UTC().Format("2006-01-02T15:04:05.000000Z07:00")); got != want {
 			t.Errorf("%v: got %s, want %s", at, got, want)
 		}

@@ -62,7 +62,7 @@ func hashRows(batchID int64, rows []goldenRow) [32]byte {
 	h := audit.NewHasher(batchID)
 	var vals []any
 	for i := range rows {
-		vals = audit.RowValues(vals, &rows[i].Record, rows[i].PubSubMessageID, rows[i].PublishTime, batchID)
+		vals = audit.RowValues(vals, &rows[i].Record, &rows[i].PubSubMessageID, &rows[i].PublishTime, batchID)
 		h.Row(vals)
 	}
 	return h.Sum()

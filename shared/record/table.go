@@ -228,20 +228,20 @@ func Columns() []Field {
 func (f *Field) NotNull() bool { return f.Required || f.Default != "" }
 
 // Value returns f's column value in r as COPY writes it and the canonical
-// hash encodes it: a NOT NULL column as a plain value, an absent optional
-// one as nil (NULL), jsonb as its JSON text.
+// hash encodes it: a NOT NULL column as a plain value or a pointer into r,
+// an absent optional one as nil (NULL), jsonb as its JSON text. Text and
+// timestamps are pointers into r because boxing a string or a time.Time in
+// an interface allocates: a row's values were most of what ingest
+// allocated per row.
 func (f *Field) Value(r *Record) any {
 	switch x := f.ref(r).(type) {
 	case *string:
-		if f.NotNull() {
-			return *x
-		}
-		if *x == "" {
+		if !f.NotNull() && *x == "" {
 			return (*string)(nil)
 		}
 		return x
 	case *time.Time:
-		return *x
+		return x
 	case *int16:
 		return *x
 	case **int16:
