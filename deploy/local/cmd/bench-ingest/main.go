@@ -74,7 +74,7 @@ var (
 	clients = flag.Int("clients", 256, "internal: requests in flight of -role load")
 	rows    = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
 	msgs    = flag.Int("msgs", 60000, "single-record deliveries for (3) and (0); (4) takes 5,000. Long enough that a few slow batches do not decide the p99")
-	only    = flag.String("only", "", "run only the modes whose key starts with this, e.g. 3 or 0a")
+	only    = flag.String("only", "", "run only the modes whose key starts with one of these, comma-separated, e.g. 3 or 1b,2")
 	cpuprof = flag.String("cpuprofile", "", "write a CPU profile of the server process to this file (the last mode run keeps it; use with -only)")
 )
 
@@ -144,7 +144,7 @@ func run(ctx context.Context) error {
 	}
 	var res []result
 	for _, m := range h.modes(ctx, ing) {
-		if *only != "" && !strings.HasPrefix(m.key, *only) {
+		if !selected(m.key) {
 			continue
 		}
 		r, err := m.run()
@@ -159,6 +159,19 @@ func run(ctx context.Context) error {
 	}
 	report(res)
 	return nil
+}
+
+// selected reports whether -only takes the mode key.
+func selected(key string) bool {
+	if *only == "" {
+		return true
+	}
+	for p := range strings.SplitSeq(*only, ",") {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *harness) modes(ctx context.Context, ing *pgxpool.Pool) []mode {
