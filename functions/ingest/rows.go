@@ -426,72 +426,42 @@ func copyValue(w *copybinary.Writer, k copyKind, v any) bool {
 		w.Null()
 		return true
 	}
-	switch x := v.(type) {
-	case string:
-		if k == copyText {
-			w.Text(x)
+	switch k {
+	case copyText:
+		return put(w.Text, v)
+	case copyTimestamptz:
+		return put(w.Timestamptz, v)
+	case copySmallint:
+		return put(w.Int16, v)
+	case copyInteger:
+		return put(w.Int32, v)
+	case copyBigint:
+		return put(w.Int64, v)
+	case copyBoolean:
+		return put(w.Bool, v)
+	case copyInet:
+		a, ok := v.(netip.Addr)
+		if ok && a.IsValid() && a.Zone() == "" {
+			w.Inet(a)
 			return true
 		}
-	case *string:
-		if k == copyText {
-			w.Text(*x)
-			return true
-		}
-	case time.Time:
-		if k == copyTimestamptz {
-			w.Timestamptz(x)
-			return true
-		}
-	case *time.Time:
-		if k == copyTimestamptz {
-			w.Timestamptz(*x)
-			return true
-		}
-	case int16:
-		if k == copySmallint {
-			w.Int16(x)
-			return true
-		}
-	case *int16:
-		if k == copySmallint {
-			w.Int16(*x)
-			return true
-		}
-	case *int32:
-		if k == copyInteger {
-			w.Int32(*x)
-			return true
-		}
-	case int64:
-		if k == copyBigint {
-			w.Int64(x)
-			return true
-		}
-	case *int64:
-		if k == copyBigint {
-			w.Int64(*x)
-			return true
-		}
-	case *bool:
-		if k == copyBoolean {
-			w.Bool(*x)
-			return true
-		}
-	case netip.Addr:
-		if k == copyInet && x.IsValid() && x.Zone() == "" {
-			w.Inet(x)
-			return true
-		}
-	case []byte:
-		if k == copyJSONB {
-			w.JSONB(x)
-			return true
-		}
-	case []string:
-		if k == copyTextArray {
-			w.TextArray(x)
-			return true
-		}
+	case copyJSONB:
+		return put(w.JSONB, v)
+	case copyTextArray:
+		return put(w.TextArray, v)
 	}
 	return false
+}
+
+// put writes v with write when v is a T or a (non-nil) *T.
+func put[T any](write func(T), v any) bool {
+	switch x := v.(type) {
+	case T:
+		write(x)
+	case *T:
+		write(*x)
+	default:
+		return false
+	}
+	return true
 }
