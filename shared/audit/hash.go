@@ -215,6 +215,15 @@ func appendTimestamp(b []byte, t time.Time) []byte {
 	return append(b, 'Z')
 }
 
+// appendQuotedTime is a timestamp as the hash writes it. The layout's
+// output is printable ASCII without quotes or backslashes, which
+// strconv.Quote leaves as it is.
+func appendQuotedTime(b []byte, t time.Time) []byte {
+	b = append(b, '"')
+	b = appendTimestamp(b, t)
+	return append(b, '"')
+}
+
 // appendDigits writes v, 0 <= v < 10^width, in width decimal digits.
 func appendDigits(b []byte, v, width int) []byte {
 	var d [6]byte
@@ -243,16 +252,12 @@ func appendCanonical(b []byte, v any) []byte {
 	case nil:
 		return append(b, "null"...)
 	case time.Time:
-		// The layout's output is printable ASCII without quotes or
-		// backslashes, which strconv.Quote leaves as it is.
-		b = append(b, '"')
-		b = appendTimestamp(b, x)
-		return append(b, '"')
+		return appendQuotedTime(b, x)
 	case *time.Time:
 		if x == nil {
 			return append(b, "null"...)
 		}
-		return appendCanonical(b, *x)
+		return appendQuotedTime(b, *x) // not appendCanonical: boxing a time.Time allocates
 	case []byte: // json columns
 		if x == nil {
 			return append(b, "null"...)
