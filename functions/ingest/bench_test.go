@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
+
 	"apigee-timescale/deploy/local/testkit"
+	"apigee-timescale/shared/copybinary"
 )
 
 // BenchmarkCore feeds 100-record messages through the whole core (decode,
@@ -131,3 +134,93 @@ func (w *nopResponse) Write(p []byte) (int, error) {
 }
 func (w *nopResponse) WriteHeader(code int) { w.code = code }
 func (w *nopResponse) Flush()               {}
+
+// BenchmarkBatchStages is the function's per-row work on the batch path,
+// without a database: one 500-record message as make bench's (2) sends it,
+// taken through the stages cumulatively (each case does the ones before it
+// too), plus pgx's encoding of the same COPY rows for comparison. Its
+// instruction counts (README, Benchmarks, session 8) are the difference of
+// a 21-iteration and a 1-iteration run under callgrind, divided by 20 × 500:
+//
+//	go test -c -o /tmp/ingest.test ./functions/ingest/
+//	GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 valgrind --tool=callgrind \
+//	  /tmp/ingest.test -test.run '^$' -test.bench 'BenchmarkBatchStages/copy$' -test.benchtime 21x
+func BenchmarkBatchStages(b *testing.B) {
+	cfg, err := configFrom(func(string) string { return "" })
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := NewService(cfg, Deps{Writer: nothingWriter{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	const n = 500
+	now := time.Now().UTC()
+	var data strings.Builder
+	for i := range n {
+		data.WriteString(rec(fmt.Sprintf("stage-%d", i), now.Add(-time.Duration(i)*time.Second),
+			fmt.Sprintf(`"target_response_time":"%d"`, 10+i%150), `"request_size":"0"`, `"response_size":"1834"`,
+			fmt.Sprintf(`"client_ip":"203.0.113.%d"`, i%250), `"useragent":"okhttp/4.12.0"`,
+			fmt.Sprintf(`"developer_app":"app-%d"`, i%40), `"api_product":"gold"`,
+			fmt.Sprintf(`"identity":{"subject":"user-%d","auth":"oauth2"}`, i%1000)))
+		data.WriteByte('\n')
+	}
+	body := []byte(benchEnvelope("m-1", data.String(), now))
+	types := pgtype.NewMap()
+	oids := make([]uint32, len(stageTypes))
+	pgName := map[string]string{"integer": "int4", "bigint": "int8", "smallint": "int2", "boolean": "bool", "text[]": "_text"}
+	for j, t := range stageTypes {
+		if alias, ok := pgName[t]; ok {
+			t = alias
+		}
+		dt, ok := types.TypeForName(t)
+		if !ok {
+			b.Fatalf("no pgx type for %s", t)
+		}
+		oids[j] = dt.OID
+	}
+	for _, upto := range []string{"decode", "parse", "values", "hash", "copy", "copy-pgx"} {
+		b.Run(upto, func(b *testing.B) {
+			b.ReportAllocs()
+			buf := make([]byte, 0, 1<<20)
+			for b.Loop() {
+				m := decodePush(http.Header{}, body)
+				if upto == "decode" {
+					continue
+				}
+				d := s.toDelivery(m, len(body))
+				if len(d.Calls) != n {
+					b.Fatalf("%d calls, rejects %v", len(d.Calls), d.Rejects)
+				}
+				if upto == "parse" {
+					continue
+				}
+				vals := rowValues(7, keyOrder(d.Calls))
+				if upto == "values" {
+					continue
+				}
+				hashRows(7, vals)
+				switch upto {
+				case "copy":
+					var cw copybinary.Writer
+					cw.Reset(buf)
+					if err := copyRows(&cw, vals); err != nil {
+						b.Fatal(err)
+					}
+					buf = cw.Finish()[:0]
+				case "copy-pgx":
+					buf = buf[:0]
+					for _, row := range vals {
+						for j, v := range row {
+							if buf, err = types.Encode(oids[j], pgtype.BinaryFormatCode, v, buf); err != nil {
+								b.Fatal(err)
+							}
+						}
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/row")
+		})
+	}
+}
