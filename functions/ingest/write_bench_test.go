@@ -140,7 +140,10 @@ func undoRawIndexes(tb testing.TB, db *testkit.DB) {
 // /proc, so the server must run on this machine). The difference between
 // two cases is that piece's cost; "writer" cases are Writer.Write itself.
 // async-commit is a diagnostic only (the share of the commit's WAL flush);
-// ingest always commits synchronously.
+// ingest always commits synchronously. values-N sends the same INSERT as
+// one multi-row VALUES list with a parameter per column and row instead
+// of insertSQL's column arrays: the alternative to the arrays for
+// single-record deliveries.
 //
 //	go test -run '^$' -bench BenchmarkWriteFixedCost -benchtime 3000x ./functions/ingest/
 func BenchmarkWriteFixedCost(b *testing.B) {
@@ -164,6 +167,8 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 		// runs Writer.Write instead.
 		first         []string
 		split, writer bool
+		// values sends insert's rows as valuesArgs, not column arrays.
+		values bool
 	}{
 		{name: "begin-commit"},
 		{name: "batch-row", first: []string{"SELECT nextval('apigee.ingest_batch_id_seq')", batchRow}},
@@ -175,6 +180,9 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 		{name: "insert-1/no-invalidations/no-on-conflict", rows: 1, insert: strings.Replace(noInv, "ON CONFLICT DO NOTHING", "", 1)},
 		{name: "insert-1/no-invalidations/plain-table", rows: 1, insert: strings.Replace(noInv, "apigee.api_calls", "apigee.bench_plain_calls", 1)},
 		{name: "insert-64", rows: 64, insert: insertSQL},
+		{name: "insert-64/two-round-trips", rows: 64, insert: insertSQL, split: true},
+		{name: "values-1", rows: 1, insert: valuesSQL(1), values: true},
+		{name: "values-64", rows: 64, insert: valuesSQL(64), values: true},
 		{name: "writer-1", rows: 1, writer: true},
 		{name: "writer-64", rows: 64, writer: true},
 	}
@@ -206,7 +214,11 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 					}
 					continue
 				}
-				if err := fixedCostTx(ctx, pool, c.first, c.insert, batch, batchRow, c.split); err != nil {
+				args := append(columnArrays(rowValues(0, batch)), len(batch))
+				if c.values {
+					args = valuesArgs(batch)
+				}
+				if err := fixedCostTx(ctx, pool, c.first, c.insert, args, len(batch) > 0, batchRow, c.split); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -230,9 +242,9 @@ func sqlPart(b *testing.B, q, from, to string) (part, rest string) {
 }
 
 // fixedCostTx is one transaction of BenchmarkWriteFixedCost: BEGIN, first,
-// the insert of calls (with nextval before it and the batch row after),
-// COMMIT, in one round trip or two.
-func fixedCostTx(ctx context.Context, pool *pgxpool.Pool, first []string, insert string, calls []Call, batchRow string, split bool) error {
+// the insert with its args when rows is set (with nextval before it and
+// the batch row after), COMMIT, in one round trip or two.
+func fixedCostTx(ctx context.Context, pool *pgxpool.Pool, first []string, insert string, args []any, rows bool, batchRow string, split bool) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -244,9 +256,9 @@ func fixedCostTx(ctx context.Context, pool *pgxpool.Pool, first []string, insert
 	for _, s := range first {
 		q.Queue(s)
 	}
-	if len(calls) > 0 {
+	if rows {
 		q.Queue("SELECT nextval('apigee.ingest_batch_id_seq')")
-		q.Queue(insert, append(columnArrays(rowValues(0, calls)), len(calls))...)
+		q.Queue(insert, args...)
 		if split {
 			if err := send(q); err != nil {
 				return err
@@ -257,4 +269,47 @@ func fixedCostTx(ctx context.Context, pool *pgxpool.Pool, first []string, insert
 	}
 	q.Queue("COMMIT")
 	return send(q)
+}
+
+// valuesSQL is insertSQL for n rows as a VALUES list, one parameter per
+// column and row ($1… row by row in stageColumns order without batch_id,
+// then the number of rows), for BenchmarkWriteFixedCost's values cases.
+func valuesSQL(n int) string {
+	const batchID = "(SELECT currval('apigee.ingest_batch_id_seq'))"
+	rows := make([]string, n)
+	p := 1
+	for r := range rows {
+		sel := make([]string, len(stageColumns))
+		for i, t := range stageTypes {
+			if i == batchIDColumn {
+				sel[i] = batchID
+				continue
+			}
+			sel[i] = fmt.Sprintf("$%d::%s", p, t)
+			p++
+		}
+		rows[r] = "(" + strings.Join(sel, ", ") + ")"
+	}
+	return `
+WITH ins AS (
+	INSERT INTO apigee.api_calls (` + columnList + `)
+	VALUES ` + strings.Join(rows, ",\n\t") + `
+	ON CONFLICT DO NOTHING
+	RETURNING message_id, received_at
+), inv AS (
+	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
+	SELECT DISTINCT ` + batchID + `, date_trunc('minute', received_at) FROM ins
+)
+` + insertedSelect(p)
+}
+
+// valuesArgs are valuesSQL's arguments for calls: each row's values but
+// batch_id, row by row, then the number of rows.
+func valuesArgs(calls []Call) []any {
+	var out []any
+	for _, row := range rowValues(0, calls) {
+		out = append(out, row[:batchIDColumn]...)
+		out = append(out, row[batchIDColumn+1:]...)
+	}
+	return append(out, len(calls))
 }
