@@ -169,8 +169,7 @@ func jsonAttributes(m map[string]string) []byte {
 // insertSQL is moveSQL for a batch sent as one array per column instead of
 // through the staging table: the same INSERT … ON CONFLICT DO NOTHING and
 // the same invalidations, in one statement sent with the batch's BEGIN.
-// The batch id is the sequence's value that nextval gave this transaction
-// just before (currval, in an InitPlan: evaluated once). $1… are the
+// The batch id is currentBatchID. $1… are the
 // columns' arrays, in stageColumns order without batch_id, then the number
 // of calls (for insertedSelect). The arrays are in key order (keyOrder): a
 // function scan returns its rows in the order of its arrays, so the INSERT
@@ -180,8 +179,15 @@ func jsonAttributes(m map[string]string) []byte {
 // unnesting it is saved. Arrays carry inet, text[] and jsonb as text, cast
 // here (a text[] per row cannot be one element of a text[] array, and the
 // text is what pgx's binary jsonb sends anyway).
-var insertSQL = func() string {
-	const batchID = "(SELECT currval('apigee.ingest_batch_id_seq'))"
+var insertSQL = "\nWITH " + insertCTEs(currentBatchID) + insertedSelect(callsParam)
+
+// callsParam is the number of insertSQL's parameter that holds the number
+// of calls, after one array per column but batch_id.
+var callsParam = len(stageColumns)
+
+// insertCTEs is insertSQL's CTEs, ins and inv, with batchID the SQL
+// expression of the batch id.
+func insertCTEs(batchID string) string {
 	var params, names, sel []string
 	n := 1
 	for i, t := range stageTypes {
@@ -204,8 +210,7 @@ var insertSQL = func() string {
 		}
 		n++
 	}
-	return `
-WITH ins AS (
+	return `ins AS (
 	INSERT INTO apigee.api_calls (` + columnList + `)
 	SELECT ` + strings.Join(sel, ", ") + `
 	FROM unnest(` + strings.Join(params, ", ") + `) AS t(` + strings.Join(names, ", ") + `)
@@ -215,8 +220,39 @@ WITH ins AS (
 	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
 	SELECT DISTINCT ` + batchID + `, date_trunc('minute', received_at) FROM ins
 )
-` + insertedSelect(n)
-}()
+`
+}
+
+// currentBatchID is the batch id nextval gave this transaction just
+// before (currval, in an InitPlan: evaluated once).
+const currentBatchID = "(SELECT currval('apigee.ingest_batch_id_seq'))"
+
+// oneTripSQL is a whole batch in one statement, and so in one
+// transaction of its own without BEGIN or COMMIT: its batch id (id),
+// insertSQL's rows and invalidations, and the batch row in format 2
+// (migration 00027), the database binding the id to the rows' digest. It
+// expects every call to be new; when ON CONFLICT skipped one,
+// expect_all_stored fails the statement with notAllNew, which rolls it all
+// back, and the batch is written again in two round trips. After
+// insertSQL's parameters: the batch's duplicates within itself, its
+// messages, its rows' min and max received_at, and their digest
+// (audit.NewDigest). It answers the batch id and the rows inserted (the
+// batch row is the ingest role's to insert, not to read back). nextval
+// runs inside the statement's transaction, as the seal horizon needs
+// (functions/rollup/seal.go).
+var oneTripSQL = "\nWITH id AS MATERIALIZED (SELECT nextval('apigee.ingest_batch_id_seq') AS v), " +
+	insertCTEs("(SELECT v FROM id)") + fmt.Sprintf(`, bat AS (
+	INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages,
+		min_received_at, max_received_at, rows_sha256, rows_sha256_format)
+	SELECT id.v, apigee.expect_all_stored(c.stored, $%[1]d::bigint), $%[2]d::integer, 0, $%[3]d::integer,
+		$%[4]d::timestamptz, $%[5]d::timestamptz, sha256(int8send(id.v) || $%[6]d::bytea), %[7]d
+	FROM (SELECT count(*) AS stored FROM ins) AS c, id
+)
+SELECT (SELECT v FROM id), (SELECT count(*) FROM ins)`, callsParam, callsParam+1, callsParam+2, callsParam+3, callsParam+4, callsParam+5, audit.RowsFormat2)
+
+// notAllNew is the SQLSTATE of expect_all_stored (migration 00027): a
+// one-round-trip batch held a call that is stored already.
+const notAllNew = "AT001"
 
 // arrayAsText: the column types whose arrays insertSQL takes as text.
 func arrayAsText(sqlType string) bool {

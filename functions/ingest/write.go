@@ -5,7 +5,9 @@
 // a redelivered message never makes a second row. In the same transaction it
 // quarantines rejects, records the minutes the batch touched (for
 // functions/rollup) and one apigee.ingest_batches row with counts and a
-// SHA-256 of the inserted rows.
+// SHA-256 of the inserted rows. A small batch of new calls without rejects,
+// what single-record push deliveries make, takes one round trip to the
+// database (writeOneTrip); the others take two.
 //
 // COPY goes into the staging table rather than the hypertable because COPY
 // cannot skip conflicts, and because PostgreSQL refuses COPY FROM for roles
@@ -171,12 +173,14 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}
 	defer conn.Release()
 
-	// Two round trips: BEGIN, the staging table (when staged), the batch id
-	// and, for a batch sent as arrays, its INSERT in one (the staging table
-	// takes its COPY and move besides); emptying the staging table, the
-	// batch row and COMMIT in another. A batch that fails between them is
-	// rolled back here, or, when even that fails, its connection is
-	// discarded by the pool (it is not idle).
+	// A batch sent as arrays, without rejects, goes in one round trip
+	// (writeOneTrip) unless it holds a call stored already. Otherwise two:
+	// BEGIN, the staging table (when staged), the batch id and, for a batch
+	// sent as arrays, its INSERT in one (the staging table takes its COPY
+	// and move besides); emptying the staging table, the batch row and
+	// COMMIT in another. A batch that fails between them is rolled back
+	// here, or, when even that fails, its connection is discarded by the
+	// pool (it is not idle).
 	tx := conn.Conn()
 	committed := false
 	defer func() {
@@ -184,10 +188,18 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 			tx.Exec(ctx, "ROLLBACK") //nolint:errcheck // see above
 		}
 	}()
-	var res Result
 	staged := len(b.Calls) > w.unnestMax
 	calls := keyOrder(b.Calls)
 	vals := rowValues(0, calls) // the batch id is set once known
+	if !staged && len(calls) > 0 && len(b.Rejects) == 0 {
+		res, err := writeOneTrip(ctx, tx, b, calls, vals)
+		var pg *pgconn.PgError
+		if !errors.As(err, &pg) || pg.Code != notAllNew {
+			committed = err == nil
+			return res, err
+		}
+	}
+	var res Result
 	var stored []bool
 	start := &pgx.Batch{}
 	start.Queue("BEGIN")
@@ -216,15 +228,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	res.Inserted = len(inserted)
 	res.Duplicates = len(b.Calls) - len(inserted)
 	if len(inserted) > 0 {
-		res.MinReceived, res.MaxReceived = inserted[0].ReceivedAt, inserted[0].ReceivedAt
-		for _, c := range inserted[1:] {
-			if c.ReceivedAt.Before(res.MinReceived) {
-				res.MinReceived = c.ReceivedAt
-			}
-			if c.ReceivedAt.After(res.MaxReceived) {
-				res.MaxReceived = c.ReceivedAt
-			}
-		}
+		res.MinReceived, res.MaxReceived = receivedRange(inserted)
 	}
 	res.SHA256 = hashRows(res.BatchID, rows)
 
@@ -256,6 +260,73 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	return res, nil
 }
 
+// writeOneTrip writes a batch of new calls sent as arrays, without rejects,
+// in one statement, oneTripSQL (its batch id, the rows, their
+// invalidations and the batch row in format 2), which is its own
+// transaction: one round trip, and no BEGIN or COMMIT to parse and run.
+// calls are keyOrder's, vals their RowValues with batch id 0, which is
+// what format 2's digest hashes. When a call is stored already, the error
+// is the database's notAllNew and nothing is stored: the caller writes the
+// batch in two round trips (format 1), which accounts for duplicates and
+// checks them for key collisions.
+func writeOneTrip(ctx context.Context, tx inTx, b *Batch, calls []Call, vals [][]any) (Result, error) {
+	res := Result{Inserted: len(calls), Duplicates: len(b.Calls) - len(calls)}
+	res.MinReceived, res.MaxReceived = receivedRange(calls)
+	order := messageOrder(calls, nil)
+	d := audit.NewDigest()
+	for _, i := range order {
+		d.Row(vals[i])
+	}
+	digest := d.Sum()
+	args := append(columnArrays(vals), len(calls), res.Duplicates, b.Messages, res.MinReceived, res.MaxReceived, digest[:])
+	var n int64
+	if err := tx.QueryRow(ctx, oneTripSQL, args...).Scan(&res.BatchID, &n); err != nil {
+		return Result{}, fmt.Errorf("write: one round trip: %w", err)
+	}
+	if n != int64(len(calls)) {
+		// expect_all_stored lets no other count through; the batch is
+		// committed, so this can only be reported.
+		return Result{}, fmt.Errorf("write: one round trip: batch %d stored %d of %d calls", res.BatchID, n, len(calls))
+	}
+	res.SHA256 = audit.BindID(res.BatchID, digest)
+	return res, nil
+}
+
+// receivedRange returns the least and greatest received_at of calls (at
+// least one).
+func receivedRange(calls []Call) (lo, hi time.Time) {
+	lo, hi = calls[0].ReceivedAt, calls[0].ReceivedAt
+	for _, c := range calls[1:] {
+		if c.ReceivedAt.Before(lo) {
+			lo = c.ReceivedAt
+		}
+		if c.ReceivedAt.After(hi) {
+			hi = c.ReceivedAt
+		}
+	}
+	return lo, hi
+}
+
+// messageOrder returns the positions of calls that were stored (stored[i];
+// all of them when stored is nil) in the hash's order, (message_id,
+// received_at).
+func messageOrder(calls []Call, stored []bool) []int {
+	order := make([]int, 0, len(calls))
+	for i := range calls {
+		if stored == nil || stored[i] {
+			order = append(order, i)
+		}
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		ca, cb := &calls[a], &calls[b]
+		if c := strings.Compare(ca.MessageID, cb.MessageID); c != 0 {
+			return c
+		}
+		return ca.ReceivedAt.Compare(cb.ReceivedAt)
+	})
+	return order
+}
+
 // tidy vacuums conn's staging table once enough rows have gone through it.
 // The batch is committed whatever happens here: a failed VACUUM is tried
 // again after the next batch.
@@ -276,9 +347,9 @@ func (w *Writer) tidy(ctx context.Context, conn *pgxpool.Conn, rows int) {
 	w.mu.Unlock()
 }
 
-// HashCalls returns rows_sha256 of a batch's inserted rows, in the
-// canonical encoding of shared/audit, which the verifier recomputes from
-// the rows stored WHERE batch_id = id. calls must be in (message_id,
+// HashCalls returns rows_sha256 of a batch's inserted rows in format 1
+// (audit.RowsFormat1, the canonical encoding of shared/audit), which the
+// verifier recomputes from the rows stored WHERE batch_id = id. calls must be in (message_id,
 // received_at) order.
 func HashCalls(batchID int64, calls []Call) [32]byte {
 	h := audit.NewHasher(batchID)
@@ -399,24 +470,12 @@ func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals 
 			return nil, nil, err
 		}
 	}
-	order := make([]int, 0, len(calls))
-	for i := range calls {
-		if stored[i] {
-			order = append(order, i)
-		}
-	}
+	order := messageOrder(calls, stored)
 	if len(order) < len(calls) {
 		if err := checkSkipped(ctx, tx, calls, stored); err != nil {
 			return nil, nil, err
 		}
 	}
-	slices.SortFunc(order, func(a, b int) int {
-		ca, cb := &calls[a], &calls[b]
-		if c := strings.Compare(ca.MessageID, cb.MessageID); c != 0 {
-			return c
-		}
-		return ca.ReceivedAt.Compare(cb.ReceivedAt)
-	})
 	inserted := make([]Call, len(order))
 	insertedRows := make([][]any, len(order))
 	for k, i := range order {

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"apigee-timescale/deploy/local/testkit"
+	"apigee-timescale/shared/audit"
 	"apigee-timescale/shared/record"
 )
 
@@ -142,9 +143,75 @@ func TestRetryInOneBatchStoresTheFirstCopy(t *testing.T) {
 			if stored != order[0].PubSubMessageID || res.Inserted != 1 || res.Duplicates != 1 {
 				t.Fatalf("stored %s (%+v), want %s: the first delivered, once", stored, res, order[0].PubSubMessageID)
 			}
-			if want := HashCalls(res.BatchID, order[:1]); res.SHA256 != want {
-				t.Fatalf("rows_sha256 is not the hash of the stored row")
+			if want, n, err := audit.HashStored(ctx, db.Admin, res.BatchID); err != nil || n != 1 || res.SHA256 != want {
+				t.Fatalf("rows_sha256 %x is not the hash of the stored row (%x, %d rows, %v)", res.SHA256, want, n, err)
 			}
+		}
+	})
+}
+
+// TestBatchRowFormat: a batch of new calls sent as arrays without rejects
+// goes in one round trip and its batch row is in format 2; every other
+// batch, and one that meets a call stored already (which rolls back and
+// goes again in two round trips), in format 1. Whatever the format, the
+// batch row's counts are right and the verifier recomputes its hash.
+func TestBatchRowFormat(t *testing.T) {
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		ctx := context.Background()
+		w := NewWriter(ingestPool(t, db))
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		if _, err := w.Write(ctx, &Batch{Messages: 1, Calls: []Call{testCall("stored", "t", now)}}); err != nil {
+			t.Fatal(err)
+		}
+		reject := Reject{ReceivedAt: now, DedupeKey: "msg:r:0", Tenant: "t", Reason: "not_json", Detail: "not JSON", Payload: []byte("{")}
+		for _, c := range []struct {
+			name    string
+			calls   []Call
+			rejects []Reject
+			staged  bool
+			// format, inserted and dups are the batch row's.
+			format         int16
+			inserted, dups int
+		}{
+			{name: "new calls", calls: []Call{testCall("a1", "t", now), testCall("a2", "u", now.Add(-2*time.Minute))}, format: audit.RowsFormat2, inserted: 2},
+			{name: "a call twice in the batch", calls: []Call{testCall("b1", "t", now), testCall("b1", "t", now)}, format: audit.RowsFormat2, inserted: 1, dups: 1},
+			{name: "a call stored already", calls: []Call{testCall("c1", "t", now), testCall("stored", "t", now)}, format: audit.RowsFormat1, inserted: 1, dups: 1},
+			{name: "only calls stored already", calls: []Call{testCall("stored", "t", now)}, format: audit.RowsFormat1, dups: 1},
+			{name: "with a reject", calls: []Call{testCall("d1", "t", now)}, rejects: []Reject{reject}, format: audit.RowsFormat1, inserted: 1},
+			{name: "staged", calls: []Call{testCall("e1", "t", now), testCall("e2", "t", now)}, staged: true, format: audit.RowsFormat1, inserted: 2},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				w.unnestMax = unnestMaxRows
+				if c.staged {
+					w.unnestMax = 0
+				}
+				res, err := w.Write(ctx, &Batch{Messages: len(c.calls), Calls: c.calls, Rejects: c.rejects})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var format int16
+				var inserted, dups int
+				var sum []byte
+				if err := db.Admin.QueryRow(ctx, `SELECT rows_sha256_format, rows_inserted, rows_duplicate, rows_sha256
+					FROM apigee.ingest_batches WHERE batch_id = $1`, res.BatchID).Scan(&format, &inserted, &dups, &sum); err != nil {
+					t.Fatal(err)
+				}
+				if format != c.format || inserted != c.inserted || dups != c.dups || res.Inserted != c.inserted || res.Duplicates != c.dups {
+					t.Fatalf("batch row: format %d, %d inserted, %d duplicate (result %+v); want format %d, %d, %d",
+						format, inserted, dups, res, c.format, c.inserted, c.dups)
+				}
+				want, n, err := audit.HashStored(ctx, db.Admin, res.BatchID)
+				if err != nil || n != int64(c.inserted) || string(sum) != string(want[:]) || res.SHA256 != want {
+					t.Fatalf("rows_sha256 %x (result %x), recomputed %x over %d rows (%v)", sum, res.SHA256, want, n, err)
+				}
+				if n := count(t, db, "SELECT count(*) FROM apigee.rollup_invalidations WHERE batch_id = $1", res.BatchID); (n > 0) != (c.inserted > 0) {
+					t.Fatalf("%d invalidated minutes for %d rows inserted", n, c.inserted)
+				}
+			})
+		}
+		rep, err := audit.Verify(ctx, db.Admin, audit.Options{Orphans: true})
+		if err != nil || rep.Problem != nil || !rep.Done {
+			t.Fatalf("verify: %+v (%v)", rep, err)
 		}
 	})
 }

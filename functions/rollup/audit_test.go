@@ -113,6 +113,12 @@ func TestVerifyNamesTheDamage(t *testing.T) {
 		ids := writeBatches(t, w, "b", []time.Duration{0, time.Minute, 2 * time.Minute}, []time.Duration{0, time.Second}, []time.Duration{time.Hour})
 		mustRun(t, newTestRunner(t, db, testConfig(), nil))
 		target := ids[1]
+		// The target went in one round trip (migration 00027's format 2),
+		// the others' batch rows may not have; the chain holds both.
+		var format int16
+		if err := db.Admin.QueryRow(ctx, "SELECT rows_sha256_format FROM apigee.ingest_batches WHERE batch_id = $1", target).Scan(&format); err != nil || format != audit.RowsFormat2 {
+			t.Fatalf("target batch in format %d (%v), want %d", format, err, audit.RowsFormat2)
+		}
 		cases := []struct {
 			name string
 			sql  []string
@@ -134,6 +140,7 @@ func TestVerifyNamesTheDamage(t *testing.T) {
 			{"delete a batch and its seal", []string{
 				fmt.Sprintf("DELETE FROM apigee.ingest_batches WHERE batch_id = %d", target),
 				fmt.Sprintf("DELETE FROM apigee.audit_seals WHERE batch_id = %d", target)}, audit.BrokenLink, ids[2]},
+			{"switch a batch row's hash format", []string{fmt.Sprintf("UPDATE apigee.ingest_batches SET rows_sha256_format = 1 WHERE batch_id = %d", target)}, audit.ChangedRow, target},
 			{"rewrite a batch row", []string{fmt.Sprintf("UPDATE apigee.ingest_batches SET rows_inserted = 1 WHERE batch_id = %d", target),
 				"DELETE FROM apigee.api_calls WHERE message_id = 'b-1-0'"}, audit.BrokenLink, target},
 		}

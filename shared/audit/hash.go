@@ -110,6 +110,37 @@ func NewHasher(batchID int64) *Hasher {
 	return h
 }
 
+// The formats of rows_sha256, as apigee.ingest_batches.rows_sha256_format
+// records them (migration 00027).
+const (
+	// RowsFormat1 is the Hasher of NewHasher: the batch id first, then the
+	// rows, each with its batch_id.
+	RowsFormat1 int16 = 1
+	// RowsFormat2 is BindID(id, D), D the digest of NewDigest: the same
+	// rows with batch_id written as 0, and the id bound last, so that the
+	// database can bind it (sha256(int8send(id) || D)) in the transaction
+	// that takes it from the sequence, and ingest needs no round trip to
+	// learn it first.
+	RowsFormat2 int16 = 2
+)
+
+// NewDigest starts D, format 2's digest of a batch's rows: the encoding of
+// NewHasher without the id in front. Each row's batch_id must be 0
+// (RowValues with batchID 0): the id is bound by BindID instead.
+func NewDigest() *Hasher {
+	return &Hasher{h: sha256.New(), buf: make([]byte, 0, 1024)}
+}
+
+// BindID returns format 2's rows_sha256 of batch batchID from its rows'
+// digest d (NewDigest): SHA-256(the id as 8 big-endian bytes ‖ d), which
+// is what PostgreSQL computes as sha256(int8send(id) || d).
+func BindID(batchID int64, d [32]byte) [32]byte {
+	var b [8 + 32]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(batchID))
+	copy(b[8:], d[:])
+	return sha256.Sum256(b[:])
+}
+
 // Row adds one row, its values in Columns order as RowValues returns them.
 func (h *Hasher) Row(vals []any) {
 	b := append(h.buf[:0], '[')

@@ -1,6 +1,7 @@
 package audit_test
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"net/netip"
@@ -86,5 +87,34 @@ func TestAddedColumnsHashOnlyWhenSet(t *testing.T) {
 	rows[1].ForwardedClientIP = netip.Addr{}
 	if hashRows(42, rows) != before {
 		t.Fatal("an unset added column changes the hash of a first-revision row")
+	}
+}
+
+// TestFormat2Golden pins format 2 (migration 00027): the digest of the
+// rows with batch_id 0, then the id bound as the database binds it,
+// sha256(int8send(id) || D).
+func TestFormat2Golden(t *testing.T) {
+	rows := goldenCalls()
+	d := audit.NewDigest()
+	var vals []any
+	for i := range rows {
+		vals = audit.RowValues(vals, &rows[i].Record, &rows[i].PubSubMessageID, &rows[i].PublishTime, 0)
+		d.Row(vals)
+	}
+	digest := d.Sum()
+	got := audit.BindID(42, digest)
+	const want = "af4f0e755034a05b3a14d19ab396ce7e6afa05020c1e94f075f5a4cde05f35ea"
+	if hex.EncodeToString(got[:]) != want {
+		t.Errorf("format 2 = %x, want %s", got, want)
+	}
+	bound := sha256.Sum256(append([]byte{0, 0, 0, 0, 0, 0, 0, 42}, digest[:]...))
+	if got != bound {
+		t.Errorf("BindID(42, D) = %x, want SHA-256(00…2a ‖ D) = %x", got, bound)
+	}
+	if audit.BindID(43, digest) == got {
+		t.Error("format 2 ignores the batch id")
+	}
+	if got == hashRows(42, rows) {
+		t.Error("format 2 is format 1")
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -88,6 +90,9 @@ type entry struct {
 	seal     []byte
 	hasBatch bool
 	batch    Batch
+	// format is the batch row's rows_sha256_format (RowsFormat1 when the
+	// row is gone).
+	format int16
 }
 
 type span struct{ from, to time.Time }
@@ -208,7 +213,7 @@ func check(rows pgx.Rows, rv *rowVerifier, e *entry, prev *[32]byte, prevID **in
 	default:
 		rep.Unsealed++
 	}
-	return rv.check(rows, &e.batch, dropped, rep)
+	return rv.check(rows, &e.batch, e.format, dropped, rep)
 }
 
 func sameID(a, b *int64) bool { return (a == nil && b == nil) || (a != nil && b != nil && *a == *b) }
@@ -224,7 +229,8 @@ func readEntries(ctx context.Context, q Querier, after int64) ([]entry, error) {
 	rows, err := q.Query(ctx, `
 		SELECT batch_id, s.batch_id IS NOT NULL, s.prev_batch_id, s.seal, b.batch_id IS NOT NULL,
 			coalesce(b.rows_inserted, 0), coalesce(b.rows_duplicate, 0), coalesce(b.rows_rejected, 0),
-			coalesce(b.messages, 0), b.min_received_at, b.max_received_at, b.rows_sha256
+			coalesce(b.messages, 0), b.min_received_at, b.max_received_at, b.rows_sha256,
+			coalesce(b.rows_sha256_format, 1)
 		FROM apigee.audit_seals s FULL JOIN apigee.ingest_batches b USING (batch_id)
 		WHERE batch_id > $1
 		ORDER BY batch_id
@@ -236,7 +242,7 @@ func readEntries(ctx context.Context, q Querier, after int64) ([]entry, error) {
 	var e entry
 	_, err = pgx.ForEachRow(rows, []any{&e.id, &e.sealed, &e.prevID, &e.seal, &e.hasBatch,
 		&e.batch.Inserted, &e.batch.Duplicates, &e.batch.Rejected, &e.batch.Messages,
-		&e.batch.MinReceived, &e.batch.MaxReceived, &e.batch.RowsSHA256}, func() error {
+		&e.batch.MinReceived, &e.batch.MaxReceived, &e.batch.RowsSHA256, &e.format}, func() error {
 		e.batch.ID = e.id
 		out = append(out, e)
 		e = entry{}
@@ -380,11 +386,18 @@ type stored struct {
 	lo, hi time.Time
 }
 
-func (rv *rowVerifier) hash(rows pgx.Rows, batchID int64) (stored, error) {
+// hash hashes rows, the stored rows of batch batchID, in format.
+func (rv *rowVerifier) hash(rows pgx.Rows, batchID int64, format int16) (stored, error) {
 	var st stored
 	h := NewHasher(batchID)
+	if format == RowsFormat2 {
+		h = NewDigest()
+	}
 	_, err := pgx.ForEachRow(rows, rv.targets, func() error {
 		vals := rv.values()
+		if format == RowsFormat2 {
+			vals[batchIDColumn] = zeroID
+		}
 		at := *vals[0].(*time.Time)
 		if st.n == 0 || at.Before(st.lo) {
 			st.lo = at
@@ -400,23 +413,39 @@ func (rv *rowVerifier) hash(rows pgx.Rows, batchID int64) (stored, error) {
 		return st, fmt.Errorf("verify: rows of batch %d: %w", batchID, err)
 	}
 	st.sum = h.Sum()
+	if format == RowsFormat2 {
+		st.sum = BindID(batchID, st.sum)
+	}
 	return st, nil
 }
 
-// HashStored returns the rows_sha256 of the rows stored now under batchID
-// and how many there are.
+// batchIDColumn is batch_id's position in Columns; zeroID is the batch_id
+// format 2's digest writes (what RowValues gives for batch id 0).
+var (
+	batchIDColumn     = slices.Index(columns, "batch_id")
+	zeroID        any = int64(0)
+)
+
+// HashStored returns the rows_sha256 of the rows stored now under batchID,
+// in the format its batch row records (format 1 without one), and how many
+// rows there are.
 func HashStored(ctx context.Context, q Querier, batchID int64) ([32]byte, int64, error) {
+	format := RowsFormat1
+	err := q.QueryRow(ctx, "SELECT rows_sha256_format FROM apigee.ingest_batches WHERE batch_id = $1", batchID).Scan(&format)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return [32]byte{}, 0, fmt.Errorf("verify: format of batch %d: %w", batchID, err)
+	}
 	rv := newRowVerifier()
 	rows, err := q.Query(ctx, rv.sql, batchID)
 	if err != nil {
 		return [32]byte{}, 0, fmt.Errorf("verify: rows of batch %d: %w", batchID, err)
 	}
-	st, err := rv.hash(rows, batchID)
+	st, err := rv.hash(rows, batchID, format)
 	return st.sum, st.n, err
 }
 
-func (rv *rowVerifier) check(rows pgx.Rows, b *Batch, dropped []span, rep *Report) (*Problem, error) {
-	st, err := rv.hash(rows, b.ID)
+func (rv *rowVerifier) check(rows pgx.Rows, b *Batch, format int16, dropped []span, rep *Report) (*Problem, error) {
+	st, err := rv.hash(rows, b.ID, format)
 	if err != nil {
 		return nil, err
 	}
