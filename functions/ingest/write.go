@@ -190,7 +190,9 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	}()
 	staged := len(b.Calls) > w.unnestMax
 	calls := keyOrder(b.Calls)
-	vals := rowValues(0, calls) // the batch id is set once known
+	buf := rowBufs.Get().(*rowBuf)
+	defer buf.release()
+	vals := buf.values(0, calls) // the batch id is set once known
 	if !staged && len(calls) > 0 && len(b.Rejects) == 0 {
 		res, err := writeOneTrip(ctx, tx, b, calls, vals)
 		var pg *pgconn.PgError
@@ -221,16 +223,16 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 		row[batchIDColumn] = id
 	}
 
-	inserted, rows, err := storeCalls(ctx, tx, res.BatchID, calls, vals, stored)
+	inserted, err := storeCalls(ctx, tx, res.BatchID, calls, vals, stored)
 	if err != nil {
 		return Result{}, err
 	}
 	res.Inserted = len(inserted)
 	res.Duplicates = len(b.Calls) - len(inserted)
 	if len(inserted) > 0 {
-		res.MinReceived, res.MaxReceived = receivedRange(inserted)
+		res.MinReceived, res.MaxReceived = receivedRange(calls, inserted)
 	}
-	res.SHA256 = hashRows(res.BatchID, rows)
+	res.SHA256 = hashRows(audit.NewHasher(res.BatchID), vals, inserted)
 
 	if res.Rejected, err = insertRejects(ctx, tx, res.BatchID, b.Rejects); err != nil {
 		return Result{}, err
@@ -271,13 +273,9 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 // checks them for key collisions.
 func writeOneTrip(ctx context.Context, tx inTx, b *Batch, calls []Call, vals [][]any) (Result, error) {
 	res := Result{Inserted: len(calls), Duplicates: len(b.Calls) - len(calls)}
-	res.MinReceived, res.MaxReceived = receivedRange(calls)
 	order := messageOrder(calls, nil)
-	d := audit.NewDigest()
-	for _, i := range order {
-		d.Row(vals[i])
-	}
-	digest := d.Sum()
+	res.MinReceived, res.MaxReceived = receivedRange(calls, order)
+	digest := hashRows(audit.NewDigest(), vals, order)
 	args := append(columnArrays(vals), len(calls), res.Duplicates, b.Messages, res.MinReceived, res.MaxReceived, digest[:])
 	var n int64
 	if err := tx.QueryRow(ctx, oneTripSQL, args...).Scan(&res.BatchID, &n); err != nil {
@@ -292,16 +290,15 @@ func writeOneTrip(ctx context.Context, tx inTx, b *Batch, calls []Call, vals [][
 	return res, nil
 }
 
-// receivedRange returns the least and greatest received_at of calls (at
-// least one).
-func receivedRange(calls []Call) (lo, hi time.Time) {
-	lo, hi = calls[0].ReceivedAt, calls[0].ReceivedAt
-	for _, c := range calls[1:] {
-		if c.ReceivedAt.Before(lo) {
-			lo = c.ReceivedAt
-		}
-		if c.ReceivedAt.After(hi) {
-			hi = c.ReceivedAt
+// receivedRange returns the least and greatest received_at of the calls
+// at the positions order (at least one).
+func receivedRange(calls []Call, order []int) (lo, hi time.Time) {
+	lo, hi = calls[order[0]].ReceivedAt, calls[order[0]].ReceivedAt
+	for _, i := range order[1:] {
+		if at := calls[i].ReceivedAt; at.Before(lo) {
+			lo = at
+		} else if at.After(hi) {
+			hi = at
 		}
 	}
 	return lo, hi
@@ -361,11 +358,12 @@ func HashCalls(batchID int64, calls []Call) [32]byte {
 	return h.Sum()
 }
 
-// hashRows is HashCalls of rows already in RowValues form.
-func hashRows(batchID int64, rows [][]any) [32]byte {
-	h := audit.NewHasher(batchID)
-	for _, vals := range rows {
-		h.Row(vals)
+// hashRows adds rows (RowValues) to h at the positions order, in that
+// order, and returns the sum: HashCalls (h from audit.NewHasher) or format
+// 2's digest (audit.NewDigest) of rows already built.
+func hashRows(h *audit.Hasher, rows [][]any, order []int) [32]byte {
+	for _, i := range order {
+		h.Row(rows[i])
 	}
 	return h.Sum()
 }
@@ -373,14 +371,39 @@ func hashRows(batchID int64, rows [][]any) [32]byte {
 // rowValues is each call's row as COPY writes it and the hash encodes it,
 // built once for both.
 func rowValues(batchID int64, calls []Call) [][]any {
+	return new(rowBuf).values(batchID, calls)
+}
+
+// rowBuf holds a batch's RowValues: a value per column and row, which
+// point into the calls. Writer.write takes one from rowBufs and gives it
+// back emptied: allocated per batch, it was the largest of a batch's
+// allocations (16 bytes a value, 34 values a row), and pointers the
+// garbage collector had to scan.
+type rowBuf struct {
+	flat []any
+	rows [][]any
+}
+
+var rowBufs = sync.Pool{New: func() any { return new(rowBuf) }}
+
+// values is rowValues in buf's memory.
+func (buf *rowBuf) values(batchID int64, calls []Call) [][]any {
 	n := len(audit.Columns())
-	flat := make([]any, n*len(calls))
-	out := make([][]any, len(calls))
+	buf.flat = slices.Grow(buf.flat[:0], n*len(calls))[:n*len(calls)]
+	buf.rows = slices.Grow(buf.rows[:0], len(calls))[:len(calls)]
 	for i := range calls {
 		c := &calls[i]
-		out[i] = audit.RowValues(flat[i*n:(i+1)*n:(i+1)*n], &c.Record, &c.PubSubMessageID, &c.PublishTime, batchID)
+		buf.rows[i] = audit.RowValues(buf.flat[i*n:(i+1)*n:(i+1)*n], &c.Record, &c.PubSubMessageID, &c.PublishTime, batchID)
 	}
-	return out
+	return buf.rows
+}
+
+// release clears buf, so that the pool keeps no call alive, and gives it
+// back to rowBufs.
+func (buf *rowBuf) release() {
+	clear(buf.flat)
+	clear(buf.rows)
+	rowBufs.Put(buf)
 }
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
@@ -452,36 +475,31 @@ func compareKeyPtrs(a, b *Call) int {
 // recording the minutes they touched: through the staging table when
 // stored is nil (the arrays' INSERT, sent with the batch's start, already
 // ran otherwise). calls are keyOrder's, vals their RowValues, stored[i]
-// whether calls[i] was stored. It returns the calls inserted and their
-// rows, in (message_id, received_at) order.
-func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals [][]any, stored []bool) ([]Call, [][]any, error) {
+// whether calls[i] was stored. It returns the positions of the calls
+// inserted, in (message_id, received_at) order.
+func storeCalls(ctx context.Context, tx inTx, batchID int64, calls []Call, vals [][]any, stored []bool) ([]int, error) {
 	if len(calls) == 0 {
-		return nil, nil, nil
+		return nil, nil
 	}
 	if stored == nil {
 		if err := copyStage(ctx, tx, vals); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		rows, err := tx.Query(ctx, moveSQL, batchID, len(calls))
 		if err != nil {
-			return nil, nil, fmt.Errorf("write: insert: %w", err)
+			return nil, fmt.Errorf("write: insert: %w", err)
 		}
 		if stored, err = collectInserted(rows, calls); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	order := messageOrder(calls, stored)
 	if len(order) < len(calls) {
 		if err := checkSkipped(ctx, tx, calls, stored); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	inserted := make([]Call, len(order))
-	insertedRows := make([][]any, len(order))
-	for k, i := range order {
-		inserted[k], insertedRows[k] = calls[i], vals[i]
-	}
-	return inserted, insertedRows, nil
+	return order, nil
 }
 
 // copyBufs holds the buffers of copyStage's streams, which are as large as
