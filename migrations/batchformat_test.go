@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"apigee-timescale/deploy/local/testkit"
-	"apigee-timescale/migrations"
 )
 
 // TestBatchHashFormatInPlace migrates an installation holding batch rows
@@ -20,15 +19,7 @@ import (
 func TestBatchHashFormatInPlace(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
-		sqlDB, err := migrations.Open(db.URL, migrations.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sqlDB.Close()
-		p, err := migrations.NewProvider(sqlDB)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := provider(t, db)
 		if _, err := p.ApplyVersion(ctx, 27, false); err != nil {
 			t.Fatalf("00027 down with format-1 rows only: %v", err)
 		}

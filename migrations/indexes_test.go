@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pressly/goose/v3"
 
 	"apigee-timescale/deploy/local/testkit"
 	"apigee-timescale/migrations"
@@ -59,15 +60,7 @@ func TestRawRowIndexes(t *testing.T) {
 func TestRawRowKeyInPlace(t *testing.T) {
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
 		ctx := context.Background()
-		sqlDB, err := migrations.Open(db.URL, migrations.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sqlDB.Close()
-		p, err := migrations.NewProvider(sqlDB)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := provider(t, db)
 		apply := func(up bool) {
 			t.Helper()
 			if _, err := p.ApplyVersion(ctx, 17, up); err != nil {
@@ -113,6 +106,22 @@ func TestRawRowKeyInPlace(t *testing.T) {
 			t.Fatalf("after down and up: %v", got)
 		}
 	})
+}
+
+// provider is a migration provider over db, closed at cleanup, for tests
+// that move one migration down and up again.
+func provider(t *testing.T, db *testkit.DB) *goose.Provider {
+	t.Helper()
+	sqlDB, err := migrations.Open(db.URL, migrations.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sqlDB.Close() })
+	p, err := migrations.NewProvider(sqlDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func countRows(t *testing.T, db *testkit.DB, sql string) int {
