@@ -346,8 +346,8 @@ func (w *Writer) tidy(ctx context.Context, conn *pgxpool.Conn, rows int) {
 
 // HashCalls returns rows_sha256 of a batch's inserted rows in format 1
 // (audit.RowsFormat1, the canonical encoding of shared/audit), which the
-// verifier recomputes from the rows stored WHERE batch_id = id. calls must be in (message_id,
-// received_at) order.
+// verifier recomputes from the rows stored WHERE batch_id = id. calls
+// must be in (message_id, received_at) order.
 func HashCalls(batchID int64, calls []Call) [32]byte {
 	h := audit.NewHasher(batchID)
 	rows := &callRows{calls: calls, batchID: batchID}

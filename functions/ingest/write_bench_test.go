@@ -275,14 +275,13 @@ func fixedCostTx(ctx context.Context, pool *pgxpool.Pool, first []string, insert
 // column and row ($1… row by row in stageColumns order without batch_id,
 // then the number of rows), for BenchmarkWriteFixedCost's values cases.
 func valuesSQL(n int) string {
-	const batchID = "(SELECT currval('apigee.ingest_batch_id_seq'))"
 	rows := make([]string, n)
 	p := 1
 	for r := range rows {
 		sel := make([]string, len(stageColumns))
 		for i, t := range stageTypes {
 			if i == batchIDColumn {
-				sel[i] = batchID
+				sel[i] = currentBatchID
 				continue
 			}
 			sel[i] = fmt.Sprintf("$%d::%s", p, t)
@@ -298,7 +297,7 @@ WITH ins AS (
 	RETURNING message_id, received_at
 ), inv AS (
 	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
-	SELECT DISTINCT ` + batchID + `, date_trunc('minute', received_at) FROM ins
+	SELECT DISTINCT ` + currentBatchID + `, date_trunc('minute', received_at) FROM ins
 )
 ` + insertedSelect(p)
 }
