@@ -20,7 +20,7 @@ func TestStageColumnsAreTheHashOrder(t *testing.T) {
 	rows := &callRows{calls: []Call{c}, batchID: 9}
 	rows.Next()
 	got, _ := rows.Values()
-	want := audit.RowValues(nil, &c.Record, &c.PubSubMessageID, &c.PublishTime, 9)
+	want := audit.RowValues(nil, c.Record, &c.PubSubMessageID, &c.PublishTime, 9)
 	h1, h2 := audit.NewHasher(9), audit.NewHasher(9)
 	h1.Row(got)
 	h2.Row(want)

@@ -47,7 +47,7 @@ func (f *fakeWriter) stored() (batches, calls, rejects int) {
 }
 
 func testDelivery(id string) *delivery {
-	return &delivery{Calls: []Call{{Record: record.Record{MessageID: id}}}, Bytes: 100, src: source{messageID: "ps-" + id}}
+	return &delivery{Calls: []Call{{Record: &record.Record{MessageID: id}}}, Bytes: 100, src: source{messageID: "ps-" + id}}
 }
 
 func submitAll(t *testing.T, b *batcher, n int) []error {

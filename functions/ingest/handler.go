@@ -277,7 +277,7 @@ func (s *Service) toDelivery(m message, size int) *delivery {
 		for ; r < len(p.Rejects) && p.Rejects[r].Index == index; r++ {
 			index++
 		}
-		d.Calls[i] = Call{Record: p.Records[i], PubSubMessageID: m.ID, PublishTime: m.PublishTime, index: index}
+		d.Calls[i] = Call{Record: &p.Records[i], PubSubMessageID: m.ID, PublishTime: m.PublishTime, index: index}
 		index++
 	}
 	return d

@@ -25,7 +25,7 @@ func benchCall(run string, i int, at time.Time) Call {
 	ms, tms := int32(20+i%180), int32(10+i%150)
 	req, resp := int64(0), int64(1834)
 	return Call{
-		Record: record.Record{
+		Record: &record.Record{
 			MessageID:  fmt.Sprintf("%s-%d", run, i),
 			ReceivedAt: at.UTC().Truncate(time.Millisecond), Organization: "acme", Environment: "prod",
 			APIProxy: fmt.Sprintf("proxy-%d", i%40), RequestVerb: "GET", RequestPath: fmt.Sprintf("/v1/items/%d", i%997),

@@ -99,7 +99,7 @@ func (c *callRows) Err() error { return nil }
 
 func (c *callRows) Values() ([]any, error) {
 	r := &c.calls[c.i-1]
-	c.row = audit.RowValues(c.row, &r.Record, &r.PubSubMessageID, &r.PublishTime, c.batchID)
+	c.row = audit.RowValues(c.row, r.Record, &r.PubSubMessageID, &r.PublishTime, c.batchID)
 	return c.row, nil
 }
 

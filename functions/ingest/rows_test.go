@@ -76,7 +76,7 @@ func TestCopyRowsMatchesPgx(t *testing.T) {
 		if rej != nil {
 			t.Fatalf("record %d: %v", i, rej)
 		}
-		c := Call{Record: r, PubSubMessageID: fmt.Sprint("m", i)}
+		c := Call{Record: &r, PubSubMessageID: fmt.Sprint("m", i)}
 		if i%2 == 0 {
 			c.PublishTime = at.Add(-time.Duration(i) * time.Nanosecond)
 		}
@@ -134,7 +134,7 @@ func TestCopyRowsRefusesAValueOfTheWrongType(t *testing.T) {
 	if rej != nil {
 		t.Fatal(rej)
 	}
-	vals := rowValues(1, []Call{{Record: r}})
+	vals := rowValues(1, []Call{{Record: &r}})
 	for _, tc := range []struct {
 		column string
 		v      any
@@ -162,7 +162,7 @@ func TestCopyRowsAllocatesNothing(t *testing.T) {
 		if rej != nil {
 			t.Fatal(rej)
 		}
-		calls = append(calls, Call{Record: r, PubSubMessageID: "m", PublishTime: time.Now()})
+		calls = append(calls, Call{Record: &r, PubSubMessageID: "m", PublishTime: time.Now()})
 	}
 	vals := rowValues(123456, calls)
 	buf := make([]byte, 0, 1<<20)

@@ -47,7 +47,7 @@ type Conns interface {
 // Call is one validated API call record with the Pub/Sub metadata of the
 // message that carried it.
 type Call struct {
-	record.Record
+	*record.Record
 	PubSubMessageID string
 	PublishTime     time.Time // zero when unknown
 	// index is the record's position in its message, for the dedupe key of
@@ -393,7 +393,7 @@ func (buf *rowBuf) values(batchID int64, calls []Call) [][]any {
 	buf.rows = slices.Grow(buf.rows[:0], len(calls))[:len(calls)]
 	for i := range calls {
 		c := &calls[i]
-		buf.rows[i] = audit.RowValues(buf.flat[i*n:(i+1)*n:(i+1)*n], &c.Record, &c.PubSubMessageID, &c.PublishTime, batchID)
+		buf.rows[i] = audit.RowValues(buf.flat[i*n:(i+1)*n:(i+1)*n], c.Record, &c.PubSubMessageID, &c.PublishTime, batchID)
 	}
 	return buf.rows
 }
@@ -544,7 +544,7 @@ func collectInserted(rows pgx.Rows, calls []Call) ([]bool, error) {
 		if id == nil {
 			continue // every call stored (count = len(calls)), or none
 		}
-		key := Call{Record: record.Record{MessageID: *id, ReceivedAt: *at}}
+		key := Call{Record: &record.Record{MessageID: *id, ReceivedAt: *at}}
 		i := sort.Search(len(calls), func(i int) bool { return compareKeyPtrs(&calls[i], &key) >= 0 })
 		if i == len(calls) || compareKeyPtrs(&calls[i], &key) != 0 {
 			return nil, fmt.Errorf("write: insert returned unknown key %q", *id)

@@ -33,7 +33,7 @@ func ingestPool(t *testing.T, db *testkit.DB) *pgxpool.Pool {
 func testCall(id, tenant string, at time.Time) Call {
 	ms := int32(42)
 	return Call{
-		Record: record.Record{
+		Record: &record.Record{
 			MessageID: id, ReceivedAt: at.UTC().Truncate(time.Millisecond),
 			Organization: "org", Environment: "prod", APIProxy: "orders-v1", Tenant: tenant,
 			RequestVerb: "GET", RequestPath: "/orders", ResponseStatusCode: 200, TotalResponseTime: &ms,
@@ -381,7 +381,7 @@ func fullCall(id string, at time.Time) Call {
 	rev, code, ms, tms := int32(7), int16(502), int32(42), int32(40)
 	req, resp, isErr := int64(12), int64(1<<40), true
 	return Call{
-		Record: record.Record{
+		Record: &record.Record{
 			MessageID: id, ReceivedAt: at.UTC().Truncate(time.Millisecond),
 			Organization: "org", Environment: "prod", APIProxy: "orders-v1", APIProxyRevision: &rev, ProxyBasepath: "/v1",
 			RequestVerb: "POST", RequestPath: `/a "b" \c é`, ResponseStatusCode: 200, TargetResponseCode: &code,

@@ -25,7 +25,7 @@ func auditCall(id string, at time.Time) ingest.Call {
 	ms, rev, size, yes := int32(42), int32(3), int64(1234), true
 	code := int16(502)
 	return ingest.Call{
-		Record: record.Record{
+		Record: &record.Record{
 			MessageID: id, ReceivedAt: at.UTC().Truncate(time.Millisecond),
 			Organization: "org", Environment: "prod", APIProxy: "orders-v1", APIProxyRevision: &rev, Tenant: "tenant-a",
 			RequestVerb: "GET", RequestPath: "/orders", ResponseStatusCode: 200, TargetResponseCode: &code,

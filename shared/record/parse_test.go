@@ -187,3 +187,34 @@ func TestParseAdversarialInputStaysLinear(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchReservesAboutWhatItKeeps pins Parse's estimate of a batch's
+// records: a message of like records gets one slice that holds them all
+// (no doubling), and a tiny first item cannot make it reserve more than
+// the floor allows for the message's size.
+func TestBatchReservesAboutWhatItKeeps(t *testing.T) {
+	var like strings.Builder
+	for i := range 600 {
+		like.WriteString(rec(fmt.Sprint("like-", i)) + "\n")
+	}
+	tiny := "{}\n" + strings.Repeat(rec("big")[:len(rec("big"))-1]+`,"pad":"`+strings.Repeat("x", 4000)+`"}`+"\n", 200)
+	for _, tc := range []struct {
+		name         string
+		data         string
+		keep         int
+		minCap, maxC int
+	}{
+		{name: "600 like records", data: like.String(), keep: 600, minCap: 600, maxC: 620},
+		{name: "a tiny first item", data: tiny, keep: 200, minCap: 200, maxC: len(tiny)/minEstimatedRecordBytes + 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Parse([]byte(tc.data), DefaultLimits())
+			if len(p.Records) != tc.keep {
+				t.Fatalf("%d records kept, want %d (rejects %v)", len(p.Records), tc.keep, p.Rejects)
+			}
+			if c := cap(p.Records); c < tc.minCap || c > tc.maxC {
+				t.Errorf("cap %d, want %d to %d", c, tc.minCap, tc.maxC)
+			}
+		})
+	}
+}

@@ -19,6 +19,7 @@ package record
 import (
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -336,13 +337,24 @@ func (s *splitter) array(i int) int {
 	return i // too many records: Parse stops
 }
 
+// minEstimatedRecordBytes bounds item's estimate of a batch's records, so
+// what it reserves is at most about four times the message's size.
+const minEstimatedRecordBytes = 120
+
 // item judges one syntactically valid item.
 func (s *splitter) item(v val) {
 	p := &s.p
+	raw := s.data[v.start:v.end]
 	if s.n == 1 { // a batch: share the strings that repeat from record to record
 		p.intern = make(map[string]string, 64)
+		// A Record is about 480 bytes, and growing the slice by
+		// appending allocated twice what a 500-record message keeps.
+		// The estimate takes this item's size as every item's; the
+		// floor keeps a tiny first item from reserving more than four
+		// times the message's own bytes.
+		est := min(len(s.data)/max(len(raw)+1, minEstimatedRecordBytes), s.lim.MaxRecords) + 1
+		s.out.Records = slices.Grow(s.out.Records, est-len(s.out.Records))
 	}
-	raw := s.data[v.start:v.end]
 	var rej *Reject
 	switch {
 	case len(raw) > p.lim.MaxRecordBytes:

@@ -32,7 +32,7 @@ func TestVerifyCommand(t *testing.T) {
 		var last int64
 		for i := range 3 {
 			at := time.Now().UTC().Truncate(time.Millisecond)
-			res, err := w.Write(ctx, &ingest.Batch{Messages: 1, Calls: []ingest.Call{{Record: record.Record{
+			res, err := w.Write(ctx, &ingest.Batch{Messages: 1, Calls: []ingest.Call{{Record: &record.Record{
 				MessageID: fmt.Sprintf("m%d", i), ReceivedAt: at, Organization: "org", Environment: "prod",
 				APIProxy: "p", RequestVerb: "GET", RequestPath: "/", ResponseStatusCode: 200, Tenant: "t",
 			}}}})
