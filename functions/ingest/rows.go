@@ -186,9 +186,14 @@ var insertSQL = "\nWITH " + insertCTEs(currentBatchID) + insertedSelect(callsPar
 var callsParam = len(stageColumns)
 
 // insertCTEs is insertSQL's CTEs, ins and inv, with batchID the SQL
-// expression of the batch id.
+// expression of the batch id. The column arrays are unnested in the select
+// list, where the unnests run in lockstep one row at a time (ProjectSet),
+// not as unnest(a, b, …) in FROM: a function scan first copies every row
+// into a tuplestore, and that copy was an eighth of the backend's CPU per
+// row (BenchmarkWriteFixedCost writer-64: 8.1 → 7.1 µs a row beyond the
+// first).
 func insertCTEs(batchID string) string {
-	var params, names, sel []string
+	var unnests, sel []string
 	n := 1
 	for i, t := range stageTypes {
 		c := stageColumns[i]
@@ -201,8 +206,7 @@ func insertCTEs(batchID string) string {
 		if arrayAsText(t) {
 			param = "text"
 		}
-		params = append(params, fmt.Sprintf("$%d::%s[]", n, param))
-		names = append(names, name)
+		unnests = append(unnests, fmt.Sprintf("unnest($%d::%s[]) AS %s", n, param, name))
 		if param != t {
 			sel = append(sel, name+"::"+t)
 		} else {
@@ -213,7 +217,7 @@ func insertCTEs(batchID string) string {
 	return `ins AS (
 	INSERT INTO apigee.api_calls (` + columnList + `)
 	SELECT ` + strings.Join(sel, ", ") + `
-	FROM unnest(` + strings.Join(params, ", ") + `) AS t(` + strings.Join(names, ", ") + `)
+	FROM (SELECT ` + strings.Join(unnests, ", ") + `) AS t
 	ON CONFLICT DO NOTHING
 	RETURNING message_id, received_at
 ), inv AS (

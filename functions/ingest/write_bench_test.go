@@ -140,7 +140,11 @@ func undoRawIndexes(tb testing.TB, db *testkit.DB) {
 // /proc, so the server must run on this machine). The difference between
 // two cases is that piece's cost; "writer" cases are Writer.Write itself.
 // async-commit is a diagnostic only (the share of the commit's WAL flush);
-// ingest always commits synchronously. values-N sends the same INSERT as
+// ingest always commits synchronously. custom-plan and generic-plan are
+// diagnostics too, to be compared with each other (their SET LOCAL costs
+// a statement): the insert runs on its cached generic plan, and planning
+// it afresh for every batch would cost the backend more than the rest
+// of the transaction. values-N sends the same INSERT as
 // one multi-row VALUES list with a parameter per column and row instead
 // of insertSQL's column arrays: the alternative to the arrays for
 // single-record deliveries.
@@ -153,8 +157,8 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 	head, _ := sqlPart(b, insertSQL, "", "), inv AS (")
 	_, tail := sqlPart(b, insertSQL, "", "SELECT c.stored")
 	noInv := head + ")\n" + tail
-	arrays, _ := sqlPart(b, insertSQL, "FROM unnest(", ") AS t(")
-	unnestOnly := fmt.Sprintf("SELECT count(*) < $%d FROM unnest(%s)", len(stageColumns), arrays)
+	unnests, _ := sqlPart(b, insertSQL, "FROM (SELECT unnest(", ") AS t\n")
+	unnestOnly := fmt.Sprintf("SELECT count(*) < $%d FROM (SELECT unnest(%s) AS t", len(stageColumns), unnests)
 	const batchRow = `INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages, rows_sha256)
 		VALUES (currval('apigee.ingest_batch_id_seq'), 1, 0, 0, 1, '\x00')`
 	cases := []struct {
@@ -175,6 +179,8 @@ func BenchmarkWriteFixedCost(b *testing.B) {
 		{name: "batch-row/async-commit", first: []string{"SET LOCAL synchronous_commit = off", "SELECT nextval('apigee.ingest_batch_id_seq')", batchRow}},
 		{name: "unnest-only-1", rows: 1, insert: unnestOnly},
 		{name: "insert-1", rows: 1, insert: insertSQL},
+		{name: "insert-1/custom-plan", rows: 1, insert: insertSQL, first: []string{"SET LOCAL plan_cache_mode = force_custom_plan"}},
+		{name: "insert-1/generic-plan", rows: 1, insert: insertSQL, first: []string{"SET LOCAL plan_cache_mode = force_generic_plan"}},
 		{name: "insert-1/two-round-trips", rows: 1, insert: insertSQL, split: true},
 		{name: "insert-1/no-invalidations", rows: 1, insert: noInv},
 		{name: "insert-1/no-invalidations/no-on-conflict", rows: 1, insert: strings.Replace(noInv, "ON CONFLICT DO NOTHING", "", 1)},
