@@ -179,20 +179,21 @@ func jsonAttributes(m map[string]string) []byte {
 // unnesting it is saved. Arrays carry inet, text[] and jsonb as text, cast
 // here (a text[] per row cannot be one element of a text[] array, and the
 // text is what pgx's binary jsonb sends anyway).
-var insertSQL = "\nWITH " + insertCTEs(currentBatchID) + insertedSelect(callsParam)
+var insertSQL = "\nWITH " + insertCTEs(currentBatchID, skipStored) + insertedSelect(callsParam)
 
 // callsParam is the number of insertSQL's parameter that holds the number
 // of calls, after one array per column but batch_id.
 var callsParam = len(stageColumns)
 
 // insertCTEs is insertSQL's CTEs, ins and inv, with batchID the SQL
-// expression of the batch id. The column arrays are unnested in the select
+// expression of the batch id and onConflict ins's conflict clause
+// (skipStored, or none). The column arrays are unnested in the select
 // list, where the unnests run in lockstep one row at a time (ProjectSet),
 // not as unnest(a, b, …) in FROM: a function scan first copies every row
 // into a tuplestore, and that copy was an eighth of the backend's CPU per
 // row (BenchmarkWriteFixedCost writer-64: 8.1 → 7.1 µs a row beyond the
 // first).
-func insertCTEs(batchID string) string {
+func insertCTEs(batchID, onConflict string) string {
 	var unnests, sel []string
 	n := 1
 	for i, t := range stageTypes {
@@ -218,7 +219,7 @@ func insertCTEs(batchID string) string {
 	INSERT INTO apigee.api_calls (` + columnList + `)
 	SELECT ` + strings.Join(sel, ", ") + `
 	FROM (SELECT ` + strings.Join(unnests, ", ") + `) AS t
-	ON CONFLICT DO NOTHING
+	` + onConflict + `
 	RETURNING message_id, received_at
 ), inv AS (
 	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
@@ -226,6 +227,10 @@ func insertCTEs(batchID string) string {
 )
 `
 }
+
+// skipStored is insertSQL's conflict clause: a call stored already is
+// left as it is, and counted a duplicate.
+const skipStored = "ON CONFLICT DO NOTHING"
 
 // currentBatchID is the batch id nextval gave this transaction just
 // before (currval, in an InitPlan: evaluated once).
@@ -235,9 +240,13 @@ const currentBatchID = "(SELECT currval('apigee.ingest_batch_id_seq'))"
 // transaction of its own without BEGIN or COMMIT: its batch id (id),
 // insertSQL's rows and invalidations, and the batch row in format 2
 // (migration 00027), the database binding the id to the rows' digest. It
-// expects every call to be new; when ON CONFLICT skipped one,
-// expect_all_stored fails the statement with notAllNew, which rolls it all
-// back, and the batch is written again in two round trips. After
+// expects every call to be new, so its INSERT has no ON CONFLICT: a call
+// stored already fails the statement with a unique violation, which rolls
+// it all back, and the batch is written again in two round trips (as
+// expect_all_stored's notAllNew would, should a row go missing some other
+// way). Without the conflict clause the INSERT neither probes the key's
+// index before each row nor takes a speculative-insertion lock for it;
+// the unique check of the index insert is what finds a duplicate. After
 // insertSQL's parameters: the batch's duplicates within itself, its
 // messages, its rows' min and max received_at, and their digest
 // (audit.NewDigest). It answers the batch id and the rows inserted (the
@@ -245,7 +254,7 @@ const currentBatchID = "(SELECT currval('apigee.ingest_batch_id_seq'))"
 // runs inside the statement's transaction, as the seal horizon needs
 // (functions/rollup/seal.go).
 var oneTripSQL = "\nWITH id AS MATERIALIZED (SELECT nextval('apigee.ingest_batch_id_seq') AS v), " +
-	insertCTEs("(SELECT v FROM id)") + fmt.Sprintf(`, bat AS (
+	insertCTEs("(SELECT v FROM id)", "") + fmt.Sprintf(`, bat AS (
 	INSERT INTO apigee.ingest_batches (batch_id, rows_inserted, rows_duplicate, rows_rejected, messages,
 		min_received_at, max_received_at, rows_sha256, rows_sha256_format)
 	SELECT id.v, apigee.expect_all_stored(c.stored, $%[1]d::bigint), $%[2]d::integer, 0, $%[3]d::integer,
@@ -255,7 +264,7 @@ var oneTripSQL = "\nWITH id AS MATERIALIZED (SELECT nextval('apigee.ingest_batch
 SELECT (SELECT v FROM id), (SELECT count(*) FROM ins)`, callsParam, callsParam+1, callsParam+2, callsParam+3, callsParam+4, callsParam+5, audit.RowsFormat2)
 
 // notAllNew is the SQLSTATE of expect_all_stored (migration 00027): a
-// one-round-trip batch held a call that is stored already.
+// one-round-trip batch stored fewer calls than it sent.
 const notAllNew = "AT001"
 
 // arrayAsText: the column types whose arrays insertSQL takes as text.

@@ -195,8 +195,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	vals := buf.values(0, calls) // the batch id is set once known
 	if !staged && len(calls) > 0 && len(b.Rejects) == 0 {
 		res, err := writeOneTrip(ctx, tx, b, calls, vals)
-		var pg *pgconn.PgError
-		if !errors.As(err, &pg) || pg.Code != notAllNew {
+		if !oneTripRefused(err) {
 			committed = err == nil
 			return res, err
 		}
@@ -268,9 +267,9 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 // transaction: one round trip, and no BEGIN or COMMIT to parse and run.
 // calls are keyOrder's, vals their RowValues with batch id 0, which is
 // what format 2's digest hashes. When a call is stored already, the error
-// is the database's notAllNew and nothing is stored: the caller writes the
-// batch in two round trips (format 1), which accounts for duplicates and
-// checks them for key collisions.
+// is the database's unique violation (oneTripRefused) and nothing is
+// stored: the caller writes the batch in two round trips (format 1), which
+// accounts for duplicates and checks them for key collisions.
 func writeOneTrip(ctx context.Context, tx inTx, b *Batch, calls []Call, vals [][]any) (Result, error) {
 	res := Result{Inserted: len(calls), Duplicates: len(b.Calls) - len(calls)}
 	order := messageOrder(calls, nil)
@@ -288,6 +287,14 @@ func writeOneTrip(ctx context.Context, tx inTx, b *Batch, calls []Call, vals [][
 	}
 	res.SHA256 = audit.BindID(res.BatchID, digest)
 	return res, nil
+}
+
+// oneTripRefused reports whether writeOneTrip's error means the batch
+// holds a call stored already (or stored fewer than it sent), so that it
+// is to be written again in two round trips; nothing of it was stored.
+func oneTripRefused(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && (pg.Code == pgerrcode.UniqueViolation || pg.Code == notAllNew)
 }
 
 // receivedRange returns the least and greatest received_at of the calls
