@@ -7,7 +7,9 @@
 // functions/rollup) and one apigee.ingest_batches row with counts and a
 // SHA-256 of the inserted rows. A small batch of new calls without rejects,
 // what single-record push deliveries make, takes one round trip to the
-// database (writeOneTrip); the others take two.
+// database (writeOneTrip), in an INSERT without ON CONFLICT whose unique
+// violation, should a call be stored already, sends the batch the other
+// way; the others take two.
 //
 // COPY goes into the staging table rather than the hypertable because COPY
 // cannot skip conflicts, and because PostgreSQL refuses COPY FROM for roles
