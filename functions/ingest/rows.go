@@ -218,8 +218,7 @@ func insertCTEs(batchID, onConflict string) string {
 	return `ins AS (
 	INSERT INTO apigee.api_calls (` + columnList + `)
 	SELECT ` + strings.Join(sel, ", ") + `
-	FROM (SELECT ` + strings.Join(unnests, ", ") + `) AS t
-	` + onConflict + `
+	FROM (SELECT ` + strings.Join(unnests, ", ") + `) AS t` + onConflict + `
 	RETURNING message_id, received_at
 ), inv AS (
 	INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
@@ -230,7 +229,7 @@ func insertCTEs(batchID, onConflict string) string {
 
 // skipStored is insertSQL's conflict clause: a call stored already is
 // left as it is, and counted a duplicate.
-const skipStored = "ON CONFLICT DO NOTHING"
+const skipStored = "\n\tON CONFLICT DO NOTHING"
 
 // currentBatchID is the batch id nextval gave this transaction just
 // before (currval, in an InitPlan: evaluated once).
