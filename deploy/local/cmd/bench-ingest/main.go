@@ -33,7 +33,9 @@
 // warmed up by a short run before the measured one.
 //
 // Usage: BENCH_DATABASE_URL=postgres://superuser@host/db go run ./deploy/local/cmd/bench-ingest
-// (make bench-ingest starts the local TimescaleDB and sets it).
+// (make bench-ingest starts the local TimescaleDB and sets it; given
+// BENCH_DATABASE_URL=$(deploy/local/postgres.sh up | tail -n1) it measures
+// plain PostgreSQL instead).
 package main
 
 import (
@@ -121,7 +123,7 @@ type mode struct {
 func run(ctx context.Context) error {
 	server := os.Getenv("BENCH_DATABASE_URL")
 	if server == "" {
-		return fmt.Errorf("BENCH_DATABASE_URL is not set (a superuser URL of a TimescaleDB server)")
+		return fmt.Errorf("BENCH_DATABASE_URL is not set (a superuser URL of a TimescaleDB or PostgreSQL server)")
 	}
 	dbURL, ingestURL, cleanup, err := setup(ctx, server)
 	if err != nil {
