@@ -3,6 +3,7 @@ package ingest
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"apigee-timescale/shared/env"
@@ -41,6 +42,11 @@ const (
 	DefaultMaxFuture      = time.Hour
 	EnvDrainTimeout       = "INGEST_DRAIN_TIMEOUT"
 	DefaultDrainTimeout   = 8 * time.Second
+
+	EnvGCPercent       = "INGEST_GC_PERCENT"
+	DefaultGCPercent   = 150
+	EnvMemoryLimit     = "INGEST_MEMORY_LIMIT"
+	DefaultMemoryLimit = 0
 )
 
 // Config is the ingest function's configuration, read from the environment
@@ -77,6 +83,24 @@ type Config struct {
 	// batches may take to commit. Cloud Run allows 10 s.
 	DrainTimeout time.Duration
 
+	// GCPercent (INGEST_GC_PERCENT) is the garbage collector's GOGC: the
+	// heap may grow this many percent over what is live before a
+	// collection. 150 rather than Go's 100: on 500-record messages the
+	// function spent 8–14 % less CPU per delivery, for a peak RSS of
+	// about 55 MiB instead of 50 (bench-ingest -only 1b,2,3 under
+	// GOGC=100/150/200). What is live stays bounded by
+	// INGEST_QUEUE_MAX_BYTES, the queue of accepted input.
+	GCPercent int
+	// MemoryLimit (INGEST_MEMORY_LIMIT, bytes; 0: none) is the Go
+	// runtime's soft memory limit: near it the collector runs as often
+	// as it must, whatever GCPercent says. Set it to about three quarters
+	// of the instance's memory when giving the function less than the
+	// deployed 1 GiB.
+	MemoryLimit int
+	// goGC and goMemLimit: the Go runtime's own GOGC and GOMEMLIMIT are
+	// set, which it applied before main and which TuneGC leaves alone.
+	goGC, goMemLimit bool
+
 	// Privacy: what happens to the personal fields before they are
 	// hashed and stored, and the key of their pseudonyms (INGEST_PRIVACY,
 	// INGEST_PRIVACY_KEY_SECRET, INGEST_PRIVACY_KEY,
@@ -91,6 +115,18 @@ func (c Config) Limits() record.Limits {
 	l := record.DefaultLimits()
 	l.MaxFuture = c.MaxFuture
 	return l
+}
+
+// TuneGC applies GCPercent and MemoryLimit to the Go runtime, each unless
+// the runtime's own variable (GOGC, GOMEMLIMIT) is set. It changes the
+// whole process, so only the function's start calls it, not NewService.
+func (c Config) TuneGC() {
+	if !c.goGC {
+		debug.SetGCPercent(c.GCPercent)
+	}
+	if c.MemoryLimit > 0 && !c.goMemLimit {
+		debug.SetMemoryLimit(int64(c.MemoryLimit))
+	}
 }
 
 // ConfigFromEnv reads and validates the configuration.
@@ -122,6 +158,10 @@ func ConfigFrom(r *env.Reader) (Config, error) {
 		MaxBodyBytes:   r.Int(EnvMaxBodyBytes, DefaultMaxBodyBytes, 1),
 		MaxFuture:      r.Duration(EnvMaxFuture, DefaultMaxFuture, positive),
 		DrainTimeout:   r.Duration(EnvDrainTimeout, DefaultDrainTimeout, positive),
+		GCPercent:      r.Int(EnvGCPercent, DefaultGCPercent, 10),
+		MemoryLimit:    r.Int(EnvMemoryLimit, DefaultMemoryLimit, 0),
+		goGC:           r.Platform("GOGC") != "",
+		goMemLimit:     r.Platform("GOMEMLIMIT") != "",
 		Privacy:        privacy.ConfigFrom(r),
 	}
 	if c.PushServiceAccount != "" && c.PushAudience == "" {

@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"math"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -18,8 +20,14 @@ func TestConfigFromEnv(t *testing.T) {
 			return b.MaxRows == DefaultBatchMaxRows && b.MaxBytes == DefaultBatchMaxBytes && b.MaxWait == DefaultBatchMaxWait &&
 				b.QueueRows == DefaultQueueMaxRows && b.QueueBytes == DefaultQueueMaxBytes && b.Flushers == DefaultFlushers &&
 				b.WriteTimeout == DefaultWriteTimeout && c.RequestTimeout == DefaultRequestTimeout && c.MaxBodyBytes == DefaultMaxBodyBytes &&
-				c.MaxFuture == DefaultMaxFuture && c.DrainTimeout == DefaultDrainTimeout && c.PushAudience == ""
+				c.MaxFuture == DefaultMaxFuture && c.DrainTimeout == DefaultDrainTimeout && c.PushAudience == "" &&
+				c.GCPercent == DefaultGCPercent && c.MemoryLimit == DefaultMemoryLimit && !c.goGC && !c.goMemLimit
 		}},
+		{"the runtime's own GC variables", map[string]string{"GOGC": "off", "GOMEMLIMIT": "1GiB"}, "", func(c Config) bool {
+			return c.goGC && c.goMemLimit
+		}},
+		{"a GC percent too small", map[string]string{"INGEST_GC_PERCENT": "5"}, "INGEST_GC_PERCENT", nil},
+		{"a negative memory limit", map[string]string{"INGEST_MEMORY_LIMIT": "-1"}, "INGEST_MEMORY_LIMIT", nil},
 		{"tuned", map[string]string{"INGEST_BATCH_MAX_ROWS": "500", "INGEST_BATCH_MAX_WAIT": "5ms"}, "", func(c Config) bool {
 			return c.Batch.MaxRows == 500 && c.Batch.MaxWait == 5*time.Millisecond
 		}},
@@ -50,6 +58,39 @@ func TestConfigFromEnv(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("got %v, want an error naming %s", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestTuneGC checks that the function's start sets the collector from
+// Config, and leaves what the runtime's own GOGC and GOMEMLIMIT set.
+func TestTuneGC(t *testing.T) {
+	gc, limit := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64)
+	t.Cleanup(func() { debug.SetGCPercent(gc); debug.SetMemoryLimit(limit) })
+	for _, tc := range []struct {
+		name      string
+		env       map[string]string
+		wantGC    int
+		wantLimit int64
+	}{
+		{"defaults", nil, DefaultGCPercent, math.MaxInt64},
+		{"set", map[string]string{"INGEST_GC_PERCENT": "300", "INGEST_MEMORY_LIMIT": "805306368"}, 300, 805306368},
+		{"the runtime's own win", map[string]string{"INGEST_GC_PERCENT": "300", "INGEST_MEMORY_LIMIT": "805306368", "GOGC": "100", "GOMEMLIMIT": "off"}, 100, math.MaxInt64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			debug.SetGCPercent(100)
+			debug.SetMemoryLimit(math.MaxInt64)
+			c, err := configFrom(func(k string) string { return tc.env[k] })
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.TuneGC()
+			if got := debug.SetGCPercent(100); got != tc.wantGC {
+				t.Errorf("GC percent %d, want %d", got, tc.wantGC)
+			}
+			if got := debug.SetMemoryLimit(-1); got != tc.wantLimit {
+				t.Errorf("memory limit %d, want %d", got, tc.wantLimit)
 			}
 		})
 	}

@@ -39,14 +39,16 @@ func init() {
 	})
 }
 
-// NewFromEnv builds a Service from the environment: Config, the database
-// pool (shared/dbconn), the pseudonym key (INGEST_PRIVACY_KEY_SECRET) and,
-// with PUSH_AUDIENCE, the OIDC verifier.
+// NewFromEnv builds a Service from the environment: Config (whose garbage
+// collector settings it applies), the database pool (shared/dbconn), the
+// pseudonym key (INGEST_PRIVACY_KEY_SECRET) and, with PUSH_AUDIENCE, the
+// OIDC verifier.
 func NewFromEnv(ctx context.Context, logger *slog.Logger) (*Service, error) {
 	cfg, err := ConfigFromEnv()
 	if err != nil {
 		return nil, err
 	}
+	cfg.TuneGC()
 	pz, err := privacy.Load(ctx, cfg.Privacy)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)

@@ -69,6 +69,7 @@ func serve(kind string) error {
 		if err != nil {
 			return err
 		}
+		cfg.TuneGC() // as the function's start does
 		w := discard{}
 		if kind == "nodbwait" {
 			w.wait = floorWait
