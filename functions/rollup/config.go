@@ -28,7 +28,7 @@ const (
 	EnvRunBudget               = "RUN_BUDGET"
 	DefaultRunBudget           = 40 * time.Second
 	EnvBatchMinutes            = "REFRESH_BATCH_MINUTES"
-	DefaultBatchMinutes        = 60
+	DefaultBatchMinutes        = 24 * 60
 	EnvPartitionsAheadDays     = "PARTITIONS_AHEAD_DAYS"
 	DefaultPartitionsAheadDays = 7
 
@@ -82,7 +82,11 @@ type Config struct {
 	// and attempt deadline.
 	RunBudget time.Duration
 	// BatchMinutes (REFRESH_BATCH_MINUTES): how many invalidated minutes
-	// one refresh transaction recomputes at most.
+	// one refresh transaction recomputes at most. A run's first batch
+	// takes at most an hour (firstBatchMinutes); each batch that read
+	// fewer than growBelowRows raw rows doubles the next, up to this, so a
+	// sparse backlog (hours of a few thousand calls) does not pay a
+	// transaction's fixed cost per hour.
 	BatchMinutes int
 	// PartitionsAheadDays (PARTITIONS_AHEAD_DAYS): on plain PostgreSQL,
 	// daily partitions are kept created this many days ahead.

@@ -16,7 +16,7 @@ func TestConfigFromEnv(t *testing.T) {
 	}{
 		{"defaults", nil, func(c Config) bool {
 			return c.RawRetention == 30*day && c.RejectsRetention == 14*day && c.Rollup1mRetention == 90*day &&
-				c.Rollup1hRetention == 400*day && c.RunBudget == 40*time.Second && c.BatchMinutes == 60 &&
+				c.Rollup1hRetention == 400*day && c.RunBudget == 40*time.Second && c.BatchMinutes == 1440 &&
 				c.AlertTopic == "" && c.Anomaly.Z == 5 && c.Anomaly.MinCalls == 20
 		}, ""},
 		{"days and durations", map[string]string{"RAW_RETENTION": "45d", "ROLLUP_1M_RETENTION": "2160h", "RUN_BUDGET": "25s",

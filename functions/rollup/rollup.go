@@ -77,6 +77,8 @@ type Summary struct {
 	// MinutesRefreshed and HoursRefreshed count recomputed buckets.
 	MinutesRefreshed int `json:"minutes_refreshed"`
 	HoursRefreshed   int `json:"hours_refreshed"`
+	// RefreshBatches counts the refresh transactions that recomputed them.
+	RefreshBatches int `json:"refresh_batches"`
 	// RowsRead counts the raw rows aggregated into the refreshed minutes'
 	// rows (a late minute's hour reads its other minutes' rows too).
 	RowsRead int64 `json:"rows_read"`
@@ -91,8 +93,9 @@ type Summary struct {
 	PendingMinutes int64 `json:"pending_minutes"`
 	// BudgetExhausted says the refresh stopped at RUN_BUDGET with work left.
 	BudgetExhausted bool `json:"budget_exhausted"`
-	// BatchMinutes is the refresh batch size in use: REFRESH_BATCH_MINUTES,
-	// or less after a batch hit the statement timeout.
+	// BatchMinutes is the most minutes a refresh batch may take:
+	// REFRESH_BATCH_MINUTES, or less after a batch hit the statement
+	// timeout.
 	BatchMinutes      int `json:"batch_minutes"`
 	PartitionsCreated int `json:"partitions_created"`
 	// ChunksDropped counts chunks or partitions dropped by retention, listed
@@ -260,16 +263,17 @@ func (r *Runner) refresh(ctx context.Context, conn *pgx.Conn, storage string, de
 	s.InvalidationsDiscarded += tag.RowsAffected()
 
 	ensured := map[time.Time]bool{}
+	limit := min(firstBatchMinutes, r.batchLimit())
 	for first := true; ; first = false {
 		if !first && !time.Now().Before(deadline) {
 			s.BudgetExhausted = true
 			break
 		}
-		limit := r.batchLimit()
-		n, err := r.refreshBatch(ctx, conn, storage, limit, ensured, s)
+		n, rowsRead, err := r.refreshBatch(ctx, conn, storage, limit, ensured, s)
 		if err != nil {
 			if smaller, ok := shrink(ctx, err, limit); ok {
 				r.batch.Store(int64(smaller))
+				limit = smaller
 				continue
 			}
 			return err
@@ -277,6 +281,7 @@ func (r *Runner) refresh(ctx context.Context, conn *pgx.Conn, storage string, de
 		if n == 0 {
 			break
 		}
+		limit = nextLimit(limit, rowsRead, r.batchLimit())
 	}
 	s.BatchMinutes = r.batchLimit()
 	if err := conn.QueryRow(ctx, "SELECT count(DISTINCT bucket_start) FROM apigee.rollup_invalidations").Scan(&s.PendingMinutes); err != nil {
@@ -288,7 +293,29 @@ func (r *Runner) refresh(ctx context.Context, conn *pgx.Conn, storage string, de
 	return nil
 }
 
-// batchLimit is the number of minutes a refresh batch takes: BatchMinutes
+// firstBatchMinutes is the most minutes a run's first refresh batch
+// takes: an hour, what one batch took before batches grew.
+const firstBatchMinutes = 60
+
+// growBelowRows: a batch that read fewer raw rows than this doubles the
+// next one. A refresh transaction has a fixed cost of about 50 ms (its
+// DELETEs, stage tables, snapshot, a COPY and an INSERT per rollup table
+// and the commit's WAL flush; README, Rollups and percentiles); at 4–6 µs
+// a raw row, 100,000 rows make it a tenth of the batch. A batch grows by
+// at most doubling, so it reads about twice this at most more than the
+// hours it would have taken anyway.
+const growBelowRows = 100_000
+
+// nextLimit is the next batch's minutes after one of limit minutes read
+// rowsRead raw rows: doubled when that was cheap, never above most.
+func nextLimit(limit int, rowsRead int64, most int) int {
+	if rowsRead < growBelowRows {
+		limit *= 2
+	}
+	return min(limit, most)
+}
+
+// batchLimit is the most minutes a refresh batch takes: BatchMinutes
 // until a batch ran into the statement timeout, then less.
 func (r *Runner) batchLimit() int {
 	if n := r.batch.Load(); n > 0 {
@@ -309,40 +336,41 @@ func shrink(ctx context.Context, err error, limit int) (int, bool) {
 }
 
 // refreshBatch recomputes up to limit invalidated minutes and their
-// hours in one transaction and returns how many minutes it took.
+// hours in one transaction and returns how many minutes it took and the
+// raw rows it read.
 //
 // Under READ COMMITTED each statement sees every transaction committed
 // before it started, so the snapshot the recompute reads under (exported
 // by a statement after the DELETE) holds at least the rows of every
 // invalidation the DELETE consumed; invalidations committed after the
 // DELETE stay for the next batch.
-func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage string, limit int, ensured map[time.Time]bool, s *Summary) (int, error) {
+func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage string, limit int, ensured map[time.Time]bool, s *Summary) (int, int64, error) {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("begin: %w", err)
+		return 0, 0, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
 	minutes, consumed, err := claimMinutes(ctx, tx, limit)
 	if err != nil || len(minutes) == 0 {
-		return 0, err
+		return 0, 0, err
 	}
 	hours := hoursOf(minutes)
 	if storage == "partitioned" {
 		if err := ensureRollupPartitions(ctx, tx, minutes, ensured); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	// The raw rows are read on a second connection (recompute), taken
 	// only by a batch with work: a run with nothing to refresh holds one.
 	reader, err := r.db.Acquire(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("acquire reader connection: %w", err)
+		return 0, 0, fmt.Errorf("acquire reader connection: %w", err)
 	}
 	defer reader.Release()
 	rowsRead, written, err := recompute(ctx, tx, reader.Conn(), minutes, hours)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if storage == "timescaledb" && newDays(minutes, ensured) {
 		// New chunks carry readers' grants until revoked; revoke before
@@ -351,18 +379,19 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 		// whole days, and the run's earlier batch for that day made it and
 		// hardened it), so the others skip the walk over every chunk.
 		if _, err := tx.Exec(ctx, "SELECT apigee.harden_chunks()"); err != nil {
-			return 0, fmt.Errorf("harden rollup chunks: %w", err)
+			return 0, 0, fmt.Errorf("harden rollup chunks: %w", err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("commit: %w", err)
+		return 0, 0, fmt.Errorf("commit: %w", err)
 	}
 	s.MinutesRefreshed += len(minutes)
 	s.HoursRefreshed += len(hours)
+	s.RefreshBatches++
 	s.InvalidationsConsumed += consumed
 	s.RowsRead += rowsRead
 	s.RollupRowsWritten += written
-	return len(minutes), nil
+	return len(minutes), rowsRead, nil
 }
 
 // claimMinutes takes up to limit of the oldest invalidated minutes (whole
@@ -370,22 +399,28 @@ func (r *Runner) refreshBatch(ctx context.Context, conn *pgx.Conn, storage strin
 // distinct minute starts and how many invalidations were consumed.
 func claimMinutes(ctx context.Context, tx pgx.Tx, limit int) ([]time.Time, int64, error) {
 	var minutes []time.Time
+	// One minute more than the batch takes, to see whether its last hour
+	// goes on past it.
 	err := tx.QueryRow(ctx, `
 		SELECT coalesce(array_agg(b ORDER BY b), '{}') FROM (
 			SELECT DISTINCT bucket_start AS b FROM apigee.rollup_invalidations
-			ORDER BY 1 LIMIT $1) s`, limit).Scan(&minutes)
+			ORDER BY 1 LIMIT $1) s`, limit+1).Scan(&minutes)
 	if err != nil {
 		return nil, 0, fmt.Errorf("pick minutes: %w", err)
 	}
 	if len(minutes) == 0 {
 		return nil, 0, nil
 	}
-	if len(minutes) == limit {
-		// A full batch probably cut an hour short: leave that hour's minutes
-		// to the next batch so a backlog recomputes each hour once.
-		last := minutes[len(minutes)-1].UTC().Truncate(time.Hour)
-		if i := slices.IndexFunc(minutes, func(m time.Time) bool { return !m.UTC().Truncate(time.Hour).Before(last) }); i > 0 {
-			minutes = minutes[:i]
+	if len(minutes) > limit {
+		next := minutes[limit].UTC().Truncate(time.Hour)
+		minutes = minutes[:limit]
+		// The batch cut an hour short: leave that hour's minutes to the next
+		// batch so a backlog recomputes each hour once (unless the hour is
+		// all the batch has).
+		if minutes[limit-1].UTC().Truncate(time.Hour).Equal(next) {
+			if i := slices.IndexFunc(minutes, func(m time.Time) bool { return !m.UTC().Truncate(time.Hour).Before(next) }); i > 0 {
+				minutes = minutes[:i]
+			}
 		}
 	}
 	tag, err := tx.Exec(ctx, "DELETE FROM apigee.rollup_invalidations WHERE bucket_start = ANY($1)", minutes)

@@ -121,6 +121,65 @@ func TestRefreshExactAndIdempotent(t *testing.T) {
 	})
 }
 
+// A sparse backlog is refreshed in batches that double while they read
+// few rows, up to REFRESH_BATCH_MINUTES, and the rollups stay exact.
+func TestSparseBacklogBatchesGrow(t *testing.T) {
+	t.Parallel()
+	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
+		rng := rand.New(rand.NewPCG(11, 12))
+		start := time.Now().UTC().Add(-30 * time.Hour).Truncate(time.Hour)
+		insertCalls(t, db, mixedCalls(rng, start, 7*60, 2))
+		for _, tc := range []struct {
+			name           string
+			most           int
+			batches, hours int
+			explains       string
+		}{
+			{"default", DefaultBatchMinutes, 3, 7, "1 + 2 + 4 hours"},
+			{"at most two hours", 120, 4, 7, "1 + 2 + 2 + 2 hours"},
+			{"at most an hour and a half", 90, 7, 7, "an hour each: a batch leaves the hour it would cut short"},
+			{"at most half an hour", 30, 14, 14, "half an hour each, each hour twice"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if _, err := db.Admin.Exec(context.Background(), `
+					INSERT INTO apigee.rollup_invalidations (batch_id, bucket_start)
+					SELECT 1, b FROM generate_series($1::timestamptz, $1::timestamptz + interval '419 minutes', interval '1 minute') b`,
+					start); err != nil {
+					t.Fatal(err)
+				}
+				cfg := testConfig()
+				cfg.BatchMinutes = tc.most
+				s := mustRun(t, newTestRunner(t, db, cfg, nil))
+				if s.MinutesRefreshed != 7*60 || s.HoursRefreshed != tc.hours || s.PendingMinutes != 0 || s.RefreshBatches != tc.batches {
+					t.Fatalf("run: %+v; want 420 minutes and %d hours in %d batches (%s)", s, tc.hours, tc.batches, tc.explains)
+				}
+				assertRollupsMatchRaw(t, db)
+			})
+		}
+	})
+}
+
+func TestNextLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		limit, most int
+		rows        int64
+		want        int
+	}{
+		{"few rows: doubled", 60, 1440, 5_000, 120},
+		{"doubled up to the most", 960, 1440, 5_000, 1440},
+		{"at the most", 1440, 1440, 0, 1440},
+		{"enough rows: kept", 60, 1440, growBelowRows, 60},
+		{"shrunk below the current: the most", 240, 30, 5_000, 30},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := nextLimit(tc.limit, tc.rows, tc.most); got != tc.want {
+				t.Fatalf("nextLimit(%d, %d, %d) = %d, want %d", tc.limit, tc.rows, tc.most, got, tc.want)
+			}
+		})
+	}
+}
+
 func TestLateDataCorrectsMinuteAndHour(t *testing.T) {
 	t.Parallel()
 	testkit.Each(t, func(t *testing.T, db *testkit.DB) {
