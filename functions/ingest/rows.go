@@ -289,6 +289,54 @@ func columnArrays(vals [][]any) []any {
 	return cols
 }
 
+// arrayParams adds insertSQL's column arrays to p in binary format: what
+// columnArrays holds, as PostgreSQL's array_send writes it (a column
+// insertSQL takes as text, arrayAsText, as text elements), each element
+// encoded by copyValue as the staging COPY encodes it. pgx's encoding of
+// columnArrays boxed every value and found an encode plan for it: about 7
+// % of the push path's function CPU (bench-ingest -only 3a -cpuprofile).
+func arrayParams(p *copybinary.Params, vals [][]any) error {
+	var bad error
+	for j, k := range stageKinds {
+		if j == batchIDColumn {
+			continue
+		}
+		if allNull(vals, j) {
+			p.Null()
+			continue
+		}
+		asText := arrayAsText(stageTypes[j])
+		oid := uint32(copybinary.OIDText)
+		if !asText {
+			oid = arrayElemOIDs[k]
+		}
+		p.Array(oid, len(vals), func(w *copybinary.Writer) {
+			for i := range vals {
+				v := vals[i][j]
+				if asText {
+					if s := textValue(v); s != nil {
+						w.Text(*s)
+					} else {
+						w.Null()
+					}
+					continue
+				}
+				if !copyValue(w, k, v) && bad == nil {
+					bad = fmt.Errorf("write: column %s: no %s encoding for %T", stageColumns[j], stageTypes[j], v)
+				}
+			}
+		})
+	}
+	return bad
+}
+
+// arrayElemOIDs are the element types of the arrays arrayParams writes
+// for columns not taken as text.
+var arrayElemOIDs = map[copyKind]uint32{
+	copyText: copybinary.OIDText, copyTimestamptz: copybinary.OIDTimestamptz, copySmallint: copybinary.OIDInt2,
+	copyInteger: copybinary.OIDInt4, copyBigint: copybinary.OIDInt8, copyBoolean: copybinary.OIDBool,
+}
+
 // allNull reports whether column j is NULL in every row.
 func allNull(vals [][]any, j int) bool {
 	for i := range vals {

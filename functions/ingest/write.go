@@ -22,6 +22,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -86,6 +87,7 @@ type Result struct {
 // inTx is a connection inside a batch's transaction (a *pgx.Conn).
 type inTx interface {
 	PgConn() *pgconn.PgConn
+	Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -196,7 +198,7 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 	defer buf.release()
 	vals := buf.values(0, calls) // the batch id is set once known
 	if !staged && len(calls) > 0 && len(b.Rejects) == 0 {
-		res, err := writeOneTrip(ctx, tx, b, calls, vals)
+		res, err := writeOneTrip(ctx, tx, b, calls, vals, &buf.params)
 		if !oneTripRefused(err) {
 			committed = err == nil
 			return res, err
@@ -272,16 +274,40 @@ func (w *Writer) write(ctx context.Context, b *Batch) (Result, error) {
 // is the database's unique violation (oneTripRefused) and nothing is
 // stored: the caller writes the batch in two round trips (format 1), which
 // accounts for duplicates and checks them for key collisions.
-func writeOneTrip(ctx context.Context, tx inTx, b *Batch, calls []Call, vals [][]any) (Result, error) {
+//
+// The parameters go in binary format, encoded into p (arrayParams), to a
+// statement prepared once per connection (pgx keeps it by name), and the
+// answer comes back as two binary bigints.
+func writeOneTrip(ctx context.Context, tx inTx, b *Batch, calls []Call, vals [][]any, p *copybinary.Params) (Result, error) {
 	res := Result{Inserted: len(calls), Duplicates: len(b.Calls) - len(calls)}
 	order := messageOrder(calls, nil)
 	res.MinReceived, res.MaxReceived = receivedRange(calls, order)
 	digest := hashRows(audit.NewDigest(), vals, order)
-	args := append(columnArrays(vals), len(calls), res.Duplicates, b.Messages, res.MinReceived, res.MaxReceived, digest[:])
-	var n int64
-	if err := tx.QueryRow(ctx, oneTripSQL, args...).Scan(&res.BatchID, &n); err != nil {
-		return Result{}, fmt.Errorf("write: one round trip: %w", err)
+	p.Reset()
+	if err := arrayParams(p, vals); err != nil {
+		return Result{}, err
 	}
+	// In oneTripSQL's order and types: bigint, integer, integer,
+	// timestamptz, timestamptz, bytea.
+	p.Value(func(w *copybinary.Writer) { w.Int64(int64(len(calls))) })
+	p.Value(func(w *copybinary.Writer) { w.Int32(int32(res.Duplicates)) })
+	p.Value(func(w *copybinary.Writer) { w.Int32(int32(b.Messages)) })
+	p.Value(func(w *copybinary.Writer) { w.Timestamptz(res.MinReceived) })
+	p.Value(func(w *copybinary.Writer) { w.Timestamptz(res.MaxReceived) })
+	p.Value(func(w *copybinary.Writer) { w.Bytea(digest[:]) })
+	sd, err := tx.Prepare(ctx, oneTripStatement, oneTripSQL)
+	if err != nil {
+		return Result{}, fmt.Errorf("write: one round trip: prepare: %w", err)
+	}
+	r := tx.PgConn().ExecPrepared(ctx, sd.Name, p.Values(), binaryFormat, binaryFormat).Read()
+	if r.Err != nil {
+		return Result{}, fmt.Errorf("write: one round trip: %w", r.Err)
+	}
+	if len(r.Rows) != 1 || len(r.Rows[0]) != 2 || len(r.Rows[0][0]) != 8 || len(r.Rows[0][1]) != 8 {
+		return Result{}, fmt.Errorf("write: one round trip: answer is not one row of two bigints")
+	}
+	res.BatchID = int64(binary.BigEndian.Uint64(r.Rows[0][0]))
+	n := int64(binary.BigEndian.Uint64(r.Rows[0][1]))
 	if n != int64(len(calls)) {
 		// expect_all_stored lets no other count through; the batch is
 		// committed, so this can only be reported.
@@ -290,6 +316,14 @@ func writeOneTrip(ctx context.Context, tx inTx, b *Batch, calls []Call, vals [][
 	res.SHA256 = audit.BindID(res.BatchID, digest)
 	return res, nil
 }
+
+// oneTripStatement is oneTripSQL's prepared statement's name on each
+// connection.
+const oneTripStatement = "apigee_ingest_one_trip"
+
+// binaryFormat is the format code list that makes every parameter, or
+// every result column, binary (a list of one code applies to all).
+var binaryFormat = []int16{pgx.BinaryFormatCode}
 
 // oneTripRefused reports whether writeOneTrip's error means the batch
 // holds a call stored already (or stored fewer than it sent), so that it
@@ -391,6 +425,8 @@ func rowValues(batchID int64, calls []Call) [][]any {
 type rowBuf struct {
 	flat []any
 	rows [][]any
+	// params is writeOneTrip's parameter buffer.
+	params copybinary.Params
 }
 
 var rowBufs = sync.Pool{New: func() any { return new(rowBuf) }}

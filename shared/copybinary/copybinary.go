@@ -22,9 +22,12 @@ import (
 
 // OIDs of the element types that arrays here carry (pg_type.dat).
 const (
-	OIDInt4 = 23
-	OIDInt8 = 20
-	OIDText = 25
+	OIDBool        = 16
+	OIDInt8        = 20
+	OIDInt2        = 21
+	OIDInt4        = 23
+	OIDText        = 25
+	OIDTimestamptz = 1184
 )
 
 // Writer appends one stream to a buffer. The zero Writer is not a stream:
@@ -124,6 +127,12 @@ func (w *Writer) Inet(a netip.Addr) {
 	w.b = append(w.b, v[:]...)
 }
 
+// Bytea is bytea (byteasend: the bytes as they are).
+func (w *Writer) Bytea(v []byte) {
+	w.b = binary.BigEndian.AppendUint32(w.b, uint32(len(v)))
+	w.b = append(w.b, v...)
+}
+
 // TextArray is a one-dimensional text[] without NULLs.
 func (w *Writer) TextArray(s []string) {
 	size := 0
@@ -147,6 +156,11 @@ func (w *Writer) ArrayHeader(elemOID uint32, n, elemsSize int) {
 		size += 8 + elemsSize
 	}
 	w.b = binary.BigEndian.AppendUint32(w.b, uint32(size))
+	w.arrayStart(elemOID, n)
+}
+
+// arrayStart is ArrayHeader without the field's length.
+func (w *Writer) arrayStart(elemOID uint32, n int) {
 	ndim := uint32(0)
 	if n > 0 {
 		ndim = 1
@@ -158,4 +172,55 @@ func (w *Writer) ArrayHeader(elemOID uint32, n, elemsSize int) {
 		w.b = binary.BigEndian.AppendUint32(w.b, uint32(n))
 		w.b = binary.BigEndian.AppendUint32(w.b, 1)
 	}
+}
+
+// Params encodes one statement's parameters in binary format, for
+// pgconn's ExecPrepared with format code 1: each parameter is the bytes
+// of its type's send function, which is what a COPY field holds after its
+// length (the protocol's Bind message carries the length instead). They
+// share one buffer, which Reset keeps for the next statement.
+type Params struct {
+	w     Writer
+	spans [][2]int // each parameter's bytes in w.b; {-1, -1} for NULL
+	out   [][]byte
+}
+
+// Reset forgets the parameters, keeping the buffer.
+func (p *Params) Reset() {
+	p.w.b = p.w.b[:0]
+	p.spans = p.spans[:0]
+}
+
+// Null adds a NULL parameter.
+func (p *Params) Null() { p.spans = append(p.spans, [2]int{-1, -1}) }
+
+// Value adds the parameter that write writes as a field (w.Int64, for
+// one): its bytes after the length.
+func (p *Params) Value(write func(w *Writer)) {
+	start := len(p.w.b) + 4
+	write(&p.w)
+	p.spans = append(p.spans, [2]int{start, len(p.w.b)})
+}
+
+// Array adds a one-dimensional array parameter of n elements of type
+// elemOID, which elems writes as fields (w.Null for a NULL element).
+func (p *Params) Array(elemOID uint32, n int, elems func(w *Writer)) {
+	start := len(p.w.b)
+	p.w.arrayStart(elemOID, n)
+	elems(&p.w)
+	p.spans = append(p.spans, [2]int{start, len(p.w.b)})
+}
+
+// Values returns the parameters added since Reset, in order (nil for
+// NULL). They point into p's buffer: valid until the next Reset.
+func (p *Params) Values() [][]byte {
+	p.out = p.out[:0]
+	for _, s := range p.spans {
+		if s[0] < 0 {
+			p.out = append(p.out, nil)
+			continue
+		}
+		p.out = append(p.out, p.w.b[s[0]:s[1]:s[1]])
+	}
+	return p.out
 }

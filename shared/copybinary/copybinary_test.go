@@ -93,3 +93,55 @@ func TestStream(t *testing.T) {
 		t.Errorf("after Reset: %d bytes, want the 19 of the header", w.Len())
 	}
 }
+
+// TestParamsMatchPgx: each parameter Params holds is the bytes pgx's
+// binary codecs send for the same value, and a NULL parameter is nil.
+// Arrays here have no NULL elements: pgx sets array_send's has-nulls flag
+// for them, Params leaves it 0, which array_recv accepts (it finds NULL
+// elements by their -1 length; the flag is only checked to be 0 or 1).
+func TestParamsMatchPgx(t *testing.T) {
+	m := pgtype.NewMap()
+	at := time.Date(2026, 12, 4, 2, 30, 0, 123456000, time.UTC)
+	var p Params
+	for round := range 2 { // the second round reuses the buffer
+		p.Reset()
+		p.Value(func(w *Writer) { w.Int64(-42) })
+		p.Null()
+		p.Value(func(w *Writer) { w.Timestamptz(at) })
+		p.Value(func(w *Writer) { w.Bytea([]byte{0, 1, 0xff}) })
+		p.Array(OIDInt4, 3, func(w *Writer) { w.Int32(1); w.Int32(-2); w.Int32(math.MaxInt32) })
+		p.Array(OIDText, 2, func(w *Writer) { w.Text("é"); w.Text("") })
+		p.Value(func(w *Writer) { w.Int32(int32(round)) })
+		want := []struct {
+			oid   uint32
+			value any
+		}{
+			{pgtype.Int8OID, int64(-42)},
+			{0, nil},
+			{pgtype.TimestamptzOID, at},
+			{pgtype.ByteaOID, []byte{0, 1, 0xff}},
+			{pgtype.Int4ArrayOID, []int32{1, -2, math.MaxInt32}},
+			{pgtype.TextArrayOID, []string{"é", ""}},
+			{pgtype.Int4OID, int32(round)},
+		}
+		got := p.Values()
+		if len(got) != len(want) {
+			t.Fatalf("round %d: %d parameters, want %d", round, len(got), len(want))
+		}
+		for i, w := range want {
+			if w.value == nil {
+				if got[i] != nil {
+					t.Errorf("round %d, parameter %d: %x, want NULL (nil)", round, i, got[i])
+				}
+				continue
+			}
+			b, err := m.Encode(w.oid, pgtype.BinaryFormatCode, w.value, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got[i], b) {
+				t.Errorf("round %d, parameter %d (%T): got  %x\nwant %x", round, i, w.value, got[i], b)
+			}
+		}
+	}
+}
