@@ -79,6 +79,10 @@ var (
 	msgs    = flag.Int("msgs", 60000, "single-record deliveries for (3) and (0); (4) takes 5,000. Long enough that a few slow batches do not decide the p99")
 	only    = flag.String("only", "", "run only the modes whose key starts with one of these, comma-separated, e.g. 3 or 1b,2")
 	cpuprof = flag.String("cpuprofile", "", "write a CPU profile of the server process to this file (the last mode run keeps it; use with -only)")
+	// serveEnv exists for settings of the function's process alone, such as
+	// GOMAXPROCS=1 as Cloud Run at --cpu=1 may run it: set for the whole
+	// bench, it would also slow the load generator.
+	serveEnv = flag.String("serve-env", "", "KEY=VALUE pairs, comma-separated, added to the server processes' environment only, e.g. GOMAXPROCS=1")
 )
 
 func main() {

@@ -167,6 +167,9 @@ func startServer(kind string, env []string) (*server, error) {
 	}
 	cmd := exec.Command(self, "-role", "serve", "-serve", kind)
 	cmd.Env = append(append(os.Environ(), env...), "PORT="+port, "FUNCTION_TARGET=Ingest")
+	if *serveEnv != "" {
+		cmd.Env = append(cmd.Env, strings.Split(*serveEnv, ",")...)
+	}
 	cmd.Stderr = os.Stderr
 	probe := []byte(request(addr, envelope("cold-start", makeRecordsPrefixed(1, "cold-"+randHex(4))[0])))
 	start := time.Now()
