@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -187,8 +188,12 @@ func goCmd(t *testing.T, dir string, network bool, args ...string) string {
 	return string(out)
 }
 
-// probe starts bin as Cloud Run would (PORT, FUNCTION_TARGET) and checks
-// that / reaches the function: any answer but the framework's 404.
+// probe starts bin as Cloud Run would (PORT, FUNCTION_TARGET, K_SERVICE)
+// and checks that / reaches the function: any answer but the framework's
+// 404. Then that the request left no blank line in the output: with
+// K_SERVICE set, functions-framework-go writes one to stdout and one to
+// stderr after every request unless shared/function cleared it, two
+// system calls a delivery.
 func probe(t *testing.T, bin, target string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -199,8 +204,8 @@ func probe(t *testing.T, bin, target string) {
 	l.Close()
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "PORT="+port, "FUNCTION_TARGET="+target, "K_SERVICE=probe")
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs := new(lockedBuffer)
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -216,6 +221,12 @@ func probe(t *testing.T, bin, target string) {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusNotFound {
 				t.Fatalf("%s: POST / answered 404: the function is not served at /\n%s", target, logs.String())
+			}
+			// The framework's writes follow the handler's return, which
+			// may be after the answer is on the wire.
+			time.Sleep(200 * time.Millisecond)
+			if out := "\n" + logs.String(); strings.Contains(out, "\n\n") {
+				t.Errorf("%s: the output after one request has a blank line (the framework's per-request flush):\n%q", target, out[1:])
 			}
 			return
 		}
@@ -246,4 +257,23 @@ func runWithTarget(bin, target string) (string, error) {
 		<-done
 		return out.String(), nil
 	}
+}
+
+// lockedBuffer is the server's output, written by exec's copying goroutine
+// while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -87,8 +87,8 @@ type Config struct {
 	// ConnectTimeout (DB_CONNECT_TIMEOUT, DefaultConnectTimeout) bounds one
 	// connection attempt.
 	ConnectTimeout time.Duration
-	// ApplicationName (DB_APPLICATION_NAME, else K_SERVICE, the Cloud Run
-	// service name) is sent as application_name when not empty.
+	// ApplicationName (DB_APPLICATION_NAME; each function defaults it to
+	// its own name) is sent as application_name when not empty.
 	ApplicationName string
 }
 
@@ -134,9 +134,6 @@ func ConfigFrom(r *env.Reader) (Config, error) {
 			}
 			return int32(n), err
 		})
-	if c.ApplicationName == "" {
-		c.ApplicationName = r.Platform("K_SERVICE")
-	}
 	if err := r.Err(); err != nil {
 		return Config{}, fmt.Errorf("dbconn: %w", err)
 	}

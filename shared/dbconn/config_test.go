@@ -63,10 +63,12 @@ func TestConfigFromEnv(t *testing.T) {
 			},
 		},
 		{
-			name: "secret with local endpoint, K_SERVICE as application name",
+			// shared/function clears K_SERVICE at start; it is not a
+			// fallback here, or its absence would change the name.
+			name: "secret with local endpoint, K_SERVICE not the application name",
 			env:  map[string]string{"DB_SECRET": secret, "SECRET_MANAGER_ENDPOINT": "127.0.0.1:9090", "K_SERVICE": "rollup"},
 			want: with(func(c *dbconn.Config) {
-				c.DBSecret, c.SecretManagerEndpoint, c.ApplicationName = secret, "127.0.0.1:9090", "rollup"
+				c.DBSecret, c.SecretManagerEndpoint = secret, "127.0.0.1:9090"
 			}),
 		},
 		{

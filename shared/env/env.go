@@ -88,9 +88,9 @@ func (r *Reader) Fail(err error) {
 // from it or it from, in order, each once.
 func (r *Reader) Vars() []Var { return *r.vars }
 
-// Platform reads a variable the platform sets (K_SERVICE, say) rather than
-// the operator: trimmed, never prefixed, not part of the documented
-// configuration.
+// Platform reads a variable that belongs to the platform or the Go
+// runtime (GOGC, say) rather than to the function's configuration:
+// trimmed, never prefixed, not part of the documented configuration.
 func (r *Reader) Platform(name string) string {
 	return strings.TrimSpace(r.getenv(name))
 }

@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -88,7 +90,16 @@ func serve(kind string) error {
 	default:
 		return fmt.Errorf("unknown server %q", kind)
 	}
-	return http.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), h)
+	// Stopped by the harness's interrupt, so that a CPU profile is written
+	// (the deferred StopCPUProfile) as function.Main's own shutdown does.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	srv := &http.Server{Addr: "127.0.0.1:" + os.Getenv("PORT"), Handler: h}
+	go func() { <-ctx.Done(); srv.Close() }() //nolint:errcheck // exiting
+	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+		return err
+	}
+	return nil
 }
 
 // floorWait is (0c)'s wait: about the push path's median at 64 in flight
@@ -142,6 +153,38 @@ func naiveHandler(pool *pgxpool.Pool) http.Handler {
 	})
 }
 
+// cloudRunEnv is what Cloud Run sets in every container, besides PORT
+// (https://cloud.google.com/run/docs/container-contract#env-vars), so that
+// the function runs as deployed. It matters: with K_SERVICE set,
+// functions-framework-go writes a newline to stdout and one to stderr
+// after every request (its wrapHTTPFunction; kept on purpose upstream,
+// GoogleCloudPlatform/functions-framework-go#157), two writes per
+// delivery that a bench without it would not count. -serve-env
+// K_SERVICE= measures without them.
+var cloudRunEnv = []string{"K_SERVICE=apigee-ingest", "K_REVISION=apigee-ingest-00001-bench", "K_CONFIGURATION=apigee-ingest"}
+
+// nonBlankLines passes on w the lines written to it that are not empty.
+type nonBlankLines struct {
+	w       io.Writer
+	partial []byte
+}
+
+func (n *nonBlankLines) Write(p []byte) (int, error) {
+	n.partial = append(n.partial, p...)
+	for {
+		i := bytes.IndexByte(n.partial, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		if i > 0 {
+			if _, err := n.w.Write(n.partial[:i+1]); err != nil {
+				return len(p), err
+			}
+		}
+		n.partial = n.partial[i+1:]
+	}
+}
+
 // server is a running -role serve process.
 type server struct {
 	cmd  *exec.Cmd
@@ -166,11 +209,16 @@ func startServer(kind string, env []string) (*server, error) {
 		return nil, err
 	}
 	cmd := exec.Command(self, "-role", "serve", "-serve", kind)
-	cmd.Env = append(append(os.Environ(), env...), "PORT="+port, "FUNCTION_TARGET=Ingest")
+	cmd.Env = append(append(append(os.Environ(), env...), cloudRunEnv...), "PORT="+port, "FUNCTION_TARGET=Ingest")
 	if *serveEnv != "" {
 		cmd.Env = append(cmd.Env, strings.Split(*serveEnv, ",")...)
 	}
-	cmd.Stderr = os.Stderr
+	// Pipes, as Cloud Run's log collection reads a container's output: the
+	// writes cost what they cost there (not /dev/null's nothing). stdout
+	// is the function's JSON log, not shown; stderr is shown, less the
+	// framework's blank lines.
+	cmd.Stdout = io.Discard
+	cmd.Stderr = &nonBlankLines{w: os.Stderr}
 	probe := []byte(request(addr, envelope("cold-start", makeRecordsPrefixed(1, "cold-"+randHex(4))[0])))
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
