@@ -21,6 +21,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -35,6 +36,7 @@ import (
 //	push   the real ingest function (function.Main, as functions/ingest/cmd/ingest)
 //	floor  read the body, answer 204: the least any push function can do
 //	floorwait  the floor, waiting floorWait before the 204
+//	floorgroup  the floor, answering in groups floorWait after each group's first delivery
 //	nodb   the ingest Service with a writer that stores nothing
 //	nodbwait  nodb, its writer taking floorWait per batch as a commit would
 //	naive  one autocommitted INSERT per message through a pgx pool
@@ -64,6 +66,13 @@ func serve(kind string) error {
 		h = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 			io.Copy(io.Discard, req.Body) //nolint:errcheck // a floor, not a function
 			time.Sleep(floorWait)
+			w.WriteHeader(http.StatusNoContent)
+		})
+	case "floorgroup":
+		var g answerGroups
+		h = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			io.Copy(io.Discard, req.Body) //nolint:errcheck // a floor, not a function
+			<-g.join()
 			w.WriteHeader(http.StatusNoContent)
 		})
 	case "nodb", "nodbwait":
@@ -100,6 +109,30 @@ func serve(kind string) error {
 		return err
 	}
 	return nil
+}
+
+// answerGroups releases deliveries together, as a commit answers its
+// batch: a group opens with its first delivery and is answered floorWait
+// later, all at once.
+type answerGroups struct {
+	mu  sync.Mutex
+	cur chan struct{}
+}
+
+func (g *answerGroups) join() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cur == nil {
+		c := make(chan struct{})
+		g.cur = c
+		time.AfterFunc(floorWait, func() {
+			g.mu.Lock()
+			g.cur = nil
+			g.mu.Unlock()
+			close(c)
+		})
+	}
+	return g.cur
 }
 
 // floorWait is (0c)'s wait: about the push path's median at 64 in flight
