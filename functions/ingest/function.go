@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -44,6 +45,14 @@ func init() {
 // pseudonym key (INGEST_PRIVACY_KEY_SECRET) and, with PUSH_AUDIENCE, the
 // OIDC verifier.
 func NewFromEnv(ctx context.Context, logger *slog.Logger) (*Service, error) {
+	return NewFromEnvWithKeys(ctx, logger, nil)
+}
+
+// NewFromEnvWithKeys is NewFromEnv whose OIDC verifier fetches Google's
+// signing keys through keys (nil: idtoken's own client, which reaches
+// Google). bench-ingest passes its stand-in signer's, so that the function
+// it measures checks push tokens as deployed.
+func NewFromEnvWithKeys(ctx context.Context, logger *slog.Logger, keys *http.Client) (*Service, error) {
 	cfg, err := ConfigFromEnv()
 	if err != nil {
 		return nil, err
@@ -66,7 +75,7 @@ func NewFromEnv(ctx context.Context, logger *slog.Logger) (*Service, error) {
 	}
 	d := Deps{DB: db, Logger: logger, Privacy: pz}
 	if cfg.PushAudience != "" {
-		v, err := pushauth.NewVerifier(ctx, pushauth.Config{Audience: cfg.PushAudience, ServiceAccount: cfg.PushServiceAccount})
+		v, err := pushauth.NewVerifier(ctx, pushauth.Config{Audience: cfg.PushAudience, ServiceAccount: cfg.PushServiceAccount, HTTPClient: keys})
 		if err != nil {
 			db.Close()
 			return nil, fmt.Errorf("ingest: %w", err)

@@ -149,7 +149,11 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer ing.Close()
-	h := &harness{owner: owner, env: []string{"DATABASE_URL=" + ingestURL}}
+	auth, err := signPushToken(ctx)
+	if err != nil {
+		return err
+	}
+	h := &harness{owner: owner, env: append([]string{"DATABASE_URL=" + ingestURL}, auth...)}
 	if *cpuprof != "" {
 		h.env = append(h.env, envProfile+"="+*cpuprof)
 	}

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -24,8 +25,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"apigee-timescale/deploy/local/standin/pushauthtest"
 	"apigee-timescale/functions/ingest"
 	"apigee-timescale/shared/function"
 	"apigee-timescale/shared/record"
@@ -53,6 +56,16 @@ func serve(kind string) error {
 		defer pprof.StopCPUProfile()
 	}
 	if kind == "push" {
+		if jwks := os.Getenv(envPushKeys); jwks != "" {
+			// ingest's own registration, but its verifier fetches the
+			// stand-in signer's keys instead of Google's.
+			keys := pushauthtest.KeySetClient([]byte(jwks))
+			svc := &function.Lazy[*ingest.Service]{Name: "ingest", Start: func(ctx context.Context, log *slog.Logger) (*ingest.Service, error) {
+				return ingest.NewFromEnvWithKeys(ctx, log, keys)
+			}}
+			functions.HTTP(authTarget, svc.HTTP((*ingest.Service).ServeHTTP))
+			return function.Main(authTarget)
+		}
 		return function.Main("Ingest")
 	}
 	var h http.Handler
@@ -186,6 +199,43 @@ func naiveHandler(pool *pgxpool.Pool) http.Handler {
 	})
 }
 
+// Push authentication, as deployed (deploy.sh sets PUSH_AUDIENCE and
+// PUSH_SERVICE_ACCOUNT): the harness signs one ID token with a stand-in
+// key, the load generator sends it with every delivery, as Pub/Sub sends
+// one token with every push of a time window (see shared/pushauth's
+// verifiedTokens), and the function verifies it against the stand-in's
+// key set (envPushKeys). Every mode's requests carry the token, the
+// floors' too: they are what Pub/Sub sends. -serve-env
+// PUSH_AUDIENCE=,PUSH_SERVICE_ACCOUNT= measures without verification.
+const (
+	envPushKeys  = "BENCH_PUSH_KEYS"  // the JWKS, to the server processes
+	envPushToken = "BENCH_PUSH_TOKEN" // the token, to the load generators
+	authTarget   = "IngestBenchAuth"
+	pushAudience = "https://apigee-ingest-bench.a.run.app/"
+	pushAccount  = "pubsub-push@bench.iam.gserviceaccount.com"
+)
+
+// pushToken is the bearer token every request carries (this process's
+// environment: set by the harness for itself and its children).
+var pushToken = os.Getenv(envPushToken)
+
+// signPushToken makes the token and the servers' environment for it.
+func signPushToken(ctx context.Context) ([]string, error) {
+	signer, err := pushauthtest.New()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := signer.TokenSource(pushAudience, pushAccount, time.Hour)(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pushToken = tok
+	if err := os.Setenv(envPushToken, tok); err != nil {
+		return nil, err
+	}
+	return []string{envPushKeys + "=" + string(signer.JWKS()), "PUSH_AUDIENCE=" + pushAudience, "PUSH_SERVICE_ACCOUNT=" + pushAccount}, nil
+}
+
 // cloudRunEnv is what Cloud Run sets in every container, besides PORT
 // (https://cloud.google.com/run/docs/container-contract#env-vars), so that
 // the function runs as deployed. It matters: with K_SERVICE set,
@@ -242,7 +292,7 @@ func startServer(kind string, env []string) (*server, error) {
 		return nil, err
 	}
 	cmd := exec.Command(self, "-role", "serve", "-serve", kind)
-	cmd.Env = append(append(append(os.Environ(), env...), cloudRunEnv...), "PORT="+port, "FUNCTION_TARGET=Ingest")
+	cmd.Env = append(append(append(os.Environ(), env...), cloudRunEnv...), "PORT="+port)
 	if *serveEnv != "" {
 		cmd.Env = append(cmd.Env, strings.Split(*serveEnv, ",")...)
 	}
@@ -395,5 +445,9 @@ func generate(addr string, msgs, perMsg, clients int) error {
 }
 
 func request(addr, body string) string {
-	return fmt.Sprintf("POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, len(body), body)
+	auth := ""
+	if pushToken != "" {
+		auth = "Authorization: Bearer " + pushToken + "\r\n"
+	}
+	return fmt.Sprintf("POST / HTTP/1.1\r\nHost: %s\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, auth, len(body), body)
 }

@@ -169,12 +169,17 @@ func (s *Signer) JWKS() []byte {
 // HTTPClient returns a client whose transport answers GoogleCertsURL with
 // JWKS and IAPCertsURL with an empty key set, and fails any other request,
 // so nothing reaches the network.
-func (s *Signer) HTTPClient() *http.Client {
+func (s *Signer) HTTPClient() *http.Client { return KeySetClient(s.JWKS()) }
+
+// KeySetClient is HTTPClient for a key set given as JWKS bytes, for a
+// process that verifies tokens another one signs (bench-ingest's function
+// and its load generator).
+func KeySetClient(jwks []byte) *http.Client {
 	return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		var body []byte
 		switch r.URL.String() {
 		case GoogleCertsURL:
-			body = s.JWKS()
+			body = jwks
 		case IAPCertsURL:
 			body = []byte(`{"keys":[]}`)
 		default:
