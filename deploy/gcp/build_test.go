@@ -12,9 +12,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"apigee-timescale/deploy/local/stack"
 )
 
 // The Cloud Run functions Go buildpack (GoogleCloudPlatform/buildpacks,
@@ -204,7 +205,7 @@ func probe(t *testing.T, bin, target string) {
 	l.Close()
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "PORT="+port, "FUNCTION_TARGET="+target, "K_SERVICE=probe")
-	logs := new(lockedBuffer)
+	logs := new(stack.SyncBuffer)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -257,23 +258,4 @@ func runWithTarget(bin, target string) (string, error) {
 		<-done
 		return out.String(), nil
 	}
-}
-
-// lockedBuffer is the server's output, written by exec's copying goroutine
-// while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
