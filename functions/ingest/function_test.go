@@ -24,7 +24,6 @@ func clearConfig(t *testing.T) {
 	for _, v := range r.Vars() {
 		t.Setenv(v.Name, "")
 	}
-	t.Setenv("K_SERVICE", "")
 }
 
 // TestDeployedFunction drives the registered Ingest handler, configured

@@ -87,8 +87,9 @@ type Config struct {
 	// ConnectTimeout (DB_CONNECT_TIMEOUT, DefaultConnectTimeout) bounds one
 	// connection attempt.
 	ConnectTimeout time.Duration
-	// ApplicationName (DB_APPLICATION_NAME; each function defaults it to
-	// its own name) is sent as application_name when not empty.
+	// ApplicationName (DB_APPLICATION_NAME, else the Cloud Run service's
+	// name, env.CloudRunService) is sent as application_name when not
+	// empty.
 	ApplicationName string
 }
 
@@ -134,6 +135,9 @@ func ConfigFrom(r *env.Reader) (Config, error) {
 			}
 			return int32(n), err
 		})
+	if c.ApplicationName == "" {
+		c.ApplicationName = env.CloudRunService()
+	}
 	if err := r.Err(); err != nil {
 		return Config{}, fmt.Errorf("dbconn: %w", err)
 	}

@@ -18,7 +18,6 @@ var allEnv = []string{
 // so the host environment cannot leak into a case.
 func clearEnv(t *testing.T, prefixes ...string) {
 	t.Helper()
-	t.Setenv("K_SERVICE", "")
 	for _, p := range prefixes {
 		for _, n := range allEnv {
 			t.Setenv(p+n, "")
@@ -63,9 +62,10 @@ func TestConfigFromEnv(t *testing.T) {
 			},
 		},
 		{
-			// shared/function clears K_SERVICE at start; it is not a
-			// fallback here, or its absence would change the name.
-			name: "secret with local endpoint, K_SERVICE not the application name",
+			// The fallback is K_SERVICE as the process started with it
+			// (env.CloudRunService: shared/function clears the variable),
+			// never what a Reader sees later.
+			name: "secret with local endpoint, a K_SERVICE read later is not the application name",
 			env:  map[string]string{"DB_SECRET": secret, "SECRET_MANAGER_ENDPOINT": "127.0.0.1:9090", "K_SERVICE": "rollup"},
 			want: with(func(c *dbconn.Config) {
 				c.DBSecret, c.SecretManagerEndpoint = secret, "127.0.0.1:9090"

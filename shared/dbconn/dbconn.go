@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"apigee-timescale/shared/env"
 	"apigee-timescale/shared/secrets"
 )
 
@@ -240,9 +241,20 @@ func (db *DB) paramsFor(creds secrets.DBCredentials, version string) (connParams
 	return p, nil
 }
 
+// DialerPlatform is the cloudsqlconn option that names Cloud Run as the
+// compute platform of the connector's metrics, when the process runs there:
+// cloudsqlconn detects it from K_SERVICE, which shared/function clears at
+// start.
+func DialerPlatform() []cloudsqlconn.Option {
+	if env.CloudRunService() == "" {
+		return nil
+	}
+	return []cloudsqlconn.Option{cloudsqlconn.WithComputePlatform(cloudsqlconn.ComputePlatformCloudRun)}
+}
+
 func (db *DB) useCloudSQL(ctx context.Context, pc *pgxpool.Config, d Dialer) error {
 	if d == nil {
-		dopts := []cloudsqlconn.Option{cloudsqlconn.WithLazyRefresh()}
+		dopts := append([]cloudsqlconn.Option{cloudsqlconn.WithLazyRefresh()}, DialerPlatform()...)
 		if db.cfg.DBIAMUser != "" {
 			dopts = append(dopts, cloudsqlconn.WithIAMAuthN())
 		}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -87,6 +88,17 @@ func (r *Reader) Fail(err error) {
 // Vars lists the variables read so far through r and the Readers derived
 // from it or it from, in order, each once.
 func (r *Reader) Vars() []Var { return *r.vars }
+
+// cloudRunService is K_SERVICE as the platform set it when the process
+// started, read before shared/function's init clears the variable (see
+// there for why).
+var cloudRunService = strings.TrimSpace(os.Getenv("K_SERVICE"))
+
+// CloudRunService is the name of the Cloud Run service the process runs
+// as (https://cloud.google.com/run/docs/container-contract#env-vars), ""
+// elsewhere. Read it here, not from the environment: shared/function
+// clears K_SERVICE at start.
+func CloudRunService() string { return cloudRunService }
 
 // Platform reads a variable that belongs to the platform or the Go
 // runtime (GOGC, say) rather than to the function's configuration:

@@ -1,6 +1,10 @@
 package function
 
-import "os"
+import (
+	"os"
+
+	"apigee-timescale/shared/env"
+)
 
 // The functions are served by functions-framework-go (the platform's
 // generated main, or Main), which wraps every HTTP function so that, while
@@ -14,11 +18,14 @@ import "os"
 // ends with its newline (log/slog's JSON handler), so the flush only costs
 // two write system calls per delivery, which bench-ingest measured at 12 to
 // 14 µs of ingest's 66 to 88 µs per delivery at 64 in flight. Clearing the
-// variable at start is the framework's one switch for it; nothing of ours
-// reads it (the database's application_name is the function's own name or
-// DB_APPLICATION_NAME).
+// variable at start is the framework's one switch for it. What else reads
+// it gets the value from env.CloudRunService, kept before the clearing:
+// our default application_name, and cloudsqlconn's compute-platform
+// metric label, which dbconn and rotate then set explicitly.
 func init() {
-	_ = os.Unsetenv(platformFlushSwitch)
+	if env.CloudRunService() != "" {
+		_ = os.Unsetenv(platformFlushSwitch)
+	}
 }
 
 // platformFlushSwitch is the variable functions-framework-go's per-request

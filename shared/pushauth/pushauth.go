@@ -100,7 +100,9 @@ type verifiedToken struct {
 const (
 	verifiedFor = 5 * time.Minute
 	// maxVerified bounds the memory: Pub/Sub's push servers each send their
-	// own token, a few at a time. Past it, the expired go, or else all.
+	// own token, a few at a time. The map's keys are the tokens themselves:
+	// each is a credential for this audience alone, for an hour at most,
+	// and the process holds stronger ones (its database login).
 	maxVerified = 64
 )
 
@@ -121,20 +123,33 @@ func (c *verifiedTokens) put(token string, claims Claims, now time.Time) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.tokens) >= maxVerified {
-		for k, t := range c.tokens {
-			if !now.Before(t.until) {
-				delete(c.tokens, k)
-			}
-		}
-		if len(c.tokens) >= maxVerified {
-			clear(c.tokens)
-		}
-	}
 	if c.tokens == nil {
 		c.tokens = map[string]verifiedToken{}
 	}
+	if _, ok := c.tokens[token]; !ok && len(c.tokens) >= maxVerified {
+		c.evict(now)
+	}
 	c.tokens[token] = verifiedToken{claims: claims, until: until}
+}
+
+// evict makes room for one token: the expired go, or else the one that
+// would expire first, so that more live tokens than maxVerified still
+// find most of themselves remembered.
+func (c *verifiedTokens) evict(now time.Time) {
+	var first string
+	var firstUntil time.Time
+	for k, t := range c.tokens {
+		if !now.Before(t.until) {
+			delete(c.tokens, k)
+			continue
+		}
+		if first == "" || t.until.Before(firstUntil) {
+			first, firstUntil = k, t.until
+		}
+	}
+	if len(c.tokens) >= maxVerified {
+		delete(c.tokens, first)
+	}
 }
 
 // NewVerifier returns a Verifier for cfg.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -72,15 +73,81 @@ func TestVerifiedTokensAreRemembered(t *testing.T) {
 
 func TestVerifiedTokensAreBounded(t *testing.T) {
 	signer := pushauthtest.NewSigner(t)
-	v := newVerifier(t, pushauth.Config{Audience: aud, HTTPClient: signer.HTTPClient()})
-	for i := range pushauth.MaxVerified + 5 {
-		tok := signer.Token(t, withClaim(pushauthtest.IDTokenClaims(aud, sa, time.Hour), "sub", strconv.Itoa(i)))
+	var fetches atomic.Int32
+	v := newVerifier(t, pushauth.Config{Audience: aud, HTTPClient: uncachedKeys(signer, &fetches)})
+	now := time.Now()
+	pushauth.SetClock(v, func() time.Time { return now })
+	tokens := make([]string, pushauth.MaxVerified+1)
+	for i := range tokens {
+		tokens[i] = signer.Token(t, withClaim(pushauthtest.IDTokenClaims(aud, sa, time.Hour), "sub", strconv.Itoa(i)))
+	}
+	verify := func(tok string) {
+		t.Helper()
 		if _, err := v.Verify(context.Background(), request("Bearer "+tok)); err != nil {
-			t.Fatalf("token %d: %v", i, err)
+			t.Fatal(err)
 		}
-		if n := pushauth.VerifiedTokens(v); n > pushauth.MaxVerified {
-			t.Fatalf("after %d tokens %d are remembered, more than %d", i+1, n, pushauth.MaxVerified)
+	}
+	checked := func() int32 { return fetches.Swap(0) }
+	// tokens[0] first, then a second later half of the others, then a
+	// minute later the rest: they expire in that order.
+	t0 := now
+	half := pushauth.MaxVerified / 2
+	for i, tok := range tokens[:pushauth.MaxVerified] {
+		switch i {
+		case 1:
+			now = t0.Add(time.Second)
+		case half:
+			now = t0.Add(time.Minute)
 		}
+		verify(tok)
+	}
+	if n := pushauth.VerifiedTokens(v); n != pushauth.MaxVerified {
+		t.Fatalf("%d tokens remembered, want %d", n, pushauth.MaxVerified)
+	}
+	checked()
+	// Full, none expired: one more evicts only the first to expire,
+	// tokens[0]; every other one is still answered without a check.
+	verify(tokens[pushauth.MaxVerified])
+	for _, tok := range tokens[1:] {
+		verify(tok)
+	}
+	if n := checked(); n != 1 {
+		t.Errorf("%d full checks for a new token and the %d kept, want 1", n, pushauth.MaxVerified)
+	}
+	// Past the second group's verifiedFor: making room sweeps out every
+	// expired token, and only those.
+	now = t0.Add(time.Second + pushauth.VerifiedFor)
+	verify(tokens[0])
+	if n := checked(); n != 1 {
+		t.Errorf("the evicted token: %d full checks, want 1", n)
+	}
+	if n, want := pushauth.VerifiedTokens(v), pushauth.MaxVerified-half+2; n != want {
+		t.Errorf("%d tokens remembered after the sweep, want %d", n, want)
+	}
+}
+
+// TestVerifyConcurrently is for -race: deliveries check the same and
+// different tokens at once.
+func TestVerifyConcurrently(t *testing.T) {
+	signer := pushauthtest.NewSigner(t)
+	v := newVerifier(t, pushauth.Config{Audience: aud, ServiceAccount: sa, HTTPClient: signer.HTTPClient()})
+	tokens := []string{signer.IDToken(t, aud, sa, time.Hour), signer.Token(t, withClaim(pushauthtest.IDTokenClaims(aud, sa, time.Hour), "sub", "2"))}
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := range 16 {
+		wg.Go(func() {
+			for range 20 {
+				if _, err := v.Verify(context.Background(), request("Bearer "+tokens[i%2])); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -57,8 +58,10 @@ func serve(kind string) error {
 	}
 	if kind == "push" {
 		if jwks := os.Getenv(envPushKeys); jwks != "" {
-			// ingest's own registration, but its verifier fetches the
-			// stand-in signer's keys instead of Google's.
+			// A Lazy like ingest's registered one (without its drain,
+			// which a bench server stopped after its load does not need),
+			// whose verifier fetches the stand-in signer's keys instead of
+			// Google's.
 			keys := pushauthtest.KeySetClient([]byte(jwks))
 			svc := &function.Lazy[*ingest.Service]{Name: "ingest", Start: func(ctx context.Context, log *slog.Logger) (*ingest.Service, error) {
 				return ingest.NewFromEnvWithKeys(ctx, log, keys)
@@ -118,7 +121,7 @@ func serve(kind string) error {
 	defer stop()
 	srv := &http.Server{Addr: "127.0.0.1:" + os.Getenv("PORT"), Handler: h}
 	go func() { <-ctx.Done(); srv.Close() }() //nolint:errcheck // exiting
-	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
@@ -225,7 +228,9 @@ func signPushToken(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	tok, err := signer.TokenSource(pushAudience, pushAccount, time.Hour)(ctx)
+	// Longer than Google's hour, so that a long run (a large -msgs) does
+	// not outlive it; the verifier re-checks it every verifiedFor anyway.
+	tok, err := signer.TokenSource(pushAudience, pushAccount, 12*time.Hour)(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -242,8 +247,8 @@ func signPushToken(ctx context.Context) ([]string, error) {
 // functions-framework-go writes a newline to stdout and one to stderr
 // after every request (its wrapHTTPFunction; kept on purpose upstream,
 // GoogleCloudPlatform/functions-framework-go#157), two writes per
-// delivery that a bench without it would not count. -serve-env
-// K_SERVICE= measures without them.
+// delivery that a bench without it would not count. shared/function now
+// clears it at start, so this guards against the writes coming back.
 var cloudRunEnv = []string{"K_SERVICE=apigee-ingest", "K_REVISION=apigee-ingest-00001-bench", "K_CONFIGURATION=apigee-ingest"}
 
 // nonBlankLines passes on w the lines written to it that are not empty.
@@ -268,10 +273,20 @@ func (n *nonBlankLines) Write(p []byte) (int, error) {
 	}
 }
 
+// flush passes on what is left, a last line without its newline (the
+// end of a crash, say).
+func (n *nonBlankLines) flush() {
+	if len(n.partial) > 0 {
+		n.w.Write(append(n.partial, '\n')) //nolint:errcheck // best effort
+		n.partial = nil
+	}
+}
+
 // server is a running -role serve process.
 type server struct {
-	cmd  *exec.Cmd
-	addr string
+	cmd    *exec.Cmd
+	addr   string
+	stderr *nonBlankLines
 	// cold is the time from starting the process to its first answer 204.
 	cold time.Duration
 }
@@ -301,13 +316,14 @@ func startServer(kind string, env []string) (*server, error) {
 	// is the function's JSON log, not shown; stderr is shown, less the
 	// framework's blank lines.
 	cmd.Stdout = io.Discard
-	cmd.Stderr = &nonBlankLines{w: os.Stderr}
+	stderr := &nonBlankLines{w: os.Stderr}
+	cmd.Stderr = stderr
 	probe := []byte(request(addr, envelope("cold-start", makeRecordsPrefixed(1, "cold-"+randHex(4))[0])))
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &server{cmd: cmd, addr: addr}
+	s := &server{cmd: cmd, addr: addr, stderr: stderr}
 	for time.Since(start) < 30*time.Second {
 		if conn, err := net.Dial("tcp", addr); err == nil {
 			code, err := leanExchange(conn, bufio.NewReader(conn), probe)
@@ -350,6 +366,7 @@ func (s *server) stop() {
 		s.cmd.Process.Kill() //nolint:errcheck // best effort
 		<-done
 	}
+	s.stderr.flush() // Wait has returned: exec's copying is done
 }
 
 // loadResult is what a -role load process prints when it is done.
