@@ -71,7 +71,7 @@ func NewFromEnv(ctx context.Context, logger *slog.Logger) (*Service, error) {
 	if cfg.CloudSQLInstance != "" {
 		// Password logins: no IAM authentication on this dialer, even when
 		// the rotator itself logs in with IAM.
-		dialer, err := cloudsqlconn.NewDialer(ctx, append([]cloudsqlconn.Option{cloudsqlconn.WithLazyRefresh()}, dbconn.DialerPlatform()...)...)
+		dialer, err := cloudsqlconn.NewDialer(ctx, dbconn.DialerOptions()...)
 		if err != nil {
 			return fail(fmt.Errorf("cloud sql dialer: %w", err))
 		}

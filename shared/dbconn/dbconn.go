@@ -241,20 +241,22 @@ func (db *DB) paramsFor(creds secrets.DBCredentials, version string) (connParams
 	return p, nil
 }
 
-// DialerPlatform is the cloudsqlconn option that names Cloud Run as the
-// compute platform of the connector's metrics, when the process runs there:
-// cloudsqlconn detects it from K_SERVICE, which shared/function clears at
-// start.
-func DialerPlatform() []cloudsqlconn.Option {
-	if env.CloudRunService() == "" {
-		return nil
+// DialerOptions are the options of every Cloud SQL dialer of the
+// functions, then extra: lazy refresh (a function's CPU is throttled
+// between requests, so no background refresh), and on Cloud Run the
+// compute platform of the connector's metrics, which cloudsqlconn would
+// detect from K_SERVICE, cleared by shared/function at start.
+func DialerOptions(extra ...cloudsqlconn.Option) []cloudsqlconn.Option {
+	opts := []cloudsqlconn.Option{cloudsqlconn.WithLazyRefresh()}
+	if env.CloudRunService() != "" {
+		opts = append(opts, cloudsqlconn.WithComputePlatform(cloudsqlconn.ComputePlatformCloudRun))
 	}
-	return []cloudsqlconn.Option{cloudsqlconn.WithComputePlatform(cloudsqlconn.ComputePlatformCloudRun)}
+	return append(opts, extra...)
 }
 
 func (db *DB) useCloudSQL(ctx context.Context, pc *pgxpool.Config, d Dialer) error {
 	if d == nil {
-		dopts := append([]cloudsqlconn.Option{cloudsqlconn.WithLazyRefresh()}, DialerPlatform()...)
+		dopts := DialerOptions()
 		if db.cfg.DBIAMUser != "" {
 			dopts = append(dopts, cloudsqlconn.WithIAMAuthN())
 		}

@@ -16,8 +16,9 @@ import (
 // (https://cloud.google.com/run/docs/container-contract#env-vars), and the
 // framework reads it for nothing else. Every line these functions write
 // ends with its newline (log/slog's JSON handler), so the flush only costs
-// two write system calls per delivery, which bench-ingest measured at 12 to
-// 14 µs of ingest's 66 to 88 µs per delivery at 64 in flight. Clearing the
+// two write system calls and a blank log line per delivery (a few µs of
+// ingest's 45 to 60; the README's "What session 12 changed" has the
+// command and the spread). Clearing the
 // variable at start is the framework's one switch for it. What else reads
 // it gets the value from env.CloudRunService, kept before the clearing:
 // our default application_name, and cloudsqlconn's compute-platform
