@@ -12,6 +12,12 @@
 //	     flight, to the ingest function
 //	(4)  a naive function, one autocommitted INSERT per message through a
 //	     pgx pool, 64 (4a) and 256 (4b) in flight
+//	(3c) the push path at a fixed rate, 2,000 and 8,000 deliveries a
+//	     second (3c2k, 3c8k), up to 512 in flight: an open loop, as Pub/Sub
+//	     pushes a topic's messages when it has no backlog (the rate is the
+//	     publishers', not the function's); informative: what a batch costs
+//	     the database below capacity, where INGEST_BATCH_MAX_WAIT, not the
+//	     database's speed, decides the batch size
 //	(0a) a handler that reads the body and answers 204 (64 and 256 in
 //	     flight): the floor of any push function's CPU per delivery
 //	(0b) the ingest function with a writer that stores nothing
@@ -79,6 +85,7 @@ var (
 	addr    = flag.String("addr", "", "internal: the server of -role load")
 	perMsg  = flag.Int("per-msg", 1, "internal: records per message of -role load")
 	clients = flag.Int("clients", 256, "internal: requests in flight of -role load")
+	paced   = flag.Int("rate", 0, "internal: deliveries a second of -role load (0: as fast as its clients are answered)")
 	rows    = flag.Int("rows", 200000, "rows for the bulk modes (1a, 1b, 2)")
 	msgs    = flag.Int("msgs", 60000, "single-record deliveries for (3) and (0); (4) takes 5,000. Long enough that a few slow batches do not decide the p99")
 	only    = flag.String("only", "", "run only the modes whose key starts with one of these, comma-separated, e.g. 3 or 1b,2")
@@ -96,7 +103,7 @@ func main() {
 	case "serve":
 		err = serve(*kind)
 	case "load":
-		err = generate(*addr, *msgs, *perMsg, *clients)
+		err = generate(*addr, *msgs, *perMsg, *clients, *paced)
 	case "":
 		err = run(context.Background())
 	default:
@@ -204,6 +211,12 @@ func (h *harness) modes(ctx context.Context, ing *pgxpool.Pool) []mode {
 		{"3b", func() (result, error) {
 			return h.http(ctx, "3b", "(3b) push path: single-record deliveries, 256 in flight", "push", *msgs, 1, 256)
 		}},
+		{"3c2k", func() (result, error) {
+			return h.httpPaced(ctx, "3c2k", "(3c) push path: single-record deliveries at 2,000 a second", "push", 2000)
+		}},
+		{"3c8k", func() (result, error) {
+			return h.httpPaced(ctx, "3c8k", "(3c) push path: single-record deliveries at 8,000 a second", "push", 8000)
+		}},
 		{"4a", func() (result, error) {
 			return h.http(ctx, "4a", "(4a) naive INSERT per message, 64 in flight", "naive", naive, 1, 64)
 		}},
@@ -243,9 +256,27 @@ type harness struct {
 	env   []string
 }
 
+// pacedFor is how long a paced mode sends: long enough for thousands of
+// batches at either rate, short enough to keep make bench's length.
+const pacedFor = 8 * time.Second
+
+// pacedInFlight bounds a paced mode's requests in flight: far above what
+// either rate needs (rate × latency is tens), so the pace, not the
+// answers, sets when deliveries arrive.
+const pacedInFlight = 512
+
+// httpPaced is http with the deliveries sent at rate a second.
+func (h *harness) httpPaced(ctx context.Context, key, name, kind string, rate int) (result, error) {
+	return h.run(ctx, key, name, kind, rate*int(pacedFor/time.Second), 1, pacedInFlight, rate)
+}
+
 // http measures one HTTP mode: a fresh server process, a warm-up run, then
 // the measured run with the server's and the backends' CPU read around it.
 func (h *harness) http(ctx context.Context, key, name, kind string, n, per, inFlight int) (result, error) {
+	return h.run(ctx, key, name, kind, n, per, inFlight, 0)
+}
+
+func (h *harness) run(ctx context.Context, key, name, kind string, n, per, inFlight, rate int) (result, error) {
 	r := result{key: key, name: name, n: n * per, deliv: n}
 	srv, err := startServer(kind, h.env)
 	if err != nil {
@@ -253,14 +284,14 @@ func (h *harness) http(ctx context.Context, key, name, kind string, n, per, inFl
 	}
 	defer srv.stop()
 	r.cold = srv.cold
-	warm, err := startLoad(srv.addr, max(n/20, 2*inFlight), per, inFlight)
+	warm, err := startLoad(srv.addr, max(n/20, 2*inFlight), per, inFlight, rate)
 	if err != nil {
 		return r, err
 	}
 	if _, err := warm.run(); err != nil {
 		return r, fmt.Errorf("warm-up: %w", err)
 	}
-	l, err := startLoad(srv.addr, n, per, inFlight)
+	l, err := startLoad(srv.addr, n, per, inFlight, rate)
 	if err != nil {
 		return r, err
 	}
@@ -325,6 +356,8 @@ func report(res []result) {
 	ratio("batch path rows/s (2) ÷ staging-COPY limit (1b)", "2", "1b", rate, "≥ 0.9 ×", func(v float64) bool { return v >= 0.9 })
 	ratio("backends' CPU per row, push 64 in flight (3a) ÷ batch path (2)", "3a", "2", pg, "≤ 1.5 ×", atMost(1.5))
 	ratio("backends' CPU per row, push 256 in flight (3b) ÷ batch path (2)", "3b", "2", pg, "≤ 1.5 ×", atMost(1.5))
+	ratio("backends' CPU per row, push at 2,000 a second (3c) ÷ batch path (2) (informative)", "3c2k", "2", pg, "–", nil)
+	ratio("backends' CPU per row, push at 8,000 a second (3c) ÷ batch path (2) (informative)", "3c8k", "2", pg, "–", nil)
 	ratio("backends' CPU per row, push (3a) ÷ naive (4a), 64 in flight", "3a", "4a", pg, "≤ 0.2 ×", atMost(0.2))
 	ratio("backends' CPU per row, push (3b) ÷ naive (4b), 256 in flight", "3b", "4b", pg, "≤ 0.2 ×", atMost(0.2))
 	ratio("function CPU per delivery, push (3a) ÷ floor (0a), 64 in flight", "3a", "0a64", fn, "≤ 2 ×", atMost(2))
@@ -554,7 +587,10 @@ func backendsCPU(ctx context.Context, owner *pgxpool.Pool) map[int]time.Duration
 // leanRun posts reqs with `clients` keep-alive connections and measures
 // the time to each answer. It is lean like wrk (requests pre-serialised,
 // the status line parsed by hand) to leave the CPU to what is measured.
-func leanRun(addr string, reqs [][]byte, clients int) (loadResult, error) {
+// A rate above 0 sends request i at i/rate seconds from the start (or as
+// soon as a connection is free, if all are busy then: the result's
+// elapsed time shows it) instead of as soon as an answer frees one.
+func leanRun(addr string, reqs [][]byte, clients, rate int) (loadResult, error) {
 	var r loadResult
 	next := make(chan int)
 	var mu sync.Mutex
@@ -600,6 +636,11 @@ func leanRun(addr string, reqs [][]byte, clients int) (loadResult, error) {
 		}()
 	}
 	for i := range reqs {
+		if rate > 0 {
+			if wait := time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))); wait > 0 {
+				time.Sleep(wait)
+			}
+		}
 		next <- i
 	}
 	close(next)

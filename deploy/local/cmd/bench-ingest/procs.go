@@ -384,13 +384,13 @@ type load struct {
 	out *bufio.Reader
 }
 
-func startLoad(addr string, msgs, perMsg, clients int) (*load, error) {
+func startLoad(addr string, msgs, perMsg, clients, rate int) (*load, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(self, "-role", "load", "-addr", addr, "-msgs", fmt.Sprint(msgs),
-		"-per-msg", fmt.Sprint(perMsg), "-clients", fmt.Sprint(clients))
+		"-per-msg", fmt.Sprint(perMsg), "-clients", fmt.Sprint(clients), "-rate", fmt.Sprint(rate))
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -433,7 +433,7 @@ func (l *load) run() (loadResult, error) {
 }
 
 // generate is the -role load process.
-func generate(addr string, msgs, perMsg, clients int) error {
+func generate(addr string, msgs, perMsg, clients, rate int) error {
 	bodies := make([][]byte, msgs)
 	prefix := randHex(4)
 	recs := makeRecordsPrefixed(msgs*perMsg, prefix)
@@ -452,7 +452,7 @@ func generate(addr string, msgs, perMsg, clients int) error {
 	if line, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil || line != "go\n" {
 		return fmt.Errorf("load: expected go, got %q %v", line, err)
 	}
-	r, err := leanRun(addr, bodies, clients)
+	r, err := leanRun(addr, bodies, clients, rate)
 	if err != nil {
 		r.Err = err.Error()
 	}
