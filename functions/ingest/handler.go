@@ -7,7 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -57,7 +57,7 @@ type Service struct {
 	now      func() time.Time
 	// active counts requests between arrival and answer, so Shutdown can
 	// wait for their answers to be written.
-	active sync.WaitGroup
+	active inFlight
 }
 
 // NewService starts the batcher; Close stops it.
@@ -109,30 +109,80 @@ func (s *Service) Close(ctx context.Context) error {
 	return err
 }
 
-// Shutdown is Close, then waits (within ctx) until every request in flight
-// has been answered, so the acknowledgements of committed batches reach
-// Pub/Sub before the process exits.
+// Shutdown refuses new requests (503: Pub/Sub redelivers them to another
+// instance), commits what is queued (Close), then waits within ctx until
+// every request admitted before it has been answered, so the
+// acknowledgements of committed batches reach Pub/Sub before the process
+// exits.
 func (s *Service) Shutdown(ctx context.Context) error {
+	s.active.refuse()
 	if err := s.Close(ctx); err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() { s.active.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("ingest: shutdown: %w", ctx.Err())
+	if err := s.active.wait(ctx); err != nil {
+		return fmt.Errorf("ingest: shutdown: %w", err)
 	}
+	return nil
+}
+
+// inFlight counts the requests between arrival and answer, and refuses
+// new ones once Shutdown has begun. Not a sync.WaitGroup: Pub/Sub keeps
+// pushing while Shutdown waits, and an Add from zero while a Wait returns
+// panics ("WaitGroup is reused before previous Wait has returned": the
+// sync.WaitGroup documentation requires such Adds to happen before the
+// Wait). Nor does the wait count arrivals after refuse, so a steady stream
+// of pushes cannot hold it open.
+type inFlight struct {
+	state atomic.Int64 // the requests in flight, plus refusing once set
+}
+
+const refusing = 1 << 62
+
+// enter counts a request in, or reports false once refuse was called.
+func (f *inFlight) enter() bool {
+	if f.state.Add(1)&refusing != 0 {
+		f.state.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (f *inFlight) leave() { f.state.Add(-1) }
+
+func (f *inFlight) refuse() { f.state.Or(refusing) }
+
+// wait returns once no admitted request is in flight, or ctx's error. It
+// polls, as net/http's Server.Shutdown does for idle connections: Shutdown
+// is rare, and polling keeps a request's cost at one atomic add each way.
+// A refused request is counted for an instant; the next poll misses it.
+func (f *inFlight) wait(ctx context.Context) error {
+	const maxPoll = 50 * time.Millisecond
+	poll := time.Millisecond
+	t := time.NewTimer(poll)
+	defer t.Stop()
+	for f.state.Load()&^refusing > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			poll = min(2*poll, maxPoll)
+			t.Reset(poll)
+		}
+	}
+	return nil
 }
 
 // ServeHTTP is the push endpoint. 204: every record of the delivery is
 // stored or quarantined. 401: authentication failed, nothing written.
 // 429/503: not stored now; Pub/Sub will redeliver.
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.active.Add(1)
-	defer s.active.Done()
-	// Runs before active.Done: the answer must be on the wire before
+	if !s.active.enter() {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "shutting down; retry later", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.active.leave()
+	// Runs before active.leave: the answer must be on the wire before
 	// Shutdown lets the process exit, or a committed delivery would look
 	// unacknowledged to Pub/Sub (harmless, but a needless redelivery).
 	defer http.NewResponseController(w).Flush() //nolint:errcheck // best effort
